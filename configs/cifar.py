@@ -1,0 +1,13 @@
+"""CIFAR-10 (32×32×3) with the ResNet-18 encoder; needs the tfds data prepared."""
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.data.name = "cifar10"
+  config.data.image_size = 32
+  config.data.num_views = 1
+  config.model.name = "resnet18"
+  config.train.encoder_steps = 2  # CTRL's CIFAR-10 setting (SPEC §3)
+  config.train.batch_size = 512
+  return config

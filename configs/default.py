@@ -1,0 +1,61 @@
+"""Default uCTRL configuration; dataset configs import it and override.
+
+Values the paper does not state (λ₁, λ₂, ε², number of views, d) are provisional
+here and are to be chosen by measurement in the trainer issue (SPEC §3); see
+../shared/CALIBRATION.md for what prototypes showed.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # --- data (uctrl_jax/input_pipeline.py, uctrl_jax/augment.py) ---
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "fashion_mnist"  # tfds name, or "image_folder:PATH", "npz:PATH"
+  config.data.data_dir = ml_collections.config_dict.placeholder(str)  # None: tfds default
+  config.data.image_size = 28
+  config.data.num_views = 1  # augmented views per image (V ≥ 1)
+  config.data.shuffle_buffer = 10_000
+  config.data.prefetch = 2
+  config.data.augment = ml_collections.ConfigDict()
+  config.data.augment.crop_scale = (0.3, 1.0)
+  config.data.augment.crop_ratio = (3.0 / 4.0, 4.0 / 3.0)
+  config.data.augment.flip = True
+  config.data.augment.jitter_prob = 0.8
+  config.data.augment.brightness = 0.4
+  config.data.augment.contrast = 0.4
+  config.data.augment.saturation = 0.4
+  config.data.augment.hue = 0.1
+  config.data.augment.grayscale_prob = 0.2
+
+  # --- model (uctrl_jax/models.py) ---
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "dcgan"
+  config.model.feature_dim = 128  # d
+  config.model.upsample = "pixel_shuffle"  # or "conv_transpose" (CTRL's; slow on XLA:CPU)
+
+  # --- objective (uctrl_jax/rate_reduction.py, SPEC §2-3) ---
+  config.loss = ml_collections.ConfigDict()
+  config.loss.mode = "uctrl"  # "uctrl" | "ctrl_binary" | "ctrl_multi"
+  config.loss.eps_sq = 0.5  # CTRL's `eps`
+  config.loss.lambda_aug = 10.0  # λ₁
+  config.loss.lambda_self = 10.0  # λ₂
+  config.loss.sample_distance = "exact"  # "exact" ΔR(u, v) | "cosine" 1 − cos
+  config.loss.sample_reduction = "mean"  # "sum" (SPEC §3 Σᵢ) | "mean" (λ independent of n)
+
+  # --- training (uctrl_jax/train.py) ---
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 512  # global, over all processes and devices
+  config.train.num_steps = 2_000
+  config.train.encoder_steps = 1
+  config.train.encoder_lr = 1.5e-4
+  config.train.decoder_lr = 1.5e-4
+  config.train.b1 = 0.5
+  config.train.b2 = 0.999
+  config.train.log_every = 50
+  config.train.image_every = 500
+  config.train.checkpoint_every = 500
+  config.train.max_to_keep = 3
+  return config

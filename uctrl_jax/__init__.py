@@ -1,0 +1,1 @@
+"""uctrl_jax: unsupervised closed-loop transcription (uCTRL) in JAX/Flax."""
