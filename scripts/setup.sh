@@ -20,3 +20,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r requirements.txt
+# The package itself, editable, so `import uctrl_jax` works from any directory.
+.venv/bin/python -m pip install -q --no-deps -e .
