@@ -7,7 +7,8 @@ def get_config():
   config.data.name = "cifar10"
   config.data.image_size = 32
   config.data.num_views = 1
-  config.model.name = "resnet18"
+  config.model.encoder = "resnet18"
+  config.model.decoder = "resnet18"
   config.train.encoder_steps = 2  # CTRL's CIFAR-10 setting (SPEC §3)
   config.train.batch_size = 512
   return config

@@ -36,7 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- model (uctrl_jax/models.py) ---
   config.model = ml_collections.ConfigDict()
-  config.model.name = "dcgan"
+  config.model.encoder = "dcgan"  # "dcgan" | "resnet18"
+  config.model.decoder = "dcgan"  # "dcgan" | "resnet18"
   config.model.feature_dim = 128  # d
   config.model.upsample = "pixel_shuffle"  # or "conv_transpose" (CTRL's; slow on XLA:CPU)
 
@@ -61,5 +62,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every = 50
   config.train.image_every = 500
   config.train.checkpoint_every = 500
+  config.train.eval_every = 1_000
   config.train.max_to_keep = 3
   return config

@@ -226,6 +226,22 @@ def test_gradients_match_finite_differences(name, n, d):
     np.testing.assert_allclose(analytic, fd, rtol=2e-3, atol=2e-4)
 
 
+@pytest.mark.parametrize("n,d", [(12, 32), (60, 8)])
+def test_soft_membership_gradient_matches_finite_differences(n, d):
+  # Clustering (SPEC §4) differentiates ΔR(Z|Π) with respect to Π, zeros included.
+  rng = np.random.default_rng(4)
+  Z = sphere(rng, n, d)
+  Pi = rng.uniform(size=(n, 3))
+  Pi[::4, 1] = 0.0
+  Pi = (Pi / Pi.sum(1, keepdims=True)).astype(np.float32)
+  grad = jax.grad(lambda P: rr.rate_reduction(Z, eps_sq=EPS_SQ, membership=P))(Pi)
+  assert np.all(np.isfinite(grad))
+  direction = rng.standard_normal(Pi.shape)
+  fd = _directional_fd(lambda P: np_rate_reduction(Z, P), [Pi.astype(np.float64)], 0, direction)
+  np.testing.assert_allclose(float(np.sum(np.asarray(grad, np.float64) * direction)), fd,
+                             rtol=2e-3, atol=2e-4)
+
+
 def test_pairwise_gradient_in_cosine_matches_closed_form():
   # For unit u, v: ΔR = ½ log((1+a)² − a²c²) − ½ log(1+2a), so ∂ΔR/∂c = −a²c / ((1+a)² − a²c²).
   d = 128

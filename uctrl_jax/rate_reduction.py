@@ -141,7 +141,7 @@ def _use_row_side(n: int, d: int, axis_name) -> bool:
   return axis_name is None and n < d
 
 
-def _weighted_rates(Z: Array, weights: Array, eps_sq, axis_name) -> Array:
+def _weighted_rates(Z: Array, weights: Array, eps_sq, axis_name, row_side_ok: bool = True) -> Array:
   """Coding rates of weighted row sets.
 
   Computes, for each set ``j`` with row weights ``w_j`` (one-hot or soft membership),
@@ -153,6 +153,8 @@ def _weighted_rates(Z: Array, weights: Array, eps_sq, axis_name) -> Array:
     weights: (k, n) float32 ≥ 0.
     eps_sq: ε² > 0.
     axis_name: mapped axis to reduce over, or None.
+    row_side_ok: False for weights one differentiates (soft memberships): the
+      ``n × n`` form needs ``√w``, whose derivative is infinite at ``w = 0``.
   Returns:
     (k,) float32 rates.
   """
@@ -160,7 +162,7 @@ def _weighted_rates(Z: Array, weights: Array, eps_sq, axis_name) -> Array:
   counts = _psum(jnp.sum(weights, axis=1), axis_name)  # (k,)
   safe_counts = jnp.where(counts > 0, counts, 1.0)
   alpha = jnp.where(counts > 0, d / (safe_counts * eps_sq), 0.0)  # (k,)
-  if _use_row_side(n, d, axis_name):
+  if row_side_ok and _use_row_side(n, d, axis_name):
     # logdet(I_d + α ZᵀWZ) = logdet(I_n + α W^½ Z Zᵀ W^½).
     root = jnp.sqrt(weights)  # (k, n)
     G = (root[:, :, None] * (Z @ Z.T)[None]) * root[:, None, :]  # (k, n, n)
@@ -199,12 +201,12 @@ def coding_rate(Z, eps_sq, *, axis_name: Optional[str] = None) -> Array:
   return _coding_rate(Z, eps_sq, axis_name=axis_name)
 
 
-@functools.partial(jax.jit, static_argnames=("axis_name",))
-def _rate_reduction(Z, membership, eps_sq, axis_name=None):
+@functools.partial(jax.jit, static_argnames=("axis_name", "soft"))
+def _rate_reduction(Z, membership, eps_sq, axis_name=None, soft=False):
   n_total = _psum(jnp.float32(Z.shape[0]), axis_name)
   # R(Z) and every class rate R(Z_k) in one batched factorisation.
   weights = jnp.concatenate([jnp.ones((1, Z.shape[0]), jnp.float32), membership.T])
-  rates = _weighted_rates(Z, weights, eps_sq, axis_name)  # (1 + k,)
+  rates = _weighted_rates(Z, weights, eps_sq, axis_name, row_side_ok=not soft)  # (1 + k,)
   counts = _psum(jnp.sum(membership, axis=0), axis_name)  # (k,)
   # R_c(Z|Π) = Σ_k (n_k / 2n) logdet(I + α_k Z_kᵀ Z_k) = Σ_k (n_k / n) R(Z_k).
   return rates[0] - jnp.sum(counts / n_total * rates[1:])
@@ -235,11 +237,12 @@ def rate_reduction(Z, labels=None, num_classes: Optional[int] = None, eps_sq=Non
   n = Z.shape[0]
   if (labels is None) == (membership is None):
     raise ValueError("pass exactly one of labels (with num_classes) or membership=")
-  if membership is None:
-    membership = _labels_to_membership(labels, num_classes, n)
-  else:
+  soft = membership is not None
+  if soft:
     membership = _check_membership(membership, n)
-  return _rate_reduction(Z, membership, eps_sq, axis_name=axis_name)
+  else:
+    membership = _labels_to_membership(labels, num_classes, n)
+  return _rate_reduction(Z, membership, eps_sq, axis_name=axis_name, soft=soft)
 
 
 def _pair_rates(Z, Zhat, eps_sq, axis_name):
