@@ -39,7 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.encoder = "dcgan"  # "dcgan" | "resnet18"
   config.model.decoder = "dcgan"  # "dcgan" | "resnet18"
   config.model.feature_dim = 128  # d
-  config.model.upsample = "pixel_shuffle"  # or "conv_transpose" (CTRL's; slow on XLA:CPU)
+  config.model.upsample = "pixel_shuffle"  # | "conv_transpose" (CTRL's; slow on XLA:CPU) | "resize_conv"
+  config.model.width = 64  # base channel count w
+  config.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (rate terms stay float32)
 
   # --- objective (uctrl_jax/rate_reduction.py, SPEC §2-3) ---
   config.loss = ml_collections.ConfigDict()
@@ -49,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.lambda_self = 10.0  # λ₂
   config.loss.sample_distance = "exact"  # "exact" ΔR(u, v) | "cosine" 1 − cos
   config.loss.sample_reduction = "mean"  # "sum" (SPEC §3 Σᵢ) | "mean" (λ independent of n)
+  config.loss.num_classes = 10  # ctrl_multi only (supervised)
 
   # --- training (uctrl_jax/train.py) ---
   config.train = ml_collections.ConfigDict()
@@ -59,6 +62,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.decoder_lr = 1.5e-4
   config.train.b1 = 0.5
   config.train.b2 = 0.999
+  config.train.schedule = "constant"  # "constant" | "cosine" (over num_steps)
+  config.train.warmup_steps = 0
+  config.train.scale_lr_by_batch = False  # lr × global batch / 256
+  config.train.encoder_bn_on_xhat = "running"  # BN statistics for f(X̂): "running" | "batch"
   config.train.log_every = 50
   config.train.image_every = 500
   config.train.checkpoint_every = 500

@@ -1,0 +1,455 @@
+"""Encoder ``f`` and decoder ``g`` of the closed loop (SPEC §1), in Flax linen.
+
+Families, chosen by config name (``config.model.encoder`` / ``config.model.decoder``):
+
+* ``"dcgan"`` — CTRL's DCGAN pair (DCGAN at 32×32). Encoder: four 4×4 convs — three
+  stride-2 ones (``w, 2w, 4w`` channels, 32 → 16 → 8 → 4; BatchNorm on all but the
+  first; LeakyReLU(0.2)) and CTRL's final 4×4 "valid" conv on the ``4×4×4w`` map,
+  which *is* the linear map to ``d`` and is written as one. Decoder: the mirror
+  image — CTRL's first 4×4 transposed conv on a 1×1 input, i.e. a linear map
+  ``d → 4×4×4w``, + BN + ReLU, three 2× upsamplings (``2w, w, C``; BN + ReLU between
+  them), tanh. Nothing runs at 2×2: XLA:CPU's convs there are pathologically slow
+  (a 3×3 512→1024 conv on a 2×2 map took 6 s forward+backward at batch 128, the same
+  FLOPs at 4×4 0.3 s). Image sizes 28 and 32. **28×28 is padded to 32×32
+  at the encoder input** with the value −1 (black, the MNIST/Fashion-MNIST background
+  in [−1, 1]) and the decoder's 32×32 output is **centre-cropped back to 28×28**, so
+  one architecture (and one parameter count, up to the channels ``C``) serves both.
+* ``"resnet18"`` — encoder: ResNet-18 with the CIFAR stem (3×3 stride-1 conv, no
+  max-pool), stages of two basic blocks at ``w, 2w, 4w, 8w`` channels, global average
+  pool, linear map to ``d``. Decoder: its mirror — a linear map ``d → (S/8)²×8w`` +
+  BN + ReLU, stages of two basic blocks at ``8w, 4w, 2w, w`` whose first block
+  upsamples 2× (stages 2-4), then a 3×3 conv to ``C`` and tanh. Image sizes 32 and 96
+  (STL-10; there the linear map is ``d × 12²·8w`` ≈ 9.4 M parameters at w = 64).
+
+Every encoder ends in ``l2_normalize`` of a float32 linear map (SPEC §1-2), so its rows
+are float32 unit vectors whatever the compute dtype.
+
+Upsampling (``config.model.upsample``), the decoder's only family-independent choice:
+
+* ``"conv_transpose"`` — 4×4 stride-2 transposed conv (CTRL's). Its weight gradient is
+  very slow in XLA:CPU (shared/ENVIRONMENT.md); fine on GPU/TPU. Avoid it with
+  ``resnet18`` on CPU: one 4×4-map 512 → 256 layer alone took 2.9 s fwd+bwd at batch 128.
+* ``"pixel_shuffle"`` — 3×3 conv to ``4·C_out`` channels, then ``depth_to_space``.
+  A stride-2 4×4 transposed conv is exactly such a conv with a sparsity pattern on
+  its kernel, so this family contains CTRL's; it has 9/4 × the parameters.
+* ``"resize_conv"`` — nearest-neighbour 2× resize, then a 3×3 conv (Odena et al.
+  2016: no checkerboard artefacts).
+
+Measured on this 2-core CPU (float32, jit, dcgan w = 64, 28×28, batch 128, one
+encoder + decoder forward and backward, median of 5): conv_transpose 1.17 s,
+pixel_shuffle 0.34 s, resize_conv 0.46 s.
+
+Conventions. Images ``x: (B, H, W, C)`` float32 in [−1, 1] (NHWC). ``train=True``
+uses batch statistics and updates the running ones (mutable ``"batch_stats"``;
+PyTorch's momentum 0.1 = flax ``momentum=0.9``, eps 1e-5); ``train=False`` uses the
+running statistics. ``config.model.dtype`` is the compute dtype (``"float32"`` or
+``"bfloat16"``); parameters and the encoder's output are float32, and so is the
+decoder's output. Convs followed by BatchNorm carry no bias (BN's shift replaces it);
+the others (encoder's first conv, linear heads, decoder's output conv) do.
+
+Public API::
+
+  create_models(config, image_shape) -> (encoder, decoder)
+  init_models(config, image_shape, rng) -> dict(encoder_params, encoder_batch_stats,
+                                               decoder_params, decoder_batch_stats)
+  encoder.apply({"params": p, "batch_stats": s}, x, train=False) -> Z (B, d) float32
+  decoder.apply({"params": p, "batch_stats": s}, z, train=False) -> x̂ (B, H, W, C)
+  (with train=True pass mutable=["batch_stats"]; apply returns (out, {"batch_stats":…}))
+  count_params(tree) -> int;  l2_normalize(z);  depth_to_space(x, r)
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+ENCODERS = ("dcgan", "resnet18")
+DECODERS = ("dcgan", "resnet18")
+UPSAMPLES = ("conv_transpose", "pixel_shuffle", "resize_conv")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Square image sizes S (H = W = S) each family supports.
+IMAGE_SIZES = {"dcgan": (28, 32), "resnet18": (32, 96)}
+
+_DCGAN_SIZE = 32  # the DCGAN pair works at 32×32; 28×28 is padded / cropped
+_PAD_VALUE = -1.0  # black in [-1, 1]: the MNIST-family background
+
+# DCGAN / CTRL init: N(0, 0.02) conv and linear weights. ResNet: He init (fan_out), as
+# torchvision. Both keep flax's default (ones / zeros) for BatchNorm.
+_dcgan_init = nn.initializers.normal(0.02)
+_resnet_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+# ----------------------------------------------------------------------------
+# Pure helpers.
+# ----------------------------------------------------------------------------
+
+
+def l2_normalize(z: Array, eps: float = 1e-12) -> Array:
+  """Rows of ``z: (B, d)`` scaled to unit norm, in float32.
+
+  ``z / sqrt(max(|z|², eps))``: a zero row stays zero with a finite (zero) gradient,
+  where ``z / |z|`` would give NaN.
+  """
+  z = z.astype(jnp.float32)
+  sq = jnp.sum(z * z, axis=-1, keepdims=True)
+  return z * jax.lax.rsqrt(jnp.maximum(sq, eps))
+
+
+def depth_to_space(x: Array, r: int = 2) -> Array:
+  """Pixel shuffle: ``(B, H, W, r·r·C) -> (B, r·H, r·W, C)``.
+
+  TensorFlow's ``depth_to_space`` (DCR) channel order:
+  ``out[b, r·h + i, r·w + j, c] = x[b, h, w, (i·r + j)·C + c]``. A reshape and a
+  transpose, so XLA fuses it into the neighbouring ops.
+  """
+  b, h, w, rrc = x.shape
+  if rrc % (r * r):
+    raise ValueError(f"depth_to_space: channels {rrc} not divisible by r² = {r * r}")
+  c = rrc // (r * r)
+  x = x.reshape(b, h, w, r, r, c)
+  x = x.transpose(0, 1, 3, 2, 4, 5)  # (b, h, i, w, j, c)
+  return x.reshape(b, h * r, w * r, c)
+
+
+def count_params(tree: Any) -> int:
+  """Number of scalars in a pytree of arrays (or of ``ShapeDtypeStruct``s)."""
+  return int(sum(np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree)))
+
+
+def _pad_to(x: Array, size: int) -> Array:
+  """Centre-pads ``(B, H, W, C)`` to ``(B, size, size, C)`` with ``_PAD_VALUE``."""
+  ph, pw = size - x.shape[1], size - x.shape[2]
+  if ph == 0 and pw == 0:
+    return x
+  pads = ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0))
+  return jnp.pad(x, pads, constant_values=_PAD_VALUE)
+
+
+def _crop_to(x: Array, h: int, w: int) -> Array:
+  """Centre-crops ``(B, H', W', C)`` to ``(B, h, w, C)``; the inverse of ``_pad_to``."""
+  top, left = (x.shape[1] - h) // 2, (x.shape[2] - w) // 2
+  return x[:, top:top + h, left:left + w, :]
+
+
+def _check_input(name: str, x: Array, image_shape: Sequence[int]) -> None:
+  if tuple(x.shape[1:]) != tuple(image_shape):
+    raise ValueError(f"{name} was built for images of shape {tuple(image_shape)} "
+                     f"(H, W, C); got a batch of shape {tuple(x.shape)}")
+
+
+# ----------------------------------------------------------------------------
+# Shared building blocks.
+# ----------------------------------------------------------------------------
+
+
+def _batch_norm(train: bool, dtype: Any) -> nn.BatchNorm:
+  # PyTorch/CTRL defaults (momentum 0.1 there is 0.9 here); flax reduces the batch
+  # statistics in float32 also under bf16 compute.
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      dtype=dtype)
+
+
+class Upsample2x(nn.Module):
+  """``(B, H, W, C_in) -> (B, 2H, 2W, features)`` by the chosen ``method``.
+
+  With ``use_bias``, ``pixel_shuffle`` has one bias per output channel *and* sub-pixel
+  position (``4·features``), the others ``features``.
+  """
+  features: int
+  method: str
+  use_bias: bool = False
+  dtype: Any = jnp.float32
+  kernel_init: Callable = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    conv = functools.partial(nn.Conv, use_bias=self.use_bias, dtype=self.dtype,
+                             kernel_init=self.kernel_init)
+    if self.method == "conv_transpose":
+      # 'SAME' with stride 2 gives exactly 2H × 2W (PyTorch's k=4, s=2, p=1).
+      return nn.ConvTranspose(self.features, (4, 4), strides=(2, 2), padding="SAME",
+                              use_bias=self.use_bias, dtype=self.dtype,
+                              kernel_init=self.kernel_init)(x)
+    if self.method == "pixel_shuffle":
+      return depth_to_space(conv(4 * self.features, (3, 3), padding="SAME")(x), 2)
+    if self.method == "resize_conv":
+      x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)  # nearest-neighbour 2×
+      return conv(self.features, (3, 3), padding="SAME")(x)
+    raise ValueError(f"unknown upsample {self.method!r}; choose one of {UPSAMPLES}")
+
+
+class ResBlock(nn.Module):
+  """ResNet basic block, ``(B, H, W, C_in) -> (B, H', W', features)``.
+
+  ``resample``: ``None`` (H' = H), ``"down"`` (H' = H/2: first 3×3 conv has stride 2,
+  shortcut 1×1 stride-2 conv + BN — the encoder's) or ``"up"`` (H' = 2H: first conv
+  is ``Upsample2x(upsample)``, shortcut nearest 2× + 1×1 conv + BN — the decoder's).
+  The shortcut is a projection whenever the shape changes, identity otherwise.
+  """
+  features: int
+  resample: Optional[str] = None
+  upsample: str = "pixel_shuffle"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             kernel_init=_resnet_init)
+    stride = 2 if self.resample == "down" else 1
+    if self.resample == "up":
+      y = Upsample2x(self.features, self.upsample, dtype=self.dtype,
+                     kernel_init=_resnet_init)(x)
+    else:
+      y = conv(self.features, (3, 3), strides=stride, padding=((1, 1), (1, 1)))(x)
+    y = nn.relu(_batch_norm(train, self.dtype)(y))
+    y = conv(self.features, (3, 3), padding=((1, 1), (1, 1)))(y)
+    y = _batch_norm(train, self.dtype)(y)
+
+    shortcut = x
+    if self.resample is not None or x.shape[-1] != self.features:
+      if self.resample == "up":
+        shortcut = jnp.repeat(jnp.repeat(shortcut, 2, axis=1), 2, axis=2)
+      shortcut = conv(self.features, (1, 1), strides=stride)(shortcut)
+      shortcut = _batch_norm(train, self.dtype)(shortcut)
+    return nn.relu(y + shortcut.astype(y.dtype))
+
+
+class FeatureHead(nn.Module):
+  """``(B, ...) -> (B, d)`` float32 unit rows: flatten, linear map, L2 normalise.
+
+  The linear map runs in float32 (it is small) so the features the float32 rate terms
+  see are not rounded to bf16 (SPEC §2).
+  """
+  feature_dim: int
+  kernel_init: Callable = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, h: Array) -> Array:
+    h = h.reshape(h.shape[0], -1).astype(jnp.float32)
+    z = nn.Dense(self.feature_dim, dtype=jnp.float32, kernel_init=self.kernel_init)(h)
+    return l2_normalize(z)
+
+
+class FeatureStem(nn.Module):
+  """``(B, d) -> (B, s, s, features)``: linear map (no bias) + BN + ReLU.
+
+  The decoder's entry, the mirror of ``FeatureHead`` (CTRL's first 4×4 transposed
+  conv on a 1×1 input is exactly this linear map).
+  """
+  spatial: int
+  features: int
+  dtype: Any = jnp.float32
+  kernel_init: Callable = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, z: Array, train: bool) -> Array:
+    h = nn.Dense(self.spatial * self.spatial * self.features, use_bias=False,
+                 dtype=self.dtype, kernel_init=self.kernel_init)(z.astype(self.dtype))
+    h = h.reshape(z.shape[0], self.spatial, self.spatial, self.features)
+    return nn.relu(_batch_norm(train, self.dtype)(h))
+
+
+# ----------------------------------------------------------------------------
+# DCGAN family (CTRL).
+# ----------------------------------------------------------------------------
+
+
+class DCGANEncoder(nn.Module):
+  """CTRL's DCGAN encoder: ``x (B, S, S, C) -> Z (B, d)`` float32 unit rows.
+
+  S ∈ {28, 32}; 28 is padded to 32 with −1. 32 → 16 → 8 → 4 by three 4×4 stride-2
+  convs (``w, 2w, 4w`` channels; BN after all but the first, DCGAN's rule; LeakyReLU
+  0.2), then ``FeatureHead`` on the flattened ``4·4·4w`` map (CTRL's last 4×4 conv).
+  """
+  image_shape: Tuple[int, int, int]
+  feature_dim: int
+  width: int = 64
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    _check_input("DCGANEncoder", x, self.image_shape)
+    h = _pad_to(x, _DCGAN_SIZE).astype(self.dtype)
+    for i, mult in enumerate((1, 2, 4)):
+      h = nn.Conv(self.width * mult, (4, 4), strides=2, padding=((1, 1), (1, 1)),
+                  use_bias=(i == 0), dtype=self.dtype, kernel_init=_dcgan_init)(h)
+      if i > 0:
+        h = _batch_norm(train, self.dtype)(h)
+      h = nn.leaky_relu(h, 0.2)
+    return FeatureHead(self.feature_dim, kernel_init=_dcgan_init)(h)
+
+
+class DCGANDecoder(nn.Module):
+  """CTRL's DCGAN decoder (mirrored): ``z (B, d) -> x̂ (B, S, S, C)`` in [−1, 1].
+
+  ``FeatureStem`` to ``4×4×4w`` (CTRL's first transposed conv), then three
+  ``Upsample2x`` (``2w, w, C``; BN + ReLU after all but the last) to 32×32, tanh,
+  centre-crop to S (28 or 32).
+  """
+  image_shape: Tuple[int, int, int]
+  width: int = 64
+  upsample: str = "pixel_shuffle"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, z: Array, train: bool) -> Array:
+    h = FeatureStem(_DCGAN_SIZE // 8, 4 * self.width, dtype=self.dtype,
+                    kernel_init=_dcgan_init)(z, train)
+    for mult in (2, 1):
+      h = Upsample2x(self.width * mult, self.upsample, dtype=self.dtype,
+                     kernel_init=_dcgan_init)(h)
+      h = nn.relu(_batch_norm(train, self.dtype)(h))
+    h = Upsample2x(self.image_shape[-1], self.upsample, use_bias=True, dtype=self.dtype,
+                   kernel_init=_dcgan_init)(h)
+    x = jnp.tanh(h.astype(jnp.float32))
+    return _crop_to(x, *self.image_shape[:2])
+
+
+# ----------------------------------------------------------------------------
+# ResNet-18 family.
+# ----------------------------------------------------------------------------
+
+_STAGES = (1, 2, 4, 8)  # channel multipliers of the four ResNet stages
+_BLOCKS_PER_STAGE = 2  # ResNet-18
+
+
+class ResNet18Encoder(nn.Module):
+  """ResNet-18 with the CIFAR stem: ``x (B, S, S, C) -> Z (B, d)`` float32 unit rows.
+
+  3×3 stride-1 conv (w) + BN + ReLU, no max-pool; four stages of two basic blocks
+  (``w, 2w, 4w, 8w``; stages 2-4 start with a stride-2 block) to ``S/8``; global
+  average pool; ``FeatureHead``. At w = 64 the trunk is the standard CIFAR
+  ResNet-18 without its classifier: 11 168 832 parameters.
+  """
+  image_shape: Tuple[int, int, int]
+  feature_dim: int
+  width: int = 64
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    _check_input("ResNet18Encoder", x, self.image_shape)
+    h = nn.Conv(self.width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                dtype=self.dtype, kernel_init=_resnet_init)(x.astype(self.dtype))
+    h = nn.relu(_batch_norm(train, self.dtype)(h))
+    for stage, mult in enumerate(_STAGES):
+      for block in range(_BLOCKS_PER_STAGE):
+        down = "down" if stage > 0 and block == 0 else None
+        h = ResBlock(self.width * mult, resample=down, dtype=self.dtype)(h, train)
+    h = jnp.mean(h.astype(jnp.float32), axis=(1, 2))  # global average pool
+    return FeatureHead(self.feature_dim)(h)
+
+
+class ResNet18Decoder(nn.Module):
+  """Mirror of ``ResNet18Encoder``: ``z (B, d) -> x̂ (B, S, S, C)`` in [−1, 1].
+
+  ``FeatureStem`` to ``(S/8)×(S/8)×8w``; four stages of two basic blocks
+  (``8w, 4w, 2w, w``; stages 2-4 start with an upsampling block, its first conv
+  being ``Upsample2x(upsample)``) to S; 3×3 conv (with bias) to C; tanh.
+  """
+  image_shape: Tuple[int, int, int]
+  width: int = 64
+  upsample: str = "pixel_shuffle"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, z: Array, train: bool) -> Array:
+    s0 = self.image_shape[0] // 2 ** (len(_STAGES) - 1)
+    h = FeatureStem(s0, self.width * _STAGES[-1], dtype=self.dtype)(z, train)
+    for stage, mult in enumerate(reversed(_STAGES)):
+      for block in range(_BLOCKS_PER_STAGE):
+        up = "up" if stage > 0 and block == 0 else None
+        h = ResBlock(self.width * mult, resample=up, upsample=self.upsample,
+                     dtype=self.dtype)(h, train)
+    h = nn.Conv(self.image_shape[-1], (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                kernel_init=_resnet_init)(h)
+    return jnp.tanh(h.astype(jnp.float32))
+
+
+# ----------------------------------------------------------------------------
+# Factory.
+# ----------------------------------------------------------------------------
+
+_ENCODER_CLASSES = {"dcgan": DCGANEncoder, "resnet18": ResNet18Encoder}
+_DECODER_CLASSES = {"dcgan": DCGANDecoder, "resnet18": ResNet18Decoder}
+
+
+def _choice(model_config, key: str, choices, default=None):
+  """``model_config[key]`` (``default`` if unset), checked against ``choices``."""
+  value = model_config.get(key, None)
+  if value is None:
+    value = default
+  if value not in choices:
+    raise ValueError(f"config.model.{key} = {value!r} is not supported; choose one of "
+                     f"{tuple(choices)}")
+  return value
+
+
+def _check_image_shape(family: str, role: str, image_shape) -> Tuple[int, int, int]:
+  if len(image_shape) != 3:
+    raise ValueError(f"image_shape must be (H, W, C); got {tuple(image_shape)}")
+  h, w, c = (int(v) for v in image_shape)
+  if h != w or h not in IMAGE_SIZES[family] or c < 1:
+    raise ValueError(f"{role} {family!r} supports square images of size "
+                     f"{IMAGE_SIZES[family]} (H = W) with C ≥ 1 channels; got image_shape "
+                     f"{tuple(image_shape)}")
+  return h, w, c
+
+
+def create_models(config, image_shape: Sequence[int]) -> Tuple[nn.Module, nn.Module]:
+  """The ``(encoder, decoder)`` linen modules named by ``config.model``.
+
+  Reads ``encoder``, ``decoder``, ``feature_dim``,
+  ``upsample`` (default ``"pixel_shuffle"``), ``width`` (default 64) and ``dtype``
+  (default ``"float32"``). ``image_shape = (H, W, C)`` of the images the encoder reads
+  and the decoder writes. Raises ``ValueError`` naming the bad value for an unknown
+  name, upsample or dtype, a non-positive width / feature_dim, or an image size the
+  family does not support (``IMAGE_SIZES``).
+  """
+  m = config.model
+  enc_name = _choice(m, "encoder", ENCODERS)
+  dec_name = _choice(m, "decoder", DECODERS)
+  upsample = _choice(m, "upsample", UPSAMPLES, default="pixel_shuffle")
+  dtype = DTYPES[_choice(m, "dtype", tuple(DTYPES), default="float32")]
+  width = int(m.get("width", None) or 64)
+  feature_dim = m.get("feature_dim", None)
+  if feature_dim is None or int(feature_dim) < 1:
+    raise ValueError(f"config.model.feature_dim must be a positive int; got {feature_dim!r}")
+  if width < 1:
+    raise ValueError(f"config.model.width must be a positive int; got {width!r}")
+  enc_shape = _check_image_shape(enc_name, "encoder", image_shape)
+  dec_shape = _check_image_shape(dec_name, "decoder", image_shape)
+  encoder = _ENCODER_CLASSES[enc_name](image_shape=enc_shape, feature_dim=int(feature_dim),
+                                       width=width, dtype=dtype)
+  decoder = _DECODER_CLASSES[dec_name](image_shape=dec_shape, width=width,
+                                       upsample=upsample, dtype=dtype)
+  return encoder, decoder
+
+
+def init_models(config, image_shape: Sequence[int], rng: Array) -> dict:
+  """Initial variables of ``create_models(config, image_shape)``.
+
+  Returns ``dict(encoder_params, encoder_batch_stats, decoder_params,
+  decoder_batch_stats)`` (float32 pytrees; BN running mean 0, variance 1). Jitted,
+  with a batch of 2 (initialisation does not depend on the batch size).
+  """
+  encoder, decoder = create_models(config, image_shape)
+  k_enc, k_dec = jax.random.split(rng)
+  x = jnp.zeros((2, *image_shape), jnp.float32)
+  z = jnp.zeros((2, encoder.feature_dim), jnp.float32)
+
+  @jax.jit
+  def init(k_enc, k_dec):
+    return (encoder.init(k_enc, x, train=False), decoder.init(k_dec, z, train=False))
+
+  enc_vars, dec_vars = init(k_enc, k_dec)
+  return dict(encoder_params=enc_vars["params"],
+              encoder_batch_stats=enc_vars["batch_stats"],
+              decoder_params=dec_vars["params"],
+              decoder_batch_stats=dec_vars["batch_stats"])
