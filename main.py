@@ -9,6 +9,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
+import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -23,17 +24,14 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from uctrl_jax import input_pipeline  # TensorFlow stays off accelerators once imported.
-  config = FLAGS.config
-  # The data side exists: prepare/open the dataset so a fresh machine is ready to train.
-  info = input_pipeline.get_dataset_info(config)
-  logging.info("dataset %s: %s images, %s, %d classes", info.name, info.image_shape,
-               info.num_examples, info.num_classes)
-  print(f"dataset {info.name!r} ready: image shape {info.image_shape}, "
-        f"splits {info.num_examples}, {info.num_classes} classes")
-  # Training and evaluation land with the trainer issue; say so rather than fake a run.
-  raise SystemExit(f"--mode={FLAGS.mode}: training is not implemented yet "
-                   "(the trainer issue adds uctrl_jax/train.py). Nothing was trained.")
+  from uctrl_jax import train  # TensorFlow (data) stays off accelerators once imported.
+  logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
+               jax.devices())
+  if FLAGS.mode == "eval":
+    # Evaluators land with the evaluation issue; say so rather than fake a result.
+    raise SystemExit("--mode=eval is not implemented yet (the evaluation issue adds "
+                     "uctrl_jax/evaluators/). Nothing was evaluated.")
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

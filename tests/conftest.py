@@ -58,3 +58,34 @@ def fashion_mnist_data_dir(tmp_path_factory):
     _block_network(mp)
     datasets.open_dataset("fashion_mnist", data_dir=str(data_dir))
   return str(data_dir)
+
+
+MOCK_EXAMPLES = 48
+
+
+@pytest.fixture(scope="session")
+def mock_metadata_dir(tmp_path_factory):
+  """cifar10 metadata saying each split has MOCK_EXAMPLES examples."""
+  import tensorflow_datasets as tfds  # heavy: only where needed
+  data_dir = tmp_path_factory.mktemp("mock_tfds")
+  builder = tfds.builder("cifar10", data_dir=str(data_dir))
+  builder.info.set_splits(tfds.core.SplitDict([
+      tfds.core.SplitInfo(name=s, shard_lengths=[MOCK_EXAMPLES], num_bytes=0)
+      for s in ("train", "test")]))
+  builder.data_path.mkdir(parents=True)
+  builder.info.write_to_directory(builder.data_path)
+  return str(data_dir)
+
+
+@pytest.fixture
+def mock_cifar10(mock_metadata_dir):
+  """Inside: tfds yields MOCK_EXAMPLES random cifar10 examples per split.
+
+  The metadata agrees with that count, so the pipeline sees a prepared
+  dataset of that size.
+  """
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES,
+                              data_dir=mock_metadata_dir,
+                              policy=tfds.testing.MockPolicy.USE_FILES):
+    yield

@@ -7,9 +7,6 @@ from configs import default
 from uctrl_jax import datasets
 from uctrl_jax import input_pipeline
 
-MOCK_EXAMPLES = 48
-
-
 def _config(name, *, batch_size, image_size, num_views=2, seed=0):
   config = default.get_config()
   config.seed = seed
@@ -19,32 +16,6 @@ def _config(name, *, batch_size, image_size, num_views=2, seed=0):
   config.data.shuffle_buffer = 64
   config.train.batch_size = batch_size
   return config
-
-
-@pytest.fixture(scope="module")
-def mock_metadata_dir(tmp_path_factory):
-  """cifar10 metadata saying each split has MOCK_EXAMPLES examples."""
-  data_dir = tmp_path_factory.mktemp("mock_tfds")
-  builder = tfds.builder("cifar10", data_dir=str(data_dir))
-  builder.info.set_splits(tfds.core.SplitDict([
-      tfds.core.SplitInfo(name=s, shard_lengths=[MOCK_EXAMPLES], num_bytes=0)
-      for s in ("train", "test")]))
-  builder.data_path.mkdir(parents=True)
-  builder.info.write_to_directory(builder.data_path)
-  return str(data_dir)
-
-
-@pytest.fixture
-def mock_cifar10(mock_metadata_dir):  # pylint: disable=redefined-outer-name
-  """Inside: tfds yields MOCK_EXAMPLES random cifar10 examples per split.
-
-  The metadata agrees with that count, so the pipeline sees a prepared
-  dataset of that size.
-  """
-  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES,
-                              data_dir=mock_metadata_dir,
-                              policy=tfds.testing.MockPolicy.USE_FILES):
-    yield
 
 
 def _batches(config, split, n=None, **kwargs):
@@ -205,3 +176,15 @@ def test_bad_name_raises_data_error():
   with pytest.raises(datasets.DataError, match="Unknown dataset"):
     input_pipeline.create_dataset(config, "train", process_index=0,
                                   process_count=1)
+
+
+def test_skip_batches_resumes_the_same_stream(mock_cifar10):
+  # 48 examples at batch 16: batch 5 is in the second epoch (reshuffled, new views).
+  config = _config("cifar10", batch_size=16, image_size=32, num_views=2)
+  uninterrupted = _batches(config, "train", 6)
+  resumed = _batches(config, "train", 2, skip_batches=4)
+  for want, got in zip(uninterrupted[4:], resumed):
+    for key in ("image", "views", "label"):
+      np.testing.assert_array_equal(got[key], want[key])
+  with pytest.raises(ValueError, match="skip_batches is for resuming a training stream"):
+    _batches(config, "test", skip_batches=1, training=False)

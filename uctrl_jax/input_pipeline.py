@@ -82,7 +82,8 @@ def per_process_batch_size(config: ml_collections.ConfigDict,
 def create_dataset(config: ml_collections.ConfigDict, split: str, *,
                    process_index: int, process_count: int,
                    training: bool | None = None,
-                   num_views: int | None = None) -> tf.data.Dataset:
+                   num_views: int | None = None,
+                   skip_batches: int = 0) -> tf.data.Dataset:
   """Batches of images and views for one process (see the module docstring).
 
   Args:
@@ -96,6 +97,9 @@ def create_dataset(config: ml_collections.ConfigDict, split: str, *,
       pass (False). None: True iff `split` starts with "train".
     num_views: augmented views per image; None: config.data.num_views. 0 (for
       evaluation) leaves out the "views" key.
+    skip_batches: training only: start after this many batches of the stream,
+      which continues exactly as if they had been read (resume after a restart;
+      skipped examples are not augmented, so this is cheap).
 
   Returns:
     A tf.data.Dataset of batch dicts.
@@ -138,7 +142,13 @@ def create_dataset(config: ml_collections.ConfigDict, split: str, *,
       _preprocess, size=_image_size(config, info), num_views=num_views,
       seed=tf.constant(augment_seed, tf.int64),
       augment_kwargs=dict(config.data.augment))
-  ds = ds.enumerate().map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  # enumerate before skip: the k-th example keeps augmentation seed fold_in(seed, k).
+  ds = ds.enumerate()
+  if skip_batches:
+    if not training:
+      raise ValueError("skip_batches is for resuming a training stream")
+    ds = ds.skip(skip_batches * batch_size)
+  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True)
   if num_views:
     ds = ds.map(_views_first)

@@ -6,9 +6,14 @@ objective with gradients through ``f`` but only ``η`` updated. Both steps are j
 once with the state donated; the batch arrives sharded over the ``data`` mesh axis
 (``uctrl_jax/sharding.py``) and the rate terms see the global batch.
 
-Status: the steps are complete and tested (tests/test_train.py); the training loop,
-logging, checkpoints and ``train_and_evaluate`` belong to the trainer issue and are
-not here yet.
+``train_and_evaluate(config, workdir)`` runs the loop: batches from
+``input_pipeline``, the steps, console + TensorBoard scalars (clu) with a progress/ETA
+line, reconstruction grids, a health monitor (feature collapse, decoder fooling), a
+non-finite guard, and orbax checkpoints with automatic resume (``checkpointing``).
+Resuming restores the whole state and continues the data stream exactly where it was
+(``create_dataset(..., skip_batches=step)``), so an interrupted run repeats the
+uninterrupted one's batches. Evaluators (``config.train.eval_every``) are not wired in
+yet.
 
 Batch-norm semantics, provisional until the trainer issue measures them:
 - the encoder sees ``[X; X_a]`` in one training-mode pass (one set of batch statistics
@@ -22,16 +27,25 @@ Batch-norm semantics, provisional until the trainer issue measures them:
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping, Tuple
+import math
+import os
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Tuple
 
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
 import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
+from uctrl_jax import checkpointing
+from uctrl_jax import image_grid
+from uctrl_jax import input_pipeline
 from uctrl_jax import models
 from uctrl_jax import rate_reduction as rr
+from uctrl_jax import sharding
 
 Array = jax.Array
 Metrics = Mapping[str, Array]
@@ -155,6 +169,8 @@ def make_steps(config, image_shape) -> Tuple[Callable, Callable]:
         train=True, mutable=["batch_stats"])[0])
     Zhat = _encode_reconstructions(encoder, config, {"params": enc_params, "batch_stats": new_stats}, Xhat)
     terms = objective_terms(config, Z, Zhat, Z_aug, batch["label"])
+    terms["cos_z_zhat"] = jnp.mean(1.0 - rr.cosine_distance(Z, Zhat))
+    terms["cos_z_zaug"] = jnp.mean(1.0 - jax.vmap(rr.cosine_distance, (None, 0))(Z, Z_aug))
     return -terms["encoder_objective"], (terms, new_stats)
 
   def decoder_loss(dec_params, state, batch):
@@ -165,6 +181,8 @@ def make_steps(config, image_shape) -> Tuple[Callable, Callable]:
     # Gradients flow through f into η; only η is updated (only dec_params are differentiated).
     Zhat = _encode_reconstructions(encoder, config, enc_vars, Xhat)
     terms = objective_terms(config, Z, Zhat, Z_aug, batch["label"])
+    # Pixel error of g(f(x)): not in the objective, but the health monitor's fooling check.
+    terms["recon_mse"] = jnp.mean(jnp.square(Xhat - batch["image"]))
     return terms["decoder_objective"], (terms, updates["batch_stats"])
 
   @functools.partial(jax.jit, donate_argnums=0)
@@ -199,3 +217,167 @@ def train_iteration(encoder_step, decoder_step, state: TrainState, batch,
     state, enc_metrics = encoder_step(state, batch)
   state, dec_metrics = decoder_step(state, batch)
   return state, {**enc_metrics, **dec_metrics}
+
+
+def make_reconstruct(config, image_shape) -> Callable:
+  """Jitted ``reconstruct(state, x) -> g(f(x))`` with running BN statistics (eval mode)."""
+  encoder, decoder = models.create_models(config, image_shape)
+
+  @jax.jit
+  def reconstruct(state: TrainState, x: Array) -> Array:
+    Z = encoder.apply({"params": state.encoder_params, "batch_stats": state.encoder_batch_stats},
+                      x, train=False)
+    return decoder.apply({"params": state.decoder_params, "batch_stats": state.decoder_batch_stats},
+                         Z, train=False)
+  return reconstruct
+
+
+class HealthMonitor:
+  """Names the game's two known failures as they happen (shared/CALIBRATION.md).
+
+  * Feature collapse: ``R(Z)`` falls below ``collapse_fraction`` of its running maximum.
+  * Decoder fooling: ``cos(z, ẑ)`` above ``fooling_cos`` while the reconstruction MSE
+    is still above ``fooling_mse_fraction`` of its first logged value, i.e. ``f∘g ≈ id``
+    without ``g∘f ≈ id``.
+  """
+
+  def __init__(self, collapse_fraction: float = 0.5, fooling_cos: float = 0.9,
+               fooling_mse_fraction: float = 0.9):
+    self.collapse_fraction = collapse_fraction
+    self.fooling_cos = fooling_cos
+    self.fooling_mse_fraction = fooling_mse_fraction
+    self.max_rate = -math.inf
+    self.first_mse: Optional[float] = None
+
+  def update(self, step: int, metrics: Mapping[str, float]) -> list[str]:
+    """Returns the warnings for the metrics logged at ``step``."""
+    warnings = []
+    rate = float(metrics["encoder/R"])
+    self.max_rate = max(self.max_rate, rate)
+    if rate < self.collapse_fraction * self.max_rate:
+      warnings.append(f"step {step}: feature collapse: R(Z) = {rate:.2f} fell below "
+                      f"{self.collapse_fraction:.0%} of its running maximum {self.max_rate:.2f}")
+    mse = float(metrics["decoder/recon_mse"])
+    self.first_mse = mse if self.first_mse is None else self.first_mse
+    cos = float(metrics["encoder/cos_z_zhat"])
+    if cos > self.fooling_cos and mse > self.fooling_mse_fraction * self.first_mse:
+      warnings.append(f"step {step}: decoder fooling: cos(z, ẑ) = {cos:.3f} while the "
+                      f"reconstruction MSE {mse:.3f} is still {mse / self.first_mse:.0%} of its "
+                      f"first value {self.first_mse:.3f}")
+    return warnings
+
+
+def check_finite(step: int, metrics: Mapping[str, float]) -> None:
+  """Raises FloatingPointError naming every non-finite logged term (before any checkpoint)."""
+  bad = sorted(k for k, v in metrics.items() if not math.isfinite(float(v)))
+  if bad:
+    raise FloatingPointError(f"non-finite values at step {step}: {', '.join(bad)}; stopping "
+                             "without writing a checkpoint of this state")
+
+
+_CONSOLE_TERMS = (("R", "encoder/R"), ("ΔR(Z,Ẑ)", "encoder/delta_R_z_zhat"),
+                  ("aug", "encoder/aug_per_sample"), ("self", "encoder/self_per_sample"),
+                  ("enc", "encoder/encoder_objective"), ("dec", "decoder/decoder_objective"),
+                  ("cos(z,ẑ)", "encoder/cos_z_zhat"), ("cos(z,z_a)", "encoder/cos_z_zaug"),
+                  ("mse", "decoder/recon_mse"))
+
+
+def _console_line(step: int, num_steps: int, metrics: Mapping[str, float]) -> str:
+  terms = " ".join(f"{name} {float(metrics[key]):.4g}" for name, key in _CONSOLE_TERMS
+                   if key in metrics)
+  return f"step {step}/{num_steps} | {terms}"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains uCTRL as ``config`` says, in ``workdir``, resuming from its latest checkpoint.
+
+  Writes to ``workdir``: ``checkpoints/`` (orbax), ``config.json``, TensorBoard event
+  files, ``reconstructions/step_*.png`` (inputs above ``g(f(x))``). Only process 0
+  writes logs and pictures; every process takes part in checkpoints (orbax).
+
+  Returns:
+    The final state (replicated over the mesh).
+  """
+  t = config.train
+  os.makedirs(workdir, exist_ok=True)
+  process_index, process_count = jax.process_index(), jax.process_count()
+  if t.batch_size % jax.device_count():
+    raise ValueError(f"config.train.batch_size = {t.batch_size} must be divisible by the "
+                     f"{jax.device_count()} devices")
+  mesh = sharding.create_mesh()
+  image_shape = input_pipeline.get_dataset_info(config).image_shape
+  state = sharding.replicate(create_train_state(config, image_shape, jax.random.key(config.seed)),
+                             mesh)
+  checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=t.max_to_keep)
+  if checkpointer.latest_step() is not None:
+    state, _ = checkpointer.restore(state)
+    logging.info("resumed from %s at step %d", workdir, int(state.step))
+  # The saved config records the image shape too, so `load` can rebuild the models.
+  saved_config = config.copy_and_resolve_references()
+  with saved_config.unlocked():
+    saved_config.data.image_shape = tuple(image_shape)
+  checkpointing.save_config(workdir, saved_config)
+  start = int(state.step)
+
+  batches = input_pipeline.create_dataset(
+      config, "train", process_index=process_index, process_count=process_count,
+      skip_batches=start).as_numpy_iterator()
+  encoder_step, decoder_step = make_steps(config, image_shape)
+  reconstruct = make_reconstruct(config, image_shape)
+  writer = metric_writers.create_default_writer(workdir, just_logging=process_index > 0)
+  progress = periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer,
+                                             every_steps=t.log_every)
+  monitor = HealthMonitor(**t.get("health", {}))
+  if start == 0:
+    writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
+
+  for step in range(start + 1, t.num_steps + 1):  # step: iterations done after this one
+    host_batch = next(batches)
+    state, metrics = train_iteration(encoder_step, decoder_step, state,
+                                     sharding.shard_batch(host_batch, mesh), t.encoder_steps)
+    progress(step)
+    last = step == t.num_steps
+    if step % t.log_every == 0 or last:
+      metrics = jax.device_get(metrics)
+      check_finite(step, metrics)
+      writer.write_scalars(step, metrics)
+      logging.info("%s", _console_line(step, t.num_steps, metrics))
+      for warning in monitor.update(step, metrics):
+        logging.warning("%s", warning)
+    if (step % t.image_every == 0 or last) and process_index == 0:
+      k = min(8, host_batch["image"].shape[0] // 2)  # two rows of inputs over reconstructions
+      x = host_batch["image"][:2 * k]
+      xhat = jax.device_get(reconstruct(state, x))
+      image_grid.save_png(os.path.join(workdir, "reconstructions", f"step_{step:07d}.png"),
+                          image_grid.image_grid([x[:k], xhat[:k], x[k:], xhat[k:]]))
+    if step % t.checkpoint_every == 0 or last:
+      checkpointer.save(step, state, extra={"step": step, "examples_seen": step * t.batch_size})
+  writer.flush()
+  checkpointer.close()
+  return state
+
+
+class Loaded(NamedTuple):
+  """A trained closed loop: ``encode(x) -> Z`` and ``decode(Z) -> x̂``, both jitted, eval mode."""
+  encode: Callable[[Array], Array]  # (B, H, W, C) in [-1, 1] -> (B, d) float32 unit rows
+  decode: Callable[[Array], Array]  # (B, d) -> (B, H, W, C) in [-1, 1]
+  config: ml_collections.ConfigDict
+  state: TrainState
+
+
+def load(workdir: str, step: Optional[int] = None) -> Loaded:
+  """The encoder and decoder of the checkpoint at ``step`` (latest when None) in ``workdir``.
+
+  Needs only the work directory (``config.json`` and ``checkpoints/``), not the data.
+  """
+  config = checkpointing.load_config(workdir)
+  image_shape = tuple(config.data.image_shape)
+  target = create_train_state(config, image_shape, jax.random.key(0))
+  with checkpointing.Checkpointer(workdir) as checkpointer:
+    state, _ = checkpointer.restore(target, step)
+  encoder, decoder = models.create_models(config, image_shape)
+  encoder_vars = {"params": state.encoder_params, "batch_stats": state.encoder_batch_stats}
+  decoder_vars = {"params": state.decoder_params, "batch_stats": state.decoder_batch_stats}
+  encode = jax.jit(lambda x: encoder.apply(encoder_vars, x, train=False))
+  decode = jax.jit(lambda z: decoder.apply(decoder_vars, z, train=False))
+  return Loaded(encode, decode, config, state)

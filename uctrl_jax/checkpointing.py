@@ -1,0 +1,159 @@
+"""Checkpoints of the whole ``TrainState`` plus a small JSON dict, and the run's config.
+
+Layout of a work directory::
+
+    WORKDIR/config.json               save_config: the ConfigDict as JSON
+    WORKDIR/checkpoints/<step>/state  the TrainState (orbax StandardSave)
+    WORKDIR/checkpoints/<step>/extra  a JSON dict (e.g. data seed, examples seen)
+
+``Checkpointer`` wraps an orbax ``CheckpointManager``. Orbax writes each step into a
+temporary directory and renames it when complete (atomic commit), so a save that
+crashes half-way is never listed by ``latest_step``/``all_steps`` and a resume picks
+the last complete step.
+
+Multi-host: every process must call ``Checkpointer(...)``, ``save`` and ``restore``
+with the same arguments (orbax synchronises the processes inside them and each
+process writes/reads its own shards; process 0 writes the metadata and the JSON).
+Calling them from process 0 only deadlocks. ``save_config`` writes from process 0
+only; ``load_config`` may be called anywhere.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional, Tuple
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+CHECKPOINT_SUBDIR = "checkpoints"
+CONFIG_FILENAME = "config.json"
+_STATE = "state"
+_EXTRA = "extra"
+
+
+class Checkpointer:
+  """Orbax CheckpointManager over WORKDIR/checkpoints: the whole TrainState plus a small
+  JSON 'extra' dict.
+
+  Args:
+    workdir: the run's directory; checkpoints go to ``workdir/checkpoints`` (created).
+    max_to_keep: the newest ``max_to_keep`` steps are kept, older ones deleted after
+      each save.
+  """
+
+  def __init__(self, workdir: str, *, max_to_keep: int = 3):
+    if max_to_keep < 1:
+      raise ValueError(f"max_to_keep must be ≥ 1, got {max_to_keep}")
+    self.directory = os.path.join(os.fspath(workdir), CHECKPOINT_SUBDIR)
+    options = ocp.CheckpointManagerOptions(
+        # `max_to_keep=` on the options is deprecated in favour of a preservation policy.
+        preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep),
+        # Partial saves left by a crash (uncommitted tmp dirs) are removed on start.
+        cleanup_tmp_directories=True,
+        create=True)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=(_STATE, _EXTRA))
+
+  def latest_step(self) -> Optional[int]:
+    """The newest committed step, or None when there is none."""
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    """Committed steps, ascending."""
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, extra: dict) -> None:
+    """Writes ``state`` and ``extra`` as ``step`` and blocks until committed.
+
+    Every process must call this (see the module docstring). The trainer decides when
+    to save, so orbax's save-interval policy is bypassed (``force=True``).
+
+    Args:
+      step: the checkpoint's step (usually ``int(state.step)``). Saving a step that
+        already exists is a no-op (a resumed run re-saving the step it restored);
+        saving a step older than ``latest_step()`` is an error, since a later resume
+        would silently jump back to the newer one.
+      state: a pytree of ``jax.Array``s (the ``TrainState``), any sharding.
+      extra: JSON-serialisable dict, e.g. ``{"step": 10, "data_seed": 3,
+        "examples_seen": 1280}``.
+    """
+    step = int(step)
+    existing = self.all_steps()
+    if step in existing:
+      return
+    if existing and step < existing[-1]:
+      raise ValueError(f"step {step} is older than the latest checkpoint {existing[-1]} in "
+                       f"{self.directory}; restore it or use a fresh workdir")
+    json.dumps(extra)  # fail here, with the caller's stack, if not JSON-serialisable
+    self._manager.save(
+        step,
+        args=ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state),
+                                   _EXTRA: ocp.args.JsonSave(extra)}),
+        force=True)
+    # Saves are asynchronous; wait so that a crash right after loses nothing.
+    self._manager.wait_until_finished()
+
+  def restore(self, target_state: Any, step: Optional[int] = None) -> Tuple[Any, dict]:
+    """Reads a checkpoint into the structure, dtypes and shardings of ``target_state``.
+
+    Every process must call this (see the module docstring).
+
+    Args:
+      target_state: a pytree like the saved state whose leaves are ``jax.Array``s or
+        ``jax.ShapeDtypeStruct``s with ``sharding`` set (e.g. a freshly created and
+        placed ``TrainState``); only its shapes, dtypes and shardings are used.
+      step: the step to read; the latest when None.
+    Returns:
+      ``(state, extra)``: the state with each leaf placed like ``target_state``'s and
+      the ``extra`` dict given to ``save``.
+    Raises:
+      FileNotFoundError: no committed checkpoint (or not ``step``) in the directory.
+    """
+    if step is None:
+      step = self.latest_step()
+      if step is None:
+        raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    elif step not in self.all_steps():
+      raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory} "
+                              f"(have {self.all_steps()})")
+    # ShapeDtypeStructs keep each leaf's sharding, so orbax reads straight onto it.
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract),
+                                         _EXTRA: ocp.args.JsonRestore()}))
+    return restored[_STATE], dict(restored[_EXTRA])
+
+  def close(self) -> None:
+    """Waits for pending work and releases orbax's threads."""
+    self._manager.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def save_config(workdir: str, config: ml_collections.ConfigDict) -> str:
+  """Writes ``config`` to ``WORKDIR/config.json`` from process 0 only; returns the path.
+
+  ``to_json_best_effort`` turns tuples into lists and drops placeholder types (an
+  unset ``placeholder(str)`` is written as ``null``).
+  """
+  path = os.path.join(os.fspath(workdir), CONFIG_FILENAME)
+  if jax.process_index() == 0:
+    os.makedirs(os.fspath(workdir), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:  # write-then-rename, so a reader never sees half a file
+      f.write(config.to_json_best_effort(indent=2))
+      f.write("\n")
+    os.replace(tmp, path)
+  return path
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """Reads ``WORKDIR/config.json`` back (tuples come back as lists)."""
+  with open(os.path.join(os.fspath(workdir), CONFIG_FILENAME)) as f:
+    return ml_collections.ConfigDict(json.load(f))
