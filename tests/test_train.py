@@ -131,3 +131,26 @@ def test_bad_encoder_steps_and_batch_raise():
     with pytest.raises(ValueError, match="not divisible by its 8 local devices"):
       sharding.shard_batch({"image": np.zeros((12, 2), np.float32)},
                            sharding.create_mesh(jax.devices()[:8]))
+
+
+def _health_metrics(R, cos, mse):
+  return {"encoder/R": R, "encoder/cos_z_zhat": cos, "decoder/recon_mse": mse}
+
+
+def test_health_monitor_names_collapse_and_fooling():
+  monitor = train.HealthMonitor()
+  assert monitor.update(50, _health_metrics(60.0, 0.3, 0.80)) == []
+  assert monitor.update(100, _health_metrics(62.0, 0.5, 0.70)) == []
+  collapse = monitor.update(150, _health_metrics(20.0, 0.5, 0.60))
+  assert len(collapse) == 1 and "feature collapse" in collapse[0] and "62.00" in collapse[0]
+  fooling = monitor.update(200, _health_metrics(61.0, 0.96, 0.78))
+  assert len(fooling) == 1 and "decoder fooling" in fooling[0] and "0.960" in fooling[0]
+  # The same cosine with reconstructions that did improve is transcription, not fooling.
+  assert monitor.update(250, _health_metrics(61.0, 0.96, 0.30)) == []
+
+
+def test_check_finite_names_every_bad_term():
+  train.check_finite(3, {"encoder/R": 1.0, "decoder/recon_mse": 0.5})
+  with pytest.raises(FloatingPointError, match=r"step 7: decoder/grad_norm, encoder/R; stopping"):
+    train.check_finite(7, {"encoder/R": float("nan"), "decoder/grad_norm": float("inf"),
+                           "encoder/aug": 0.1})

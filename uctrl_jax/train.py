@@ -288,6 +288,17 @@ def _console_line(step: int, num_steps: int, metrics: Mapping[str, float]) -> st
   return f"step {step}/{num_steps} | {terms}"
 
 
+def _flat_hparams(tree: Mapping[str, Any], prefix: str = "") -> dict:
+  """``{"train.batch_size": 128, ...}``; values TensorBoard cannot show become strings."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      flat.update(_flat_hparams(value, f"{prefix}{key}."))
+    else:
+      flat[prefix + key] = value if isinstance(value, (bool, int, float, str)) else str(value)
+  return flat
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains uCTRL as ``config`` says, in ``workdir``, resuming from its latest checkpoint.
 
@@ -329,7 +340,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                              every_steps=t.log_every)
   monitor = HealthMonitor(**t.get("health", {}))
   if start == 0:
-    writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
+    writer.write_hparams(_flat_hparams(config.to_dict()))
 
   for step in range(start + 1, t.num_steps + 1):  # step: iterations done after this one
     host_batch = next(batches)
