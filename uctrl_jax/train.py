@@ -219,17 +219,24 @@ def train_iteration(encoder_step, decoder_step, state: TrainState, batch,
   return state, {**enc_metrics, **dec_metrics}
 
 
-def make_reconstruct(config, image_shape) -> Callable:
-  """Jitted ``reconstruct(state, x) -> g(f(x))`` with running BN statistics (eval mode)."""
+def _eval_mode_loop(config, image_shape) -> Tuple[Callable, Callable]:
+  """``encode(state, x) -> Z`` and ``decode(state, Z) -> x̂`` with running BN statistics."""
   encoder, decoder = models.create_models(config, image_shape)
 
-  @jax.jit
-  def reconstruct(state: TrainState, x: Array) -> Array:
-    Z = encoder.apply({"params": state.encoder_params, "batch_stats": state.encoder_batch_stats},
-                      x, train=False)
+  def encode(state: TrainState, x: Array) -> Array:
+    return encoder.apply({"params": state.encoder_params, "batch_stats": state.encoder_batch_stats},
+                         x, train=False)
+
+  def decode(state: TrainState, Z: Array) -> Array:
     return decoder.apply({"params": state.decoder_params, "batch_stats": state.decoder_batch_stats},
                          Z, train=False)
-  return reconstruct
+  return encode, decode
+
+
+def make_reconstruct(config, image_shape) -> Callable:
+  """Jitted ``reconstruct(state, x) -> g(f(x))`` in eval mode (running BN statistics)."""
+  encode, decode = _eval_mode_loop(config, image_shape)
+  return jax.jit(lambda state, x: decode(state, encode(state, x)))
 
 
 class HealthMonitor:
@@ -386,9 +393,6 @@ def load(workdir: str, step: Optional[int] = None) -> Loaded:
   target = create_train_state(config, image_shape, jax.random.key(0))
   with checkpointing.Checkpointer(workdir) as checkpointer:
     state, _ = checkpointer.restore(target, step)
-  encoder, decoder = models.create_models(config, image_shape)
-  encoder_vars = {"params": state.encoder_params, "batch_stats": state.encoder_batch_stats}
-  decoder_vars = {"params": state.decoder_params, "batch_stats": state.decoder_batch_stats}
-  encode = jax.jit(lambda x: encoder.apply(encoder_vars, x, train=False))
-  decode = jax.jit(lambda z: decoder.apply(decoder_vars, z, train=False))
-  return Loaded(encode, decode, config, state)
+  encode, decode = (jax.jit(f) for f in _eval_mode_loop(config, image_shape))
+  # The state is an argument, not a closed-over constant: compiles fast at any size.
+  return Loaded(lambda x: encode(state, x), lambda Z: decode(state, Z), config, state)
