@@ -1,4 +1,10 @@
-"""CIFAR-10 (32×32×3) with the ResNet-18 encoder; needs the tfds data prepared."""
+"""CIFAR-10 (32×32×3) with the ResNet-18 pair; the tfds data must be prepared.
+
+    python main.py --config=configs/cifar.py --workdir=/tmp/uctrl_cifar10
+
+CTRL's CIFAR-10 setting of two encoder steps per decoder step (SPEC §3). Not yet run
+on an accelerator: expected figures come with the trainer issue's measurements.
+"""
 from configs import default
 
 

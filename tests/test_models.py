@@ -407,3 +407,16 @@ def test_wrong_input_shape_raises():
   enc, _ = models.create_models(make_config("dcgan"), (28, 28, 1))
   with pytest.raises(ValueError, match=r"\(28, 28, 1\)"):
     enc.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)), train=False)
+
+
+@pytest.mark.parametrize("name,image_shape", [
+    ("default", (28, 28, 1)), ("fashion_mnist", (28, 28, 1)), ("mnist", (28, 28, 1)),
+    ("tiny", (28, 28, 1)), ("cifar", (32, 32, 3)), ("cifar100", (32, 32, 3)),
+    ("stl10", (96, 96, 3))])
+def test_every_config_builds_models_for_its_images(name, image_shape):
+  import importlib
+  config = importlib.import_module(f"configs.{name}").get_config()
+  assert config.data.image_size in (None, image_shape[0])
+  encoder, decoder = models.create_models(config, image_shape)
+  assert encoder.feature_dim == config.model.feature_dim
+  assert decoder.image_shape == image_shape
