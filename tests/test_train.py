@@ -154,3 +154,12 @@ def test_check_finite_names_every_bad_term():
   with pytest.raises(FloatingPointError, match=r"step 7: decoder/grad_norm, encoder/R; stopping"):
     train.check_finite(7, {"encoder/R": float("nan"), "decoder/grad_norm": float("inf"),
                            "encoder/aug": 0.1})
+
+
+def test_health_monitor_flags_the_noise_drawing_run_of_2026_11_29():
+  # Logged (cos(z, ẑ), recon MSE) of configs/fashion_mnist.py at steps 50, 600, 1300:
+  # its reconstructions were noise throughout (README).
+  monitor = train.HealthMonitor()
+  assert monitor.update(50, _health_metrics(54.3, 0.506, 0.757)) == []
+  assert monitor.update(600, _health_metrics(55.4, 0.817, 0.465)) == []
+  assert "decoder fooling" in monitor.update(1300, _health_metrics(55.6, 0.794, 0.940))[0]
