@@ -158,7 +158,7 @@ def test_check_finite_names_every_bad_term():
 
 def test_health_monitor_flags_the_noise_drawing_run_of_2026_11_29():
   # Logged (cos(z, ẑ), recon MSE) of configs/fashion_mnist.py at steps 50, 600, 1300:
-  # its reconstructions were noise throughout (README).
+  # its reconstructions stayed mostly noise (README, "First run of the default").
   monitor = train.HealthMonitor()
   assert monitor.update(50, _health_metrics(54.3, 0.506, 0.757)) == []
   assert monitor.update(600, _health_metrics(55.4, 0.817, 0.465)) == []
