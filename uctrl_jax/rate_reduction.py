@@ -73,6 +73,15 @@ def _check_eps_sq(eps_sq) -> None:
       raise ValueError(f"eps_sq must be a finite number > 0; got {value}")
 
 
+def _check_paired(name_a: str, A, name_b: str, B) -> tuple[Array, Array]:
+  """Both as float32 ``(n, d)`` features, paired row by row (so of one shape)."""
+  A, B = _check_features(name_a, A), _check_features(name_b, B)
+  if A.shape != B.shape:
+    raise ValueError(f"{name_b} must have the shape of {name_a} (the same shape, paired rows); "
+                     f"got {name_a}: {A.shape}, {name_b}: {B.shape}")
+  return A, B
+
+
 def _check_same_width(name_a: str, A: Array, name_b: str, B: Array) -> None:
   if A.shape[1] != B.shape[1]:
     raise ValueError(
@@ -324,10 +333,7 @@ def pairwise_rate_distance(U, V, eps_sq) -> Array:
   Returns:
     (n,) float32.
   """
-  U = _check_features("U", U)
-  V = _check_features("V", V)
-  if U.shape != V.shape:
-    raise ValueError(f"U and V must have the same shape (paired rows); got {U.shape} and {V.shape}")
+  U, V = _check_paired("U", U, "V", V)
   _check_eps_sq(eps_sq)
   return _pairwise_rate_distance(U, V, eps_sq)
 
@@ -350,10 +356,7 @@ def cosine_distance(U, V) -> Array:
   Returns:
     (n,) float32 in [0, 2].
   """
-  U = _check_features("U", U)
-  V = _check_features("V", V)
-  if U.shape != V.shape:
-    raise ValueError(f"U and V must have the same shape (paired rows); got {U.shape} and {V.shape}")
+  U, V = _check_paired("U", U, "V", V)
   return _cosine_distance(U, V)
 
 
@@ -420,11 +423,7 @@ def uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self,
     ``aug_per_sample``, ``self_per_sample`` (batch means, for logs),
     ``encoder_objective`` (to maximise) and ``decoder_objective`` (to minimise).
   """
-  Z = _check_features("Z", Z)
-  Zhat = _check_features("Zhat", Zhat)
-  if Zhat.shape != Z.shape:
-    raise ValueError(f"Zhat must have the shape of Z (one reconstruction per row); "
-                     f"got Z: {Z.shape}, Zhat: {Zhat.shape}")
+  Z, Zhat = _check_paired("Z", Z, "Zhat", Zhat)
   Z_aug = jnp.asarray(Z_aug)
   if Z_aug.ndim == 2:
     Z_aug = Z_aug[None]
@@ -481,10 +480,7 @@ def ctrl_multi_objective(Z, Zhat, labels, num_classes: int, eps_sq, *,
     dict of () float32: ``delta_R_z``, ``delta_R_zhat``, ``class_distance`` and
     ``objective`` (their sum).
   """
-  Z = _check_features("Z", Z)
-  Zhat = _check_features("Zhat", Zhat)
-  if Zhat.shape != Z.shape:
-    raise ValueError(f"Zhat must have the shape of Z; got Z: {Z.shape}, Zhat: {Zhat.shape}")
+  Z, Zhat = _check_paired("Z", Z, "Zhat", Zhat)
   _check_eps_sq(eps_sq)
   membership = _labels_to_membership(labels, num_classes, Z.shape[0])
   return _ctrl_multi_objective(Z, Zhat, membership, eps_sq, axis_name=axis_name)
