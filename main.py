@@ -12,6 +12,8 @@ from absl import logging  # noqa: E402
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from uctrl_jax import distributed  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and figures.")
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (and evaluate), or evaluate the "
@@ -19,19 +21,37 @@ flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (and evaluate), or 
 config_flags.DEFINE_config_file("config", "configs/fashion_mnist.py", "Experiment config file.",
                                 lock_config=True)
 flags.mark_flags_as_required(["workdir"])
+# Multi-host (uctrl_jax/distributed.py): one process per host, joined by jax.distributed.
+flags.DEFINE_bool("distributed", False, "Join the other processes of a multi-host job "
+                  "(jax.distributed.initialize). Alone, jax auto-detects TPU pod slices, SLURM "
+                  "and Open MPI; elsewhere give the three flags below (or $JAX_COORDINATOR_ADDRESS, "
+                  "$JAX_NUM_PROCESSES, $JAX_PROCESS_ID), any of which implies --distributed.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, the same on every "
+                    "process.")
+flags.DEFINE_integer("num_processes", None, "Number of processes (hosts) in the job.")
+flags.DEFINE_integer("process_id", None, "This process's index, in [0, num_processes).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # Before anything touches a device: jax.distributed must come first.
+  distributed.initialize(enabled=FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
+                         num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   from uctrl_jax import train  # TensorFlow (data) stays off accelerators once imported.
-  logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
-               jax.devices())
+  logging.info("%s", distributed.describe())
   if FLAGS.mode == "eval":
-    # Evaluators land with the evaluation issue; say so rather than fake a result.
-    raise SystemExit("--mode=eval is not implemented yet (the evaluation issue adds "
-                     "uctrl_jax/evaluators/). Nothing was evaluated.")
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    # Latest checkpoint of --workdir; writes results.json, results.md and figures/ there.
+    from uctrl_jax import evaluate
+    evaluate.evaluate(FLAGS.config, FLAGS.workdir)
+    return
+  from uctrl_jax import validation
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (validation.ConfigError, FloatingPointError) as e:
+    # Their one-line messages say what to fix; a traceback would only bury them.
+    logging.error("%s", e)
+    raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -53,6 +53,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.sample_reduction = "mean"  # "sum" (SPEC §3 Σᵢ) | "mean" (λ independent of n)
   config.loss.num_classes = 10  # ctrl_multi only (supervised)
 
+  # --- devices (uctrl_jax/sharding.py): one (data, model) mesh over every device of every
+  # process; the global batch is split over `data`. -1: all devices not on `model`.
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1
+  config.mesh.model = 1  # parameter sharding (FSDP-style): extension point, must be 1
+
   # --- training (uctrl_jax/train.py) ---
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 512  # global, over all processes and devices
@@ -71,4 +77,41 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 500
   config.train.eval_every = 1_000
   config.train.max_to_keep = 3
+  # Non-finite objective terms / gradient norms / state (train_and_evaluate): "stop" raises
+  # naming them; "rollback" restores the last checkpoint and goes on with the next batches,
+  # at most max_rollbacks times.
+  config.train.on_nonfinite = "stop"
+  config.train.max_rollbacks = 3
+  # Test-only fault hook: NaN in the encoder's parameters and objective after this step.
+  config.train.fault_inject_nan_at_step = ml_collections.config_dict.placeholder(int)
+
+  # --- evaluation (uctrl_jax/evaluators/, uctrl_jax/evaluate.py; SPEC §4) ---
+  # Each evaluator's block holds keyword arguments of its module's `evaluate`.
+  config.evals = ml_collections.ConfigDict()
+  config.evals.names = ("knn", "linear_probe", "nearest_subspace", "clustering", "reconstruction",
+                        "conditional_generation", "fid")
+  # The first N examples of each split (None: all); in-training evaluations set these.
+  config.evals.max_train_examples = ml_collections.config_dict.placeholder(int)
+  config.evals.max_test_examples = ml_collections.config_dict.placeholder(int)
+  config.evals.train_split = "train"
+  config.evals.test_split = "test"
+  config.evals.batch_size = 500  # rows per encode/decode call
+  config.evals.baselines = True  # evaluate.py: classifiers on raw pixels and the initial encoder
+  config.evals.figures = True  # evaluate.py: WORKDIR/figures/*.png
+  config.evals.knn = ml_collections.ConfigDict(dict(k=20, temperature=0.07))  # solo-learn
+  config.evals.linear_probe = ml_collections.ConfigDict(dict(steps=500, lr=0.05, weight_decay=1e-4))
+  config.evals.nearest_subspace = ml_collections.ConfigDict(dict(n_components=10))  # CTRL
+  config.evals.clustering = ml_collections.ConfigDict(dict(
+      num_clusters=ml_collections.config_dict.placeholder(int),  # None: number of classes
+      seed=0, num_iters=100, num_restarts=10, mcr2=True,
+      eps_sq=ml_collections.config_dict.placeholder(float),  # None: config.loss.eps_sq
+      mcr2_steps=200, mcr2_lr=0.01, mcr2_temperature=0.1, mcr2_max_examples=5000,
+      mcr2_max_dim=128))
+  config.evals.reconstruction = ml_collections.ConfigDict(dict(k=20, temperature=0.07))
+  config.evals.conditional_generation = ml_collections.ConfigDict(dict(
+      use_labels=False, num_clusters=ml_collections.config_dict.placeholder(int), seed=0,
+      num_components=8, num_samples=10))
+  # A TensorFlow SavedModel of Inception-v3 pool features; None skips FID (never downloaded).
+  config.evals.fid = ml_collections.ConfigDict(dict(
+      inception_path=ml_collections.config_dict.placeholder(str)))
   return config

@@ -140,6 +140,20 @@ def test_augment_switches_colour_ops_off_for_one_channel():
   assert np.abs(colour - _colour_image(16).numpy()).mean() > 1e-2
 
 
+def test_augment_applies_colour_ops_inside_tf_data():
+  # Regression: in graph mode the crop lost the static channel count, so `augment`
+  # silently skipped colour jitter and grayscale for every RGB dataset.
+  settings = dict(size=16, crop_scale=(0.5, 1.0), flip=False, jitter_prob=1.0,
+                  grayscale_prob=1.0)
+  # Unknown height and width, as decoded images of varying size arrive.
+  ds = tf.data.Dataset.from_generator(lambda: iter([_colour_image(32)]),
+                                      output_signature=tf.TensorSpec((None, None, 3)))
+  ds = ds.map(lambda x: augment.augment(x, SEED, **settings))
+  assert ds.element_spec.shape == (16, 16, 3)
+  out = next(iter(ds)).numpy()
+  np.testing.assert_allclose(out[..., 0], out[..., 2], atol=1e-6)
+
+
 def test_augment_output_size_and_view_independence():
   image = _colour_image(32)
   out = augment.augment(image, SEED, size=(20, 24))

@@ -50,8 +50,11 @@ def random_resized_crop(image: Image, seed: tf.Tensor, *,
       use_image_if_no_bounding_boxes=True)
   crop = tf.slice(image, begin, crop_size)
   # antialias: crops are also shrunk (e.g. STL-10 96 -> 64); bilinear alone aliases.
-  out = tf.image.resize(crop, size, method="bilinear", antialias=True)
-  return tf.clip_by_value(out, 0.0, 1.0)
+  out = tf.clip_by_value(tf.image.resize(crop, size, method="bilinear", antialias=True), 0.0, 1.0)
+  # tf.slice loses the static channel count inside tf.data/tf.function; later ops
+  # (colour jitter only for 3 channels) read it, so restore it.
+  out.set_shape((*size, image.shape[-1]))
+  return out
 
 
 def random_flip(image: Image, seed: tf.Tensor) -> Image:

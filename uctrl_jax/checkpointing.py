@@ -5,11 +5,14 @@ Layout of a work directory::
     WORKDIR/config.json               save_config: the ConfigDict as JSON
     WORKDIR/checkpoints/<step>/state  the TrainState (orbax StandardSave)
     WORKDIR/checkpoints/<step>/extra  a JSON dict (e.g. data seed, examples seen)
+    WORKDIR/checkpoints_unreadable/<step>  damaged steps set aside by a resume
 
 ``Checkpointer`` wraps an orbax ``CheckpointManager``. Orbax writes each step into a
 temporary directory and renames it when complete (atomic commit), so a save that
 crashes half-way is never listed by ``latest_step``/``all_steps`` and a resume picks
-the last complete step.
+the last complete step. A committed step damaged later (truncated or deleted files)
+fails to restore; ``restore_latest_readable`` then sets it aside with a warning and
+falls back to the previous step, and never silently starts over.
 
 Multi-host: every process must call ``Checkpointer(...)``, ``save`` and ``restore``
 with the same arguments (orbax synchronises the processes inside them and each
@@ -21,13 +24,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
+from absl import logging
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
 CHECKPOINT_SUBDIR = "checkpoints"
+UNREADABLE_SUBDIR = "checkpoints_unreadable"  # restore_latest_readable moves damaged steps here
 CONFIG_FILENAME = "config.json"
 _STATE = "state"
 _EXTRA = "extra"
@@ -124,6 +129,74 @@ class Checkpointer:
         step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract),
                                          _EXTRA: ocp.args.JsonRestore()}))
     return restored[_STATE], dict(restored[_EXTRA])
+
+  def restore_latest_readable(self, target_state: Any,
+                              check: Optional[Callable[[Any], None]] = None
+                              ) -> Optional[Tuple[Any, dict]]:
+    """Restores the newest checkpoint that reads back, moving unreadable ones aside.
+
+    A checkpoint whose files were truncated or deleted after its commit (a full disk,
+    a copy cut short, a bad block) makes orbax raise on restore. Rather than fail, or
+    restart from step 0 over the run's history, the next older step is tried, with a
+    warning naming the unreadable one. Once one restores, the unreadable newer step
+    directories are moved to ``WORKDIR/checkpoints_unreadable/<step>`` (kept for
+    inspection; orbax no longer lists them, so the resumed run can save those steps
+    again).
+
+    Args:
+      target_state: as for ``restore``.
+      check: called with each restored state; raising (e.g. on non-finite values)
+        makes the step count as unreadable.
+    Returns:
+      ``(state, extra)`` of the newest readable step, or None when the directory holds
+      no committed step at all (a fresh run).
+    Raises:
+      RuntimeError: committed steps exist but none reads back; names each directory
+        and moves none.
+    """
+    steps = self.all_steps()
+    if not steps:
+      return None
+    failures = []  # (step, path, reason), newest first
+    for step in reversed(steps):
+      path = os.path.join(self.directory, str(step))
+      try:
+        state, extra = self.restore(target_state, step)
+        if check is not None:
+          check(state)
+      except Exception as e:  # orbax/tensorstore raise many types for damaged files
+        first_line = str(e).splitlines()[0][:300] if str(e) else ""
+        failures.append((step, path, f"{type(e).__name__}: {first_line}"))
+        logging.warning("checkpoint %s is unreadable (%s); trying the previous step",
+                        path, failures[-1][2])
+        continue
+      # Only now that an older step restored are the newer ones set aside: when none
+      # restores, everything stays in place, so the next start cannot begin at step 0.
+      for bad_step, bad_path, _ in failures:
+        logging.warning("resuming from step %d: moved the unreadable checkpoint %s to %s",
+                        step, bad_path, self._set_aside(bad_step))
+      return state, extra
+    raise RuntimeError(
+        f"no readable checkpoint in {self.directory}: " +
+        "; ".join(f"{path} ({reason})" for _, path, reason in failures) +
+        ". Not restarting from step 0 over them: repair or remove them, or use a fresh workdir")
+
+  def _set_aside(self, step: int) -> str:
+    """Moves step ``step``'s directory out of orbax's sight; returns the new path."""
+    aside_root = os.path.join(os.path.dirname(self.directory), UNREADABLE_SUBDIR)
+    target = os.path.join(aside_root, str(step))
+    if jax.process_index() == 0:
+      os.makedirs(aside_root, exist_ok=True)
+      suffix = 1
+      while os.path.exists(target):  # an earlier fallback set this step aside already
+        target = os.path.join(aside_root, f"{step}.{suffix}")
+        suffix += 1
+      os.rename(os.path.join(self.directory, str(step)), target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"uctrl_set_aside_{step}")
+    self._manager.reload()  # forget the cached step list
+    return target
 
   def close(self) -> None:
     """Waits for pending work and releases orbax's threads."""

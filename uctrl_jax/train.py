@@ -9,9 +9,10 @@ once with the state donated; the batch arrives sharded over the ``data`` mesh ax
 ``train_and_evaluate(config, workdir)`` runs the loop: batches from
 ``input_pipeline``, the steps, console + TensorBoard scalars (clu) with a progress/ETA
 line, reconstruction grids, a health monitor (feature collapse, decoder fooling), a
-non-finite guard, and orbax checkpoints with automatic resume (``checkpointing``).
+non-finite guard, and orbax checkpoints with automatic resume (``checkpointing``), saved
+on SIGTERM/SIGINT too (see ``train_and_evaluate`` for the reliability measures).
 Resuming restores the whole state and continues the data stream exactly where it was
-(``create_dataset(..., skip_batches=step)``), so an interrupted run repeats the
+(``create_dataset(..., skip_batches=...)``), so an interrupted run repeats the
 uninterrupted one's batches. Evaluators (``config.train.eval_every``) are not wired in
 yet.
 
@@ -29,6 +30,8 @@ from __future__ import annotations
 import functools
 import math
 import os
+import signal
+import threading
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Tuple
 
 from absl import logging
@@ -41,11 +44,13 @@ import ml_collections
 import optax
 
 from uctrl_jax import checkpointing
+from uctrl_jax import distributed
 from uctrl_jax import image_grid
 from uctrl_jax import input_pipeline
 from uctrl_jax import models
 from uctrl_jax import rate_reduction as rr
 from uctrl_jax import sharding
+from uctrl_jax import validation
 
 Array = jax.Array
 Metrics = Mapping[str, Array]
@@ -276,9 +281,39 @@ class HealthMonitor:
     return warnings
 
 
-def check_finite(step: int, metrics: Mapping[str, float]) -> None:
-  """Raises FloatingPointError naming every non-finite logged term (before any checkpoint)."""
+@jax.jit
+def _finite_per_leaf(leaves: list) -> Array:
+  """(L,) bool: whether each array in ``leaves`` is entirely finite (one small transfer)."""
+  return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+def nonfinite_state_leaves(state: Any) -> list[str]:
+  """Paths (``jax.tree_util.keystr``) of the floating-point arrays of ``state`` that hold
+  a NaN or an infinity; [] when all are finite. One jitted reduction per call."""
+  named = [(jax.tree_util.keystr(path), x) for path, x in jax.tree_util.tree_leaves_with_path(state)
+           if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  if not named:
+    return []
+  finite = jax.device_get(_finite_per_leaf([x for _, x in named]))
+  return [name for (name, _), ok in zip(named, finite) if not ok]
+
+
+def check_finite(step: int, metrics: Mapping[str, float], state: Any = None) -> None:
+  """Raises FloatingPointError naming every non-finite logged term (before any checkpoint).
+
+  Args:
+    step: the step the values belong to (named in the message).
+    metrics: host scalars, e.g. ``jax.device_get`` of a step's metrics; may be empty.
+    state: optional ``TrainState`` (any pytree); its floating-point arrays are checked
+      too (parameters, batch statistics, optimizer moments), so a NaN that has not yet
+      reached a logged term still stops the run before it is checkpointed.
+  """
   bad = sorted(k for k, v in metrics.items() if not math.isfinite(float(v)))
+  if state is not None:
+    leaves = nonfinite_state_leaves(state)
+    if leaves:
+      more = f" and {len(leaves) - 3} more arrays" if len(leaves) > 3 else ""
+      bad.append(f"state {', '.join(leaves[:3])}{more}")
   if bad:
     raise FloatingPointError(f"non-finite values at step {step}: {', '.join(bad)}; stopping "
                              "without writing a checkpoint of this state")
@@ -308,6 +343,72 @@ def _flat_hparams(tree: Mapping[str, Any], prefix: str = "") -> dict:
   return flat
 
 
+class _StopSignals:
+  """SIGTERM / SIGINT → a request to stop at the next iteration boundary.
+
+  A context manager: ``__enter__`` installs handlers that only record the signal (the
+  loop checks ``requested`` once per iteration, saves a checkpoint and returns);
+  ``__exit__`` puts the previous handlers back. A second SIGINT raises
+  KeyboardInterrupt at once (Ctrl-C twice: stop now, without the checkpoint; orbax's
+  atomic commit leaves the previous checkpoints intact).
+
+  With several processes a local flag could stop them at different steps, and the
+  checkpoint save is collective; there SIGTERM is left to jax's preemption service
+  (``jax.distributed``, enabled by default), which agrees on a step across processes
+  (``multihost_utils.reached_preemption_sync_point``), and no handler is installed.
+  Handlers need the main thread; elsewhere none is installed either.
+  """
+
+  _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.received: Optional[str] = None  # name of the first signal
+    self._previous = {}
+    self._multi_process = jax.process_count() > 1
+    self._sync_point_available = True
+
+  def __enter__(self) -> "_StopSignals":
+    if not self._multi_process and threading.current_thread() is threading.main_thread():
+      for sig in self._SIGNALS:
+        self._previous[sig] = signal.getsignal(sig)
+        signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    if self.received is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.received = self.received or signal.Signals(signum).name
+
+  def __exit__(self, *exc) -> None:
+    for sig, previous in self._previous.items():
+      # None: a handler installed outside Python, which cannot be reinstated from here.
+      signal.signal(sig, signal.SIG_DFL if previous is None else previous)
+    self._previous.clear()
+
+  def requested(self, step: int) -> Optional[str]:
+    """What asks the run to stop after ``step`` (a signal name), or None. Every process
+    must call this at every step (the multi-process sync point needs it)."""
+    if not self._multi_process:
+      return self.received
+    if self._sync_point_available:
+      from jax.experimental import multihost_utils
+      try:
+        if multihost_utils.reached_preemption_sync_point(step):
+          return "preemption notice"
+      except RuntimeError:  # no preemption service (jax.distributed not initialised)
+        self._sync_point_available = False
+        logging.info("jax's preemption service is off: SIGTERM is not caught")
+    return None
+
+
+def _inject_nan(state: TrainState, metrics: dict) -> Tuple[TrainState, dict]:
+  """Test-only fault (``config.train.fault_inject_nan_at_step``): NaN in every encoder
+  parameter and in the logged encoder objective, as a diverged step would leave them."""
+  state = state.replace(encoder_params=jax.tree.map(lambda x: x * jnp.nan, state.encoder_params))
+  return state, {**metrics, "encoder/encoder_objective": jnp.float32(jnp.nan)}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains uCTRL as ``config`` says, in ``workdir``, resuming from its latest checkpoint.
 
@@ -315,22 +416,75 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   files, ``reconstructions/step_*.png`` (inputs above ``g(f(x))``). Only process 0
   writes logs and pictures; every process takes part in checkpoints (orbax).
 
+  Reliability:
+
+  * Validation: ``validation.validate_config`` runs first (names, ranges, batch vs.
+    devices, image size vs. model, a writable workdir whose earlier ``config.json``
+    agrees on the architecture and data) and raises ``ConfigError`` before any compile.
+  * Preemption: SIGTERM or SIGINT (single process) is noted by a handler and acted on
+    at the end of the iteration under way: the state is checked, saved as a checkpoint
+    of that step, a warning says so and the function returns (a second Ctrl-C stops at
+    once). Handlers are restored on return. A ``kill -9`` loses at most the steps since
+    the last checkpoint (``checkpoint_every``): orbax commits a step by renaming its
+    temporary directory, and the uncommitted remains are neither listed nor restored.
+  * Non-finite values: the logged terms (every ``log_every`` steps) and every array of
+    the state (at log steps and before every checkpoint, one jitted reduction) are
+    checked; a NaN or infinity is never checkpointed. ``train.on_nonfinite = "stop"``
+    (default) raises FloatingPointError naming the terms/arrays and the step, leaving
+    the last checkpoint intact. ``"rollback"`` restores the last checkpoint and goes
+    on, at most ``train.max_rollbacks`` (3) times, with the data stream continuing
+    where it was: the batches of the rolled-back steps are skipped, not replayed, so
+    the retried steps see new data (replaying them would most likely diverge again).
+  * Unreadable checkpoint: a resume falls back to the newest step that restores (and
+    holds finite values), with a warning; the damaged steps are moved to
+    ``checkpoints_unreadable/``. If none restores it raises, never restarting from
+    step 0 over the run's history.
+
+  Determinism and resume: the same config and seed give the same batches
+  (``input_pipeline``: streams seeded from ``(seed, process)``) and, on one backend
+  and device count, the same losses. Each checkpoint records ``batches_consumed``, the
+  number of batches this process read from the stream; a resume restores the whole
+  state and reopens the stream with ``create_dataset(..., skip_batches=
+  batches_consumed)``, so it sees exactly the batches the uninterrupted run would
+  have (``batches_consumed`` = step unless a rollback skipped batches). Not exact:
+  after a rollback (by design, see above); when the seed, global batch size or process
+  count changes between runs (the stream itself changes; ``validation`` warns); on a
+  different device count or backend (reduction order changes the floats; GPU
+  reductions may be nondeterministic unless XLA is told otherwise); the health
+  monitor's running references (max ``R(Z)``, first MSE) restart at the resumed step;
+  and steps between the last checkpoint and a kill are logged twice to TensorBoard.
+
   Returns:
-    The final state (replicated over the mesh).
+    The final state (replicated over the mesh); after a preemption, the state saved.
+  Raises:
+    validation.ConfigError: a bad config or workdir, before anything is compiled.
+    FloatingPointError: non-finite values with ``on_nonfinite = "stop"`` (or rollbacks
+      exhausted, or nothing to roll back to).
+    RuntimeError: checkpoints exist but none can be restored.
   """
   t = config.train
-  os.makedirs(workdir, exist_ok=True)
+  validation.validate_config(config, workdir)
   process_index, process_count = jax.process_index(), jax.process_count()
-  if t.batch_size % jax.device_count():
-    raise ValueError(f"config.train.batch_size = {t.batch_size} must be divisible by the "
-                     f"{jax.device_count()} devices")
-  mesh = sharding.create_mesh()
+  on_nonfinite = t.get("on_nonfinite", None) or "stop"
+  max_rollbacks = t.get("max_rollbacks", None)
+  max_rollbacks = 3 if max_rollbacks is None else int(max_rollbacks)
+  fault_step = t.get("fault_inject_nan_at_step", None)
+  mesh = sharding.create_mesh(mesh_config=config.get("mesh"))
   image_shape = input_pipeline.get_dataset_info(config).image_shape
+  if config.data.get("image_size", None) is None:
+    # "Keep the stored size": the shape is known only now, still before any compile.
+    validation.check_image_shape(config, image_shape)
+    validation.check_workdir_compatible(config, workdir, image_shape)
   state = sharding.replicate(create_train_state(config, image_shape, jax.random.key(config.seed)),
                              mesh)
   checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=t.max_to_keep)
-  if checkpointer.latest_step() is not None:
-    state, _ = checkpointer.restore(state)
+  batches_consumed = 0
+  restored = checkpointer.restore_latest_readable(
+      state, check=lambda s: check_finite(int(s.step), {}, s))
+  if restored is not None:
+    state, extra = restored
+    # Checkpoints written before `batches_consumed` existed read step batches.
+    batches_consumed = int(extra.get("batches_consumed", int(state.step)))
     logging.info("resumed from %s at step %d", workdir, int(state.step))
   # The saved config records the image shape too, so `load` can rebuild the models.
   saved_config = config.copy_and_resolve_references()
@@ -341,39 +495,90 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   batches = input_pipeline.create_dataset(
       config, "train", process_index=process_index, process_count=process_count,
-      skip_batches=start).as_numpy_iterator()
+      skip_batches=batches_consumed).as_numpy_iterator()
   encoder_step, decoder_step = make_steps(config, image_shape)
+  # Several processes: each compiles a step, then all meet, so no collective times out.
+  encoder_step = distributed.meet_before_first_run(encoder_step, "encoder_step")
+  decoder_step = distributed.meet_before_first_run(decoder_step, "decoder_step")
   reconstruct = make_reconstruct(config, image_shape)
   writer = metric_writers.create_default_writer(workdir, just_logging=process_index > 0)
-  progress = periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer,
-                                             every_steps=t.log_every)
+  new_progress = lambda: periodic_actions.ReportProgress(  # noqa: E731
+      num_train_steps=t.num_steps, writer=writer, every_steps=t.log_every)
+  progress = new_progress()
   monitor = HealthMonitor(**t.get("health", {}))
   if start == 0:
     writer.write_hparams(_flat_hparams(config.to_dict()))
 
-  for step in range(start + 1, t.num_steps + 1):  # step: iterations done after this one
-    host_batch = next(batches)
-    state, metrics = train_iteration(encoder_step, decoder_step, state,
-                                     sharding.shard_batch(host_batch, mesh), t.encoder_steps)
-    progress(step)
-    last = step == t.num_steps
-    if step % t.log_every == 0 or last:
-      metrics = jax.device_get(metrics)
-      check_finite(step, metrics)
-      writer.write_scalars(step, metrics)
-      logging.info("%s", _console_line(step, t.num_steps, metrics))
-      for warning in monitor.update(step, metrics):
-        logging.warning("%s", warning)
-    if (step % t.image_every == 0 or last) and process_index == 0:
-      k = min(8, host_batch["image"].shape[0] // 2)  # two rows of inputs over reconstructions
-      x = host_batch["image"][:2 * k]
-      xhat = jax.device_get(reconstruct(state, x))
-      image_grid.save_png(os.path.join(workdir, "reconstructions", f"step_{step:07d}.png"),
-                          image_grid.image_grid([x[:k], xhat[:k], x[k:], xhat[k:]]))
-    if step % t.checkpoint_every == 0 or last:
-      checkpointer.save(step, state, extra={"step": step, "examples_seen": step * t.batch_size})
-  writer.flush()
-  checkpointer.close()
+  def save(step: int, state: TrainState) -> None:
+    checkpointer.save(step, state, extra={"step": step, "examples_seen": step * t.batch_size,
+                                          "batches_consumed": batches_consumed})
+
+  rollbacks, injected, step, stop = 0, False, start, None
+  try:
+    with _StopSignals() as stop_signals:
+      while step < t.num_steps:
+        host_batch = next(batches)
+        batches_consumed += 1
+        state, metrics = train_iteration(encoder_step, decoder_step, state,
+                                         sharding.shard_batch(host_batch, mesh), t.encoder_steps)
+        step += 1  # iterations done
+        if step == fault_step and not injected:
+          injected = True  # once per call, so that a rollback can get past it
+          state, metrics = _inject_nan(state, metrics)
+        progress(step)
+        last = step == t.num_steps
+        log_now = step % t.log_every == 0 or last
+        save_now = step % t.checkpoint_every == 0 or last
+        # Kept once seen: a multi-process sync point answers yes at one step only.
+        stop = stop or stop_signals.requested(step)
+        if log_now:
+          metrics = jax.device_get(metrics)
+        if log_now or save_now or stop:
+          try:
+            # The state is checked wherever it could reach a checkpoint, so a NaN born
+            # between log steps is not saved either.
+            check_finite(step, metrics if log_now else {}, state)
+          except FloatingPointError as e:
+            last_good = checkpointer.latest_step()
+            if on_nonfinite != "rollback" or last_good is None or rollbacks >= max_rollbacks:
+              why = ("" if on_nonfinite != "rollback" else
+                     "; no checkpoint to roll back to" if last_good is None else
+                     f"; {rollbacks} rollbacks done already")
+              kept = ("no checkpoint was written" if last_good is None else
+                      f"the last checkpoint, step {last_good} in {checkpointer.directory}, is "
+                      "intact")
+              raise FloatingPointError(f"{e}{why}; {kept}") from None
+            rollbacks += 1
+            state, _ = checkpointer.restore(state, last_good)  # `state` gives shapes only
+            logging.warning("%s; rolled back to the checkpoint of step %d (rollback %d of %d); "
+                            "the data stream goes on at batch %d, skipping the batches of "
+                            "steps %d-%d", str(e).split("; stopping")[0], last_good, rollbacks,
+                            max_rollbacks, batches_consumed, last_good + 1, step)
+            step = last_good
+            progress = new_progress()  # it insists on consecutive steps
+            continue
+        if log_now:
+          writer.write_scalars(step, metrics)
+          logging.info("%s", _console_line(step, t.num_steps, metrics))
+          for warning in monitor.update(step, metrics):
+            logging.warning("%s", warning)
+        if (step % t.image_every == 0 or last) and process_index == 0:
+          # Two rows of inputs over reconstructions.
+          k = min(8, host_batch["image"].shape[0] // 2)
+          x = host_batch["image"][:2 * k]
+          xhat = jax.device_get(reconstruct(state, x))
+          image_grid.save_png(os.path.join(workdir, "reconstructions", f"step_{step:07d}.png"),
+                              image_grid.image_grid([x[:k], xhat[:k], x[k:], xhat[k:]]))
+        if save_now or stop:
+          save(step, state)
+        if stop:
+          logging.warning("%s received: saved the checkpoint of step %d in %s and stopped; "
+                          "run the same command again to resume", stop, step,
+                          checkpointer.directory)
+          break
+  finally:
+    writer.flush()
+    checkpointer.close()
   return state
 
 

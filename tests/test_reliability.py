@@ -1,0 +1,362 @@
+"""Reliability of train_and_evaluate (issue 6): preemption, kill -9, NaN guard, config
+validation, damaged checkpoints, determinism.
+
+Signals are sent to real `python main.py` subprocesses (tiny config, a 64-image npz
+dataset) once they have logged the step the test needs, never after a blind sleep;
+everything else runs in-process. A module-scoped run of 4 steps (checkpoints at 2 and
+4) serves the determinism and damaged-checkpoint tests, and a module-wide persistent
+compilation cache keeps the many small runs cheap.
+"""
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from uctrl_jax import checkpointing
+from uctrl_jax import train
+from uctrl_jax import validation
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEP_LINE = re.compile(r"step (\d+)/\d+ \|")
+_CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """One persistent XLA cache for this module's runs, in-process and subprocesses.
+
+  They all compile the same tiny-config steps, and compiling is most of a 4-step run
+  (about 20 s of CPU; 3 s from the cache). The previous settings come back afterwards.
+  """
+  path = str(tmp_path_factory.mktemp("jax_cache"))
+  previous = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  yield path
+  for name, value in previous.items():
+    jax.config.update(name, value)
+
+
+@pytest.fixture(scope="module")
+def npz_path(tmp_path_factory):
+  rng = np.random.default_rng(0)
+  path = tmp_path_factory.mktemp("data") / "data.npz"
+  np.savez(path, x=rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8),
+           y=rng.integers(0, 10, 64))
+  return str(path)
+
+
+def _config(npz_path, **train):
+  config = tiny.get_config()
+  config.data.name = f"npz:{npz_path}"
+  config.train.num_steps = 4
+  config.train.log_every = 1
+  config.train.checkpoint_every = 2
+  config.train.image_every = 1000
+  for key, value in train.items():
+    config.train[key] = value
+  return config
+
+
+def _scalars(workdir, tag):
+  """{step: value} of a TensorBoard scalar written by clu."""
+  import tensorflow as tf
+  values = {}
+  for name in sorted(os.listdir(workdir)):
+    if name.startswith("events.out.tfevents"):
+      for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, name)):
+        for v in event.summary.value:
+          if v.tag == tag:
+            values[event.step] = float(tf.make_ndarray(v.tensor))
+  return values
+
+
+@pytest.fixture(scope="module")
+def four_step_run(npz_path, tmp_path_factory):
+  """A finished 4-step run (checkpoints 2 and 4); tests copy it before changing it."""
+  workdir = str(tmp_path_factory.mktemp("four_step") / "run")
+  train.train_and_evaluate(_config(npz_path), workdir)
+  return workdir
+
+
+# ------------------------------------------------------------------ determinism
+
+
+def test_same_seed_same_losses(npz_path, four_step_run, tmp_path):
+  """Same config and seed: the same batches, views and initial state, so bitwise the
+  same logged terms (on one backend and device count)."""
+  workdir = str(tmp_path / "again")
+  train.train_and_evaluate(_config(npz_path, num_steps=3), workdir)
+  for tag in ("encoder/encoder_objective", "decoder/decoder_objective", "encoder/R"):
+    first, second = _scalars(four_step_run, tag), _scalars(workdir, tag)
+    assert sorted(second) == [1, 2, 3]
+    assert [first[k] for k in (1, 2, 3)] == [second[k] for k in (1, 2, 3)], tag  # bitwise
+
+
+# ------------------------------------------------------------------ damaged checkpoints
+
+
+def _damage(step_dir):
+  """Truncates every data file of the saved state to 10 bytes."""
+  data = os.path.join(step_dir, "state", "ocdbt.process_0", "d")
+  names = os.listdir(data)
+  assert names
+  for name in names:
+    with open(os.path.join(data, name), "r+b") as f:
+      f.truncate(10)
+
+
+def test_truncated_latest_checkpoint_falls_back_to_previous(npz_path, four_step_run, tmp_path,
+                                                            caplog):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(four_step_run, workdir)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  _damage(os.path.join(ckpt_dir, "4"))
+  with caplog.at_level(logging.INFO, logger="absl"):
+    state = train.train_and_evaluate(_config(npz_path, num_steps=5), workdir)
+  assert int(state.step) == 5
+  text = caplog.text
+  assert f"checkpoint {ckpt_dir}/4 is unreadable" in text
+  assert "resumed from" in text and "at step 2" in text
+  # The damaged step is kept aside, and redone: 4 is the new run's, not the damaged one.
+  assert os.path.isdir(os.path.join(workdir, checkpointing.UNREADABLE_SUBDIR, "4"))
+  assert checkpointing.Checkpointer(workdir).all_steps() == [2, 4, 5]
+
+
+def test_no_readable_checkpoint_is_an_error_naming_them(npz_path, four_step_run, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(four_step_run, workdir)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  for step in ("2", "4"):
+    _damage(os.path.join(ckpt_dir, step))
+  with pytest.raises(RuntimeError, match=r"no readable checkpoint") as e:
+    train.train_and_evaluate(_config(npz_path, num_steps=6), workdir)
+  assert f"{ckpt_dir}/4" in str(e.value) and f"{ckpt_dir}/2" in str(e.value)
+  # Nothing moved, nothing new written: the next start fails the same way, never at step 0.
+  assert sorted(os.listdir(ckpt_dir)) == ["2", "4"]
+  assert not os.path.exists(os.path.join(workdir, checkpointing.UNREADABLE_SUBDIR))
+
+
+# ------------------------------------------------------------------ non-finite guard
+
+
+def test_injected_nan_stops_naming_term_and_keeps_last_checkpoint(npz_path, tmp_path):
+  workdir = str(tmp_path / "run")
+  config = _config(npz_path, fault_inject_nan_at_step=3)  # log every step, checkpoints 2, 4
+  with pytest.raises(FloatingPointError) as e:
+    train.train_and_evaluate(config, workdir)
+  message = str(e.value)
+  assert "non-finite values at step 3" in message
+  assert "encoder/encoder_objective" in message and ".encoder_params" in message
+  assert "the last checkpoint, step 2" in message
+  with checkpointing.Checkpointer(workdir) as ckpt:
+    assert ckpt.all_steps() == [2]
+    target = train.create_train_state(config, (28, 28, 1), jax.random.key(0))
+    restored, extra = ckpt.restore(target)
+  assert int(restored.step) == 2 and extra["batches_consumed"] == 2
+  assert train.nonfinite_state_leaves(restored) == []
+
+
+def test_rollback_skips_bad_batches_and_never_saves_nan(npz_path, tmp_path, caplog):
+  """The NaN appears at a checkpoint step that is not a log step: the check before the
+  save catches it; rollback restores step 2 and goes on with the next batches."""
+  workdir = str(tmp_path / "run")
+  config = _config(npz_path, fault_inject_nan_at_step=3, on_nonfinite="rollback",
+                   log_every=1000, checkpoint_every=1)
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    state = train.train_and_evaluate(config, workdir)
+  assert int(state.step) == 4
+  assert "non-finite values at step 3: state .encoder_params" in caplog.text
+  assert "rolled back to the checkpoint of step 2 (rollback 1 of 3)" in caplog.text
+  with checkpointing.Checkpointer(workdir) as ckpt:
+    assert ckpt.all_steps() == [2, 3, 4]
+    for step in (2, 3, 4):
+      restored, extra = ckpt.restore(state, step)
+      assert train.nonfinite_state_leaves(restored) == [], step
+    assert extra["batches_consumed"] == 5  # step 3's first batch was skipped
+
+
+def test_check_finite_names_state_arrays():
+  state = {"a": np.zeros(3, np.float32), "b": {"c": np.array([1.0, np.inf], np.float32)},
+           "n": np.zeros(2, np.int32)}
+  assert train.nonfinite_state_leaves(state) == ["['b']['c']"]
+  train.check_finite(5, {"x": 1.0}, {"a": np.ones(2, np.float32)})
+  with pytest.raises(FloatingPointError, match=r"step 5: x, state \['b'\]\['c'\]; stopping"):
+    train.check_finite(5, {"x": float("nan")}, state)
+
+
+# ------------------------------------------------------------------ validation
+
+
+def _mutate(path, value):
+  def apply(config):
+    section, key = path.split(".")
+    config[section][key] = value
+  apply.path, apply.value = path, value
+  return apply
+
+
+INVALID = [
+    (_mutate("train.batch_size", 12), r"batch_size = 12 is not divisible by the 8 devices"),
+    (_mutate("loss.eps_sq", 0.0), r"config.loss.eps_sq must be a finite number > 0; got 0.0"),
+    (_mutate("loss.lambda_aug", -1.0), r"config.loss.lambda_aug must be a finite number ≥ 0"),
+    (_mutate("data.image_size", 64), r"image_size = 64 does not suit config.model.encoder"),
+    (_mutate("model.encoder", "resnet18"), r"does not suit config.model.encoder = 'resnet18'"),
+    (_mutate("model.feature_dim", 0), r"config.model.feature_dim must be an integer ≥ 1"),
+    (_mutate("train.encoder_steps", 0), r"config.train.encoder_steps must be an integer ≥ 1"),
+    (_mutate("model.decoder", "vgg"), r"config.model.decoder = 'vgg' is not one of"),
+    (_mutate("loss.mode", "gan"), r"config.loss.mode = 'gan' is not one of"),
+    (_mutate("loss.sample_distance", "l2"), r"config.loss.sample_distance = 'l2' is not one of"),
+    (_mutate("train.on_nonfinite", "ignore"), r"config.train.on_nonfinite = 'ignore'"),
+    (_mutate("data.name", "no_such_dataset"), r"'no_such_dataset' is not a tensorflow-datasets"),
+    (_mutate("data.name", "npz:/no/such.npz"), r"no such file or directory '/no/such.npz'"),
+]
+
+
+@pytest.fixture
+def no_compile(monkeypatch):
+  """Anything past validation (model init, step compilation) fails the test."""
+  def refuse(*args, **kwargs):
+    raise AssertionError("reached model initialisation / compilation")
+  monkeypatch.setattr(train, "create_train_state", refuse)
+  monkeypatch.setattr(train, "make_steps", refuse)
+
+
+@pytest.mark.parametrize("mutate, message", INVALID,
+                         ids=[f"{m.path}={m.value}" for m, _ in INVALID])
+def test_invalid_config_fails_before_compiling(mutate, message, npz_path, tmp_path, no_compile):
+  config = _config(npz_path)
+  mutate(config)
+  with pytest.raises(validation.ConfigError, match=message) as e:
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert "\n" not in str(e.value)
+
+
+def test_unwritable_workdir(npz_path, tmp_path, no_compile):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  with pytest.raises(validation.ConfigError, match=r"work directory .* is not writable"):
+    train.train_and_evaluate(_config(npz_path), str(blocker / "run"))
+
+
+@pytest.mark.parametrize("path, value, key", [("model.feature_dim", 32, "model.feature_dim"),
+                                              ("model.width", 16, "model.width"),
+                                              ("data.image_size", 32, "data.image_size")])
+def test_workdir_of_an_incompatible_run(path, value, key, npz_path, tmp_path, no_compile):
+  workdir = str(tmp_path / "run")
+  checkpointing.save_config(workdir, _config(npz_path))
+  config = _config(npz_path)
+  _mutate(path, value)(config)
+  with pytest.raises(validation.ConfigError, match=rf"holds a run with config.{key} = "):
+    train.train_and_evaluate(config, workdir)
+
+
+def test_workdir_of_a_run_on_other_data(npz_path, tmp_path, no_compile):
+  workdir = str(tmp_path / "run")
+  saved = _config(npz_path)
+  saved.data.name = "fashion_mnist"
+  checkpointing.save_config(workdir, saved)
+  with pytest.raises(validation.ConfigError, match=r"config.data.name = 'fashion_mnist'"):
+    train.train_and_evaluate(_config(npz_path), workdir)
+
+
+def test_schedule_changes_may_resume(npz_path, tmp_path):
+  workdir = str(tmp_path / "run")
+  checkpointing.save_config(workdir, _config(npz_path))
+  validation.validate_config(_config(npz_path, num_steps=100, log_every=7, checkpoint_every=9),
+                             workdir, image_shape=(28, 28, 1))
+
+
+def test_loss_modes_agree():
+  assert validation.LOSS_MODES == train.LOSS_MODES
+
+
+# ------------------------------------------------------------------ real signals
+
+
+class _Run:
+  """`python main.py` on the tiny config in a subprocess, its log read line by line."""
+
+  def __init__(self, workdir, npz_path, cache_dir, *flags):
+    cmd = [sys.executable, "main.py", "--config=configs/tiny.py", f"--workdir={workdir}",
+           f"--config.data.name=npz:{npz_path}", "--config.train.num_steps=100000",
+           "--config.train.log_every=1", "--config.train.image_every=100000", *flags]
+    env = dict(os.environ,  # conftest's 8 CPU devices included
+               JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+    self.lines = []
+    self._reader = threading.Thread(target=self._read, daemon=True)
+    self._reader.start()
+
+  def _read(self):
+    for line in self.proc.stdout:
+      self.lines.append(line)
+
+  @property
+  def text(self):
+    return "".join(self.lines)
+
+  def logged_steps(self):
+    return [int(m.group(1)) for m in STEP_LINE.finditer(self.text)]
+
+  def wait_for_step(self, step, timeout=600):
+    deadline = time.monotonic() + timeout
+    while max(self.logged_steps(), default=0) < step:
+      if self.proc.poll() is not None or time.monotonic() > deadline:
+        self.proc.kill()
+        raise AssertionError(f"no step {step} logged; exit {self.proc.poll()}; log tail:\n"
+                             + self.text[-3000:])
+      time.sleep(0.05)
+
+  def finish(self, timeout=300):
+    rc = self.proc.wait(timeout)
+    self._reader.join(10)
+    return rc
+
+
+def test_sigterm_saves_then_resume_then_kill9_loses_at_most_checkpoint_every(
+    npz_path, compilation_cache, tmp_path):
+  workdir = str(tmp_path / "run")
+  # 1. SIGTERM between scheduled checkpoints: a checkpoint of the current step, exit 0.
+  run = _Run(workdir, npz_path, compilation_cache, "--config.train.checkpoint_every=100000")
+  run.wait_for_step(3)
+  run.proc.send_signal(signal.SIGTERM)
+  assert run.finish() == 0, run.text[-3000:]
+  stopped_at = max(run.logged_steps())
+  assert f"SIGTERM received: saved the checkpoint of step {stopped_at}" in run.text
+  assert checkpointing.Checkpointer(workdir).all_steps() == [stopped_at]
+
+  # 2. The same command resumes there (checkpointing every 2 steps now), then dies hard.
+  every = 2
+  run = _Run(workdir, npz_path, compilation_cache, f"--config.train.checkpoint_every={every}")
+  run.wait_for_step(stopped_at + 5)
+  run.proc.send_signal(signal.SIGKILL)
+  run.finish()
+  assert f"at step {stopped_at}" in run.text and "resumed from" in run.text
+  assert min(run.logged_steps()) == stopped_at + 1
+  last_logged = max(run.logged_steps())
+  with checkpointing.Checkpointer(workdir) as ckpt:
+    latest = ckpt.latest_step()
+  assert last_logged - every <= latest <= last_logged
+
+  # 3. A save cut short leaves an uncommitted directory (this orbax's name for it); the
+  #    resume takes the last committed step and removes the leftover.
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  partial = os.path.join(ckpt_dir, f"{latest + 2}.orbax-checkpoint-tmp")
+  shutil.copytree(os.path.join(ckpt_dir, str(latest)), partial, dirs_exist_ok=True)
+  state = train.train_and_evaluate(_config(npz_path, num_steps=latest + 1, checkpoint_every=every),
+                                   workdir)
+  assert int(state.step) == latest + 1
+  assert not os.path.exists(partial)
+  assert checkpointing.Checkpointer(workdir).all_steps()[-2:] == [latest, latest + 1]

@@ -1,0 +1,276 @@
+"""Checks a run's config and work directory before anything is compiled.
+
+``validate_config(config, workdir)`` raises ``ConfigError`` (a ``ValueError``) with one
+line naming the setting and what is allowed, so a bad value costs seconds instead of a
+compile (or an hour of training) and main.py can print it without a traceback:
+
+* names: ``model.encoder``/``decoder``/``upsample``/``dtype``, ``loss.mode``,
+  ``loss.sample_distance``/``sample_reduction``, ``train.on_nonfinite``, and the
+  dataset (a tfds name, ``npz:PATH`` or ``image_folder:PATH`` whose PATH exists);
+* numbers: ``eps_sq > 0``, ``λ ≥ 0``, ``feature_dim``, ``width``, ``encoder_steps``,
+  ``num_views``, ``batch_size`` and the ``*_every`` intervals ≥ 1, ``num_steps ≥ 0``;
+* the global batch divisible by the device count and the process count;
+* the image size supported by both model families (``models.IMAGE_SIZES``), from
+  ``data.image_size`` or, when that is None (keep the stored size), from
+  ``image_shape`` once the dataset is open;
+* the work directory: creatable and writable, and, if it holds an earlier run's
+  ``config.json``, the same architecture, feature dimension, dataset and image shape
+  (a resume would restore parameters of the wrong shapes, or continue on other data).
+  Settings that only change the schedule (``num_steps``, ``log_every``, ...) may
+  change between runs; a changed seed, batch size or objective is logged as a warning.
+
+Importing this module is cheap (no TensorFlow); only a tfds dataset name imports
+tensorflow_datasets, to look the name up.
+"""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import tempfile
+from typing import Any, Optional, Sequence
+
+from absl import logging
+import jax
+import ml_collections
+
+from uctrl_jax import checkpointing
+from uctrl_jax import models
+from uctrl_jax import rate_reduction as rr
+
+# train.LOSS_MODES; repeated because train imports this module (a test keeps them equal).
+LOSS_MODES = ("uctrl", "ctrl_binary", "ctrl_multi")
+ON_NONFINITE = ("stop", "rollback")
+
+# Saved-config keys that fix the shapes of the checkpointed state or the data it was
+# trained on: a resume with any of them changed is refused.
+_MUST_MATCH = ("model.encoder", "model.decoder", "model.feature_dim", "model.width",
+               "model.upsample", "data.name")
+# Keys whose change a resume survives but which make it a different experiment.
+_WARN_IF_CHANGED = ("seed", "train.batch_size", "loss.mode", "loss.eps_sq", "loss.lambda_aug",
+                    "loss.lambda_self", "loss.sample_distance", "data.num_views")
+
+
+class ConfigError(ValueError):
+  """A config or work directory that cannot be run; the message is one line."""
+
+
+def _get(config, dotted: str, default: Any = None) -> Any:
+  node = config
+  for key in dotted.split("."):
+    if node is None or not hasattr(node, "get"):
+      return default
+    node = node.get(key, None)
+  return default if node is None else node
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _require_int(config, dotted: str, minimum: int) -> None:
+  value = _get(config, dotted)
+  if not _is_int(value) or value < minimum:
+    raise ConfigError(f"config.{dotted} must be an integer ≥ {minimum}; got {value!r}")
+
+
+def _require_choice(config, dotted: str, choices: Sequence[str], default=None) -> None:
+  value = _get(config, dotted, default)
+  if value not in choices:
+    raise ConfigError(f"config.{dotted} = {value!r} is not one of {tuple(choices)}")
+
+
+def _require_number(config, dotted: str, *, positive: bool) -> None:
+  value = _get(config, dotted)
+  ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+        and math.isfinite(value) and (value > 0 if positive else value >= 0))
+  if not ok:
+    raise ConfigError(f"config.{dotted} must be a finite number {'> 0' if positive else '≥ 0'}; "
+                      f"got {value!r}")
+
+
+def check_names(config: ml_collections.ConfigDict) -> None:
+  """Model, objective and training names against what the code implements."""
+  _require_choice(config, "model.encoder", models.ENCODERS)
+  _require_choice(config, "model.decoder", models.DECODERS)
+  _require_choice(config, "model.upsample", models.UPSAMPLES, default="pixel_shuffle")
+  _require_choice(config, "model.dtype", tuple(models.DTYPES), default="float32")
+  _require_choice(config, "loss.mode", LOSS_MODES)
+  _require_choice(config, "loss.sample_distance", rr.SAMPLE_DISTANCES, default="exact")
+  _require_choice(config, "loss.sample_reduction", rr.SAMPLE_REDUCTIONS, default="sum")
+  _require_choice(config, "train.on_nonfinite", ON_NONFINITE, default="stop")
+  _require_choice(config, "train.encoder_bn_on_xhat", ("running", "batch"), default="running")
+  _require_choice(config, "train.schedule", ("constant", "cosine"), default="constant")
+
+
+def check_dataset_name(config: ml_collections.ConfigDict) -> None:
+  """``data.name`` is a tfds name, or ``npz:``/``image_folder:`` with an existing PATH."""
+  name = _get(config, "data.name")
+  if not isinstance(name, str) or not name:
+    raise ConfigError(f"config.data.name must be a dataset name; got {name!r}")
+  kind, sep, path = name.partition(":")
+  if sep and kind in ("npz", "image_folder"):
+    if not path or not os.path.exists(os.path.expanduser(path)):
+      raise ConfigError(f"config.data.name = {name!r}: no such file or directory {path!r}")
+    return
+  import tensorflow_datasets as tfds  # heavy; only for tfds names
+  base = name.split("/", 1)[0].split(":", 1)[0]
+  if base not in tfds.list_builders(with_community_datasets=False):
+    raise ConfigError(f"config.data.name = {name!r} is not a tensorflow-datasets name, "
+                      "'npz:PATH' or 'image_folder:PATH'")
+
+
+def check_numbers(config: ml_collections.ConfigDict) -> None:
+  """Positivity and integrality of the numeric settings."""
+  _require_number(config, "loss.eps_sq", positive=True)
+  _require_number(config, "loss.lambda_aug", positive=False)
+  _require_number(config, "loss.lambda_self", positive=False)
+  if _get(config, "loss.mode") == "ctrl_multi":
+    _require_int(config, "loss.num_classes", 1)
+  _require_int(config, "model.feature_dim", 1)
+  if _get(config, "model.width") is not None:
+    _require_int(config, "model.width", 1)
+  _require_int(config, "data.num_views", 1)
+  image_size = _get(config, "data.image_size")
+  if image_size is not None:
+    _require_int(config, "data.image_size", 1)
+  for key in ("batch_size", "encoder_steps", "log_every", "image_every", "checkpoint_every",
+              "max_to_keep"):
+    _require_int(config, f"train.{key}", 1)
+  _require_int(config, "train.num_steps", 0)
+  for key in ("encoder_lr", "decoder_lr"):
+    _require_number(config, f"train.{key}", positive=False)
+  fault = _get(config, "train.fault_inject_nan_at_step")
+  if fault is not None and (not _is_int(fault) or fault < 1):
+    raise ConfigError("config.train.fault_inject_nan_at_step must be None or an integer ≥ 1; "
+                      f"got {fault!r}")
+
+
+def check_batch_divisibility(config: ml_collections.ConfigDict,
+                             device_count: Optional[int] = None,
+                             process_count: Optional[int] = None) -> None:
+  """The global batch splits evenly over processes (input) and devices (``data`` axis)."""
+  batch = config.train.batch_size
+  devices = jax.device_count() if device_count is None else device_count
+  processes = jax.process_count() if process_count is None else process_count
+  if batch % processes:
+    raise ConfigError(f"config.train.batch_size = {batch} is not divisible by the "
+                      f"{processes} processes")
+  if batch % devices:
+    raise ConfigError(f"config.train.batch_size = {batch} is not divisible by the "
+                      f"{devices} devices")
+
+
+def check_image_shape(config: ml_collections.ConfigDict,
+                      image_shape: Optional[Sequence[int]] = None) -> None:
+  """The (square) image size is one both model families support.
+
+  Args:
+    image_shape: (H, W, C) of the batches when known; otherwise ``data.image_size`` is
+      checked, and nothing when that is None too.
+  """
+  if image_shape is not None:
+    h, w = (int(v) for v in tuple(image_shape)[:2])
+    where = f"the batches' image shape {tuple(image_shape)}"
+  else:
+    size = _get(config, "data.image_size")
+    if size is None:
+      return
+    h = w = size
+    where = f"config.data.image_size = {size}"
+  for role in ("encoder", "decoder"):
+    family = config.model[role]
+    sizes = models.IMAGE_SIZES[family]
+    if h != w or h not in sizes:
+      raise ConfigError(f"{where} does not suit config.model.{role} = {family!r}, which "
+                        f"supports square images of size {sizes}")
+
+
+def check_workdir_writable(workdir: str) -> None:
+  """``workdir`` exists (created if needed) and a file can be written in it."""
+  if not workdir:
+    raise ConfigError("no work directory given")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test_"):
+      pass
+  except OSError as e:
+    raise ConfigError(f"work directory {workdir!r} is not writable: "
+                      f"{e.strerror or e}") from None
+
+
+def _flat(tree, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def _normal(value):
+  """JSON normal form, so a tuple in the new config equals the list read back."""
+  return json.loads(json.dumps(value, default=str))
+
+
+def check_workdir_compatible(config: ml_collections.ConfigDict, workdir: str,
+                             image_shape: Optional[Sequence[int]] = None) -> None:
+  """An earlier run's ``config.json`` in ``workdir`` agrees on what its state depends on.
+
+  Raises ``ConfigError`` naming the first differing key (architecture, feature
+  dimension, dataset, image size or shape); logs a warning for changed settings a resume
+  survives (``_WARN_IF_CHANGED``). No saved config: nothing to compare.
+  """
+  path = os.path.join(workdir, checkpointing.CONFIG_FILENAME)
+  if not os.path.exists(path):
+    return
+  try:
+    saved = _flat(checkpointing.load_config(workdir).to_dict())
+  except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+    raise ConfigError(f"cannot read the earlier run's config {path}: {e}") from None
+  new = _flat(config.to_dict())
+  keys = list(_MUST_MATCH)
+  # data.image_size None means "the stored size": compare the resolved shape instead.
+  if image_shape is not None and "data.image_shape" in saved:
+    if _normal(list(image_shape)) != _normal(saved["data.image_shape"]):
+      raise ConfigError(f"{workdir} holds a run on images of shape "
+                        f"{tuple(saved['data.image_shape'])}, this config gives "
+                        f"{tuple(image_shape)}; use a fresh --workdir")
+  elif new.get("data.image_size") is not None:
+    keys.append("data.image_size")
+  for key in keys:
+    # A key the earlier run's code did not know yet cannot be compared.
+    if key in saved and _normal(new.get(key)) != _normal(saved[key]):
+      raise ConfigError(f"{workdir} holds a run with config.{key} = {saved.get(key)!r}, this "
+                        f"config has {new.get(key)!r}; a resume would not fit its "
+                        "checkpoints: use a fresh --workdir")
+  for key in _WARN_IF_CHANGED:
+    if key in saved and _normal(new.get(key)) != _normal(saved.get(key)):
+      logging.warning("resuming %s with config.%s = %r (was %r): the run changes course here",
+                      workdir, key, new.get(key), saved.get(key))
+
+
+def validate_config(config: ml_collections.ConfigDict, workdir: Optional[str], *,
+                    image_shape: Optional[Sequence[int]] = None,
+                    device_count: Optional[int] = None,
+                    process_count: Optional[int] = None) -> None:
+  """Every check of the module docstring; raises ``ConfigError`` (one line) on the first.
+
+  Args:
+    config: the run's config.
+    workdir: the run's directory (created if missing); None skips its checks.
+    image_shape: (H, W, C) of the batches, when the dataset is already open; needed to
+      check a config with ``data.image_size = None``.
+    device_count, process_count: default ``jax.device_count()``/``jax.process_count()``
+      (these initialise the backend, so call this after ``jax.distributed.initialize``).
+  """
+  check_names(config)
+  check_numbers(config)
+  check_image_shape(config, image_shape)
+  check_batch_divisibility(config, device_count, process_count)
+  check_dataset_name(config)
+  if workdir is not None:
+    check_workdir_writable(workdir)
+    check_workdir_compatible(config, workdir, image_shape)
