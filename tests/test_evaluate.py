@@ -1,0 +1,85 @@
+"""figures.py and evaluate.py: the pictures, and a trained tiny run evaluated end to end."""
+import json
+import os
+
+from clu import metric_writers
+import numpy as np
+from PIL import Image
+
+from configs import tiny
+from uctrl_jax import evaluate
+from uctrl_jax import figures
+from uctrl_jax import train
+
+
+def test_read_scalars_reads_what_clu_wrote(tmp_path):
+  writer = metric_writers.create_default_writer(str(tmp_path))
+  for step in (1, 2, 3):
+    writer.write_scalars(step, {"encoder/R": 10.0 + step, "decoder/recon_mse": 1.0 / step})
+  writer.flush()
+  series = figures.read_scalars(str(tmp_path))
+  steps, values = series["encoder/R"]
+  np.testing.assert_array_equal(steps, [1, 2, 3])
+  np.testing.assert_allclose(values, [11, 12, 13])
+  np.testing.assert_allclose(series["decoder/recon_mse"][1], [1, 0.5, 1 / 3], rtol=1e-6)
+  assert os.path.isfile(figures.training_curves(str(tmp_path), str(tmp_path / "curves.png")))
+  assert figures.training_curves(str(tmp_path / "empty"), str(tmp_path / "none.png")) is None
+
+
+def test_balanced_subset_sorts_by_label():
+  labels = np.array([2, 0, 1, 0, 2, 1, 0])
+  idx = figures.balanced_subset(labels, 2)
+  np.testing.assert_array_equal(labels[idx], [0, 0, 1, 1, 2, 2])
+
+
+def _npz_dir(tmp_path):
+  """A 3-class dataset dir (npz: train.npz, test.npz): class c has a bright band at rows 9c-9c+8."""
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 48), ("test", 24)):
+    y = np.arange(n) % 3
+    x = rng.normal(30, 10, (n, 28, 28))
+    for c in range(3):
+      x[y == c, 9 * c:9 * c + 9] += 180
+    x = np.clip(x, 0, 255)
+    np.savez(tmp_path / f"{split}.npz", x=x.astype(np.uint8)[..., None], y=y)
+  return f"npz:{tmp_path}"
+
+
+def test_evaluate_writes_results_and_figures(tmp_path):
+  config = tiny.get_config()
+  config.data.name = _npz_dir(tmp_path)
+  config.train.num_steps = 1
+  config.evals.clustering.num_restarts = 2
+  config.evals.clustering.mcr2_steps = 20
+  config.evals.linear_probe.steps = 100
+  config.evals.max_test_examples = 20  # exercises the subset path
+  config.evals.batch_size = 16  # one batch shape everywhere: fewer compilations
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+
+  results = evaluate.evaluate(config, workdir)
+  metrics = results["metrics"]
+  assert results["step"] == 1 and results["num_train"] == 48 and results["num_test"] == 20
+  for key in ("knn/top1", "linear_probe/top1", "nearest_subspace/top1", "clustering/kmeans_acc",
+              "clustering/mcr2_nmi", "reconstruction/psnr", "reconstruction/consistency",
+              "conditional_generation/explained_variance", "fid/frechet_z_zhat"):
+    assert np.isfinite(metrics[key]), key
+  for baseline in ("raw_pixels", "random_encoder"):
+    assert set(results["baselines"][baseline]) >= {"knn/top1", "clustering/kmeans_nmi"}
+    assert "reconstruction/psnr" not in results["baselines"][baseline]
+  # The bands separate the classes: the pixel kNN is perfect.
+  assert results["baselines"]["raw_pixels"]["knn/top1"] == 100.0
+  assert metrics["reconstruction/real_top1"] == 100.0
+
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert json.load(f)["metrics"] == metrics
+  with open(os.path.join(workdir, "results.md")) as f:
+    markdown = f.read()
+  assert "| knn/top1 |" in markdown and "random encoder" in markdown
+  for name in ("reconstructions", "similarity", "spectra", "pca", "training_curves",
+               "conditional_generation"):
+    path = os.path.join(workdir, "figures", f"{name}.png")
+    assert results["figures"][name] == path and os.path.isfile(path), name
+  # One row per cluster (3), the mean and 10 samples per row, 28 × 28 tiles, 1 px padding.
+  with Image.open(results["figures"]["conditional_generation"]) as grid:
+    assert grid.size == (11 * 29 + 1, 3 * 29 + 1)

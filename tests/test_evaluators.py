@@ -1,0 +1,240 @@
+"""Evaluators on synthetic data whose answers are known (SPEC §4)."""
+import math
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from uctrl_jax import evaluators
+from uctrl_jax.evaluators import clustering
+from uctrl_jax.evaluators import conditional_generation
+from uctrl_jax.evaluators import fid
+from uctrl_jax.evaluators import knn
+from uctrl_jax.evaluators import linear_probe
+from uctrl_jax.evaluators import nearest_subspace
+from uctrl_jax.evaluators import reconstruction
+
+C, P = 4, 3  # classes, dimension of each class subspace
+D = C * P + 4  # ambient dimension, with 4 directions no class uses
+
+
+def subspace_features(n_per_class, seed):
+  """Unit rows in orthogonal per-class subspaces (coordinate blocks), in a random rotation.
+
+  Coefficients are |N(0, 1)|: each class is also a compact cone, so centroid methods
+  (k-means) see it too. Returns Z (C·n, D) float32, y (C·n,) int.
+  """
+  rng = np.random.default_rng(seed)
+  rotation, _ = np.linalg.qr(np.random.default_rng(123).normal(size=(D, D)))
+  Z = np.zeros((C * n_per_class, D))
+  for c in range(C):
+    Z[c * n_per_class:(c + 1) * n_per_class, c * P:(c + 1) * P] = np.abs(
+        rng.normal(size=(n_per_class, P))) + 0.05
+  Z = (Z / np.linalg.norm(Z, axis=1, keepdims=True)) @ rotation.T
+  y = np.repeat(np.arange(C), n_per_class)
+  perm = rng.permutation(len(y))
+  return Z[perm].astype(np.float32), y[perm]
+
+
+@pytest.fixture(scope="module")
+def features():
+  (ztr, ytr), (zte, yte) = subspace_features(50, 0), subspace_features(25, 1)
+  return ztr, ytr, zte, yte
+
+
+def test_classifiers_are_perfect_on_class_subspaces(features):
+  ztr, ytr, zte, yte = features
+  assert knn.evaluate(ztr, ytr, zte, yte) == {"top1": 100.0}
+  probe = linear_probe.evaluate(ztr, ytr, zte, yte, steps=300)
+  assert probe["top1"] == 100.0 and probe["train_top1"] == 100.0
+  # n_components > P: the numerically-zero directions must not join a class's basis.
+  for r in (P, 10):
+    assert nearest_subspace.evaluate(ztr, ytr, zte, yte, n_components=r) == {"top1": 100.0}
+
+
+def test_classifiers_are_at_chance_on_shuffled_labels():
+  rng = np.random.default_rng(0)
+  ztr, zte = rng.normal(size=(400, D)), rng.normal(size=(400, D))
+  ytr, yte = rng.integers(0, C, 400), rng.integers(0, C, 400)
+  chance, tol = 100.0 / C, 10.0  # binomial std of 400 draws at 25% is 2.2 points
+  assert abs(knn.evaluate(ztr, ytr, zte, yte)["top1"] - chance) < tol
+  assert abs(linear_probe.evaluate(ztr, ytr, zte, yte, steps=200)["top1"] - chance) < tol
+  assert abs(nearest_subspace.evaluate(ztr, ytr, zte, yte)["top1"] - chance) < tol
+  scores = clustering.evaluate(zte, yte, num_restarts=2, mcr2_steps=20)
+  assert scores["kmeans_nmi"] < 0.05 and scores["mcr2_nmi"] < 0.05
+
+
+def test_weighted_knn_votes_by_exp_cosine_over_temperature():
+  # One class-1 neighbour at cos 0.9 against two class-0 ones at cos 0.6:
+  # exp(0.9/T) > 2 exp(0.6/T) for T = 0.07, but with T = 10 the pair wins.
+  ref = np.array([[0.6, 0.8], [0.6, -0.8], [0.9, math.sqrt(1 - 0.81)]], np.float32)
+  labels = np.array([0, 0, 1])
+  q = np.array([[1.0, 0.0]], np.float32)
+  assert knn.weighted_knn(ref, labels, q, k=3, temperature=0.07)[0] == 1
+  assert knn.weighted_knn(ref, labels, q, k=3, temperature=10.0)[0] == 0
+  assert knn.weighted_knn(ref, labels, q, k=1)[0] == 1
+
+
+def test_clustering_recovers_class_subspaces(features):
+  _, _, zte, yte = features
+  scores = clustering.evaluate(zte, yte, num_restarts=4, mcr2_steps=50)
+  assert scores["kmeans_acc"] == 100.0 and scores["mcr2_acc"] == 100.0
+  np.testing.assert_allclose([scores["kmeans_nmi"], scores["mcr2_nmi"]], 1.0, atol=1e-12)
+  assert scores["mcr2_delta_r"] > 0
+
+
+def test_mcr2_clustering_raises_rate_reduction(features):
+  _, _, zte, _ = features
+  _, C_bad, _ = clustering.kmeans(zte, C, jax.random.key(0), num_iters=0, num_restarts=1)
+  _, history = clustering.mcr2_cluster(zte, C_bad, steps=60, temperature=1.0)
+  assert history[-1] > history[0]
+
+
+def test_hungarian_accuracy_and_nmi_ignore_cluster_names():
+  rng = np.random.default_rng(0)
+  y = rng.integers(0, 5, 200)
+  renamed = np.array([3, 0, 4, 1, 2])[y] + 10  # any ids, permuted
+  assert clustering.hungarian_accuracy(y, renamed) == 100.0
+  assert clustering.nmi(y, renamed) == pytest.approx(1.0)
+  assert clustering.nmi(np.zeros(5, int), np.full(5, 7)) == 1.0  # one cluster each
+  assert clustering.nmi(y, np.zeros_like(y)) == 0.0
+  # One of four wrong: 75%.
+  assert clustering.hungarian_accuracy([0, 0, 1, 1], [1, 1, 0, 1]) == 75.0
+
+
+def test_nmi_matches_brute_force_on_a_tiny_example():
+  y_true = [0, 0, 0, 1, 1, 2]
+  y_pred = [1, 1, 0, 0, 2, 2]
+  n = len(y_true)
+
+  def H(labels):
+    return -sum(labels.count(v) / n * math.log(labels.count(v) / n) for v in set(labels))
+
+  joint = list(zip(y_true, y_pred))
+  mi = H(y_true) + H(y_pred) - H(joint)  # I(X; Y) = H(X) + H(Y) − H(X, Y)
+  expected = mi / ((H(y_true) + H(y_pred)) / 2)
+  assert clustering.nmi(y_true, y_pred) == pytest.approx(expected, rel=1e-12)
+
+
+def test_kmeans_finds_separated_blobs():
+  rng = np.random.default_rng(0)
+  centres = np.array([[5.0, 0.0], [-5.0, 0.0], [0.0, 5.0]])
+  y = np.repeat(np.arange(3), 30)
+  X = centres[y] + 0.1 * rng.normal(size=(90, 2))
+  assign, C_, inertia = clustering.kmeans(X, 3, jax.random.key(0))
+  assert clustering.hungarian_accuracy(y, assign) == 100.0
+  np.testing.assert_allclose(np.sort(C_[:, 0]), [-5, 0, 5], atol=0.1)
+  assert inertia == pytest.approx(np.sum((X - C_[assign]) ** 2), rel=1e-4)
+
+
+def test_identity_reconstruction_is_perfect_and_as_consistent_as_real_images():
+  rng = np.random.default_rng(0)
+  templates = rng.uniform(-1, 1, (3, 6, 6, 1))
+  y_train, y_test = rng.integers(0, 3, 60), rng.integers(0, 3, 30)
+  noise = lambda n: 0.8 * rng.normal(size=(n, 6, 6, 1))  # noqa: E731
+  x_train = np.clip(templates[y_train] + noise(60), -1, 1).astype(np.float32)
+  x_test = np.clip(templates[y_test] + noise(30), -1, 1).astype(np.float32)
+  scores = reconstruction.evaluate(x_train, y_train, x_test, y_test, x_test.copy())
+  assert scores["mse"] == 0.0 and scores["psnr"] == float("inf")
+  assert scores["consistency"] == scores["real_top1"] > 50.0
+  noisy = reconstruction.mse_psnr(np.zeros((2, 2)), np.full((2, 2), 0.2))
+  np.testing.assert_allclose([noisy["mse"], noisy["psnr"]], [0.04, 10 * math.log10(4 / 0.04)])
+
+
+def test_frechet_distance():
+  rng = np.random.default_rng(0)
+  A = rng.normal(size=(500, 8))
+  assert fid.frechet_distance(A, A) == pytest.approx(0.0, abs=1e-6)
+  shift = np.arange(8) / 4.0
+  # Same covariance: the distance is exactly the squared mean shift.
+  assert fid.frechet_distance(A, A + shift) == pytest.approx(np.sum(shift ** 2), rel=1e-6)
+  assert fid.frechet_distance(A, 2.0 * A) > 1.0
+  assert fid.evaluate(A, A + shift) == {"frechet_z_zhat": pytest.approx(np.sum(shift ** 2), rel=1e-6)}
+
+
+def test_conditional_generation_samples_unit_rows_near_each_cluster(features):
+  ztr, ytr, _, _ = features
+  samples, explained = conditional_generation.cluster_samples(
+      ztr, ytr, C, jax.random.key(0), num_components=P, num_samples=5)
+  assert samples.shape == (C, 6, D)
+  np.testing.assert_allclose(np.linalg.norm(samples, axis=2), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(explained, 1.0, rtol=1e-6)  # P components span each class
+  # Every sample stays in its cluster's subspace: it is nearest to it.
+  bases = nearest_subspace.class_subspaces(ztr, ytr, C, P)
+  for c in range(C):
+    assert np.all(nearest_subspace.residuals(samples[c], bases).argmin(1) == c)
+
+  # Images are the features (D = 16 = 4 × 4 pixels); the identity decoder draws each
+  # cluster's class, a collapsed one draws one image for all.
+  images = ztr.reshape(-1, 4, 4, 1)
+  identity = lambda z: np.asarray(z).reshape(-1, 4, 4, 1)  # noqa: E731
+  grid, metrics = conditional_generation.evaluate(
+      ztr, identity, num_clusters=C, num_components=P, num_samples=5, x_train=images, y_train=ytr)
+  assert grid.shape == (C * 5 + 1, 6 * 5 + 1, 1) and grid.dtype == np.uint8
+  assert metrics["explained_variance"] == pytest.approx(1.0)
+  assert metrics["sample_consistency"] == 100.0
+  collapsed = lambda z: np.broadcast_to(images[:1], (len(z), 4, 4, 1))  # noqa: E731
+  _, metrics = conditional_generation.evaluate(
+      ztr, collapsed, labels=ytr, num_components=P, num_samples=5, x_train=images, y_train=ytr)
+  assert metrics["sample_consistency"] == 100.0 / C
+
+
+def _synthetic_data():
+  (ztr, ytr), (zte, yte) = subspace_features(20, 0), subspace_features(10, 1)
+  # "Images" whose flattened pixels are the features: 16 = 4 × 4 × 1.
+  return evaluators.EvalData(ztr.reshape(-1, 4, 4, 1), ytr, zte.reshape(-1, 4, 4, 1), yte, C)
+
+
+def test_registry_runs_the_named_evaluators(tmp_path):
+  config = ml_collections.ConfigDict()
+  config.evals = ml_collections.ConfigDict(dict(
+      names=("knn", "nearest_subspace", "clustering", "reconstruction", "conditional_generation",
+             "fid"),
+      clustering=dict(num_restarts=2, mcr2_steps=10),
+      conditional_generation=dict(num_components=2, num_samples=3)))
+  built = evaluators.build(config)
+  assert [e.name for e in built] == list(config.evals.names)
+  flatten = lambda x: np.asarray(x).reshape(len(x), -1)  # noqa: E731
+  unflatten = lambda z: np.asarray(z).reshape(-1, 4, 4, 1)  # noqa: E731
+  metrics = evaluators.run_all(built, flatten, unflatten, _synthetic_data(), step=7,
+                               out_dir=str(tmp_path), batch_size=16)
+  assert metrics["knn/top1"] == metrics["nearest_subspace/top1"] == 100.0
+  assert metrics["clustering/kmeans_acc"] == 100.0
+  assert metrics["reconstruction/psnr"] == float("inf")
+  assert metrics["reconstruction/consistency"] == metrics["reconstruction/real_top1"] == 100.0
+  assert metrics["fid/frechet_z_zhat"] == pytest.approx(0.0, abs=1e-6)
+  assert "fid/fid" not in metrics  # no Inception weights: skipped
+  assert all(isinstance(v, float) for v in metrics.values())
+  assert {"eval_seconds/encode", "eval_seconds/knn"} <= set(metrics)
+  assert os.path.isfile(tmp_path / "conditional_generation_step_0000007.png")
+
+  # Without a decoder only the feature evaluators run.
+  no_decoder = evaluators.run_all(built, flatten, None, _synthetic_data(), batch_size=16)
+  assert not any(k.startswith(("reconstruction/", "fid/", "conditional")) for k in no_decoder)
+
+
+def test_registry_rejects_unknown_names_and_options():
+  with pytest.raises(ValueError, match="unknown evaluator 'nope'"):
+    evaluators.build(ml_collections.ConfigDict(), names=("nope",))
+  config = ml_collections.ConfigDict(dict(evals=dict(names=("knn",), knn=dict(kk=3))))
+  (ev,) = evaluators.build(config)
+  with pytest.raises(TypeError, match="evaluator 'knn'"):
+    evaluators.run_all([ev], lambda x: x.reshape(len(x), -1), None, _synthetic_data())
+
+
+def test_batched_pads_to_one_shape():
+  shapes = set()
+
+  def fn(x):
+    shapes.add(x.shape)
+    return x * 2
+  out = evaluators.common.batched(fn, np.arange(10.0)[:, None], 4)
+  np.testing.assert_array_equal(out[:, 0], np.arange(10.0) * 2)
+  assert shapes == {(4, 1)}
+
+
+def test_knn_handles_fewer_references_than_k():
+  z = np.eye(8, dtype=np.float32)[:3]
+  np.testing.assert_array_equal(knn.weighted_knn(z, np.array([0, 1, 1]), z, k=20), [0, 1, 1])

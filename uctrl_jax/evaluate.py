@@ -1,0 +1,203 @@
+"""Evaluation of a trained run (``main.py --mode=eval``): metrics, baselines, figures.
+
+``evaluate(config, workdir)`` loads the checkpoint (``uctrl_jax.load``), reads the
+train/test splits as the input pipeline presents them, and runs every evaluator of
+``config.evals.names`` (``uctrl_jax/evaluators``) on the trained encoder/decoder, and
+the feature-only ones (kNN, linear probe, nearest subspace, clustering) on two
+baselines: raw pixels, and the encoder at initialisation (the same architecture and
+seed, ``train.create_train_state``; batch-norm at its initial statistics). It writes
+to ``WORKDIR``:
+
+- ``results.json``: every metric, both baselines, step, sizes, hardware, wall time,
+  the run's config and the evaluation settings (``Infinity`` for a perfect PSNR);
+- ``results.md``: the same as tables, trained vs baselines side by side;
+- ``figures/*.png`` (``uctrl_jax/figures.py``) and ``figures/conditional_generation.png``.
+
+``config`` supplies the evaluation settings (``config.evals``) and where the data are
+(``config.data``); the model comes from the work directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from typing import Any, Optional
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+import uctrl_jax
+from uctrl_jax import evaluators
+from uctrl_jax import figures
+from uctrl_jax import input_pipeline
+from uctrl_jax import models
+from uctrl_jax import train
+
+
+def load_data(config: ml_collections.ConfigDict) -> evaluators.EvalData:
+  """Both splits as arrays, preprocessed as the training batches' ``image``.
+
+  Reads ``config.evals.{train,test}_split`` and keeps the first
+  ``config.evals.max_{train,test}_examples`` (None: all) of each.
+  """
+  evals = config.get("evals", None) or ml_collections.ConfigDict()
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.data.cache = False  # read once; a partial read must not leave a partial cache
+  info = input_pipeline.get_dataset_info(config)
+  arrays = []
+  for split, limit in ((evals.get("train_split", "train"), evals.get("max_train_examples", None)),
+                       (evals.get("test_split", "test"), evals.get("max_test_examples", None))):
+    # The evaluation pipeline: every example once, in order, padding marked by `mask`.
+    ds = input_pipeline.create_dataset(config, split, process_index=0, process_count=1,
+                                       training=False, num_views=0)
+    images, labels, count = [], [], 0
+    for batch in ds.as_numpy_iterator():
+      keep = batch["mask"]
+      images.append(batch["image"][keep])
+      labels.append(batch["label"][keep])
+      count += int(keep.sum())
+      if limit is not None and count >= limit:
+        break
+    x, y = np.concatenate(images), np.concatenate(labels).astype(np.int64)
+    arrays += [x[:limit], y[:limit]] if limit is not None else [x, y]
+  return evaluators.EvalData(*arrays, num_classes=info.num_classes)
+
+
+def random_encoder(config: ml_collections.ConfigDict, image_shape, seed: int):
+  """``encode(x) -> Z`` of the encoder as initialised by ``train`` with ``seed`` (eval mode)."""
+  state = train.create_train_state(config, image_shape, jax.random.key(seed))
+  encoder, _ = models.create_models(config, image_shape)
+  apply = jax.jit(lambda variables, x: encoder.apply(variables, x, train=False))
+  variables = {"params": state.encoder_params, "batch_stats": state.encoder_batch_stats}
+  return lambda x: apply(variables, x)
+
+
+def _flatten(x):
+  return np.asarray(x).reshape(len(x), -1)
+
+
+def _hardware() -> str:
+  devices = jax.devices()
+  kinds = sorted({d.device_kind for d in devices})
+  return (f"{len(devices)} × {', '.join(kinds)} ({jax.default_backend()}), "
+          f"{os.cpu_count()} CPU cores, {platform.machine()}")
+
+
+def _fmt(value: Optional[float]) -> str:
+  if value is None:
+    return "—"
+  if not np.isfinite(value):
+    return str(value)
+  return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+  """``results.md``: header facts, metrics beside baselines, timings, configs."""
+  metrics, baselines = results["metrics"], results.get("baselines", {})
+  names = list(baselines)
+  lines = [f"# Evaluation of `{results['workdir']}` at step {results['step']}", "",
+           f"- dataset: {results['dataset']} ({results['num_train']} train / "
+           f"{results['num_test']} test examples)",
+           f"- hardware: {results['hardware']}",
+           f"- evaluation wall time: {results['wall_time_s']:.1f} s", "",
+           "| metric | trained | " + " | ".join(n.replace("_", " ") for n in names) + " |",
+           "|---|---:|" + "---:|" * len(names)]
+  for key, value in metrics.items():
+    if not key.startswith("eval_seconds/"):
+      row = [_fmt(value)] + [_fmt(baselines[n].get(key)) for n in names]
+      lines.append(f"| {key} | " + " | ".join(row) + " |")
+  lines += ["", "Accuracies (`top1`, `acc`, `consistency`) in %; NMI in [0, 1]; "
+            "PSNR in dB (peak-to-peak 2); MSE on [-1, 1].", "", "## Evaluation time (s)", "",
+            "| part | trained | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
+  for key, value in metrics.items():
+    if key.startswith("eval_seconds/"):
+      row = [_fmt(value)] + [_fmt(baselines[n].get(key)) for n in names]
+      lines.append(f"| {key.split('/', 1)[1]} | " + " | ".join(row) + " |")
+  if results.get("figures"):
+    lines += ["", "## Figures", ""] + [f"- {k}: `{os.path.relpath(v, results['workdir'])}`"
+                                       for k, v in results["figures"].items()]
+  lines += ["", "## Evaluation settings", "", "```json",
+            json.dumps(results["evals_config"], indent=2), "```", "",
+            "## Run config", "", "```json", json.dumps(results["config"], indent=2), "```", ""]
+  return "\n".join(lines)
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str,
+             step: Optional[int] = None) -> dict[str, Any]:
+  """Evaluates the checkpoint at ``step`` (latest when None) of ``workdir``.
+
+  Returns:
+    The ``results.json`` content: ``metrics`` (``{"knn/top1": ..., ...}``),
+    ``baselines`` (``{"raw_pixels": {...}, "random_encoder": {...}}``, same keys),
+    ``step``, ``wall_time_s``, ``figures`` and the configs.
+  """
+  start = time.time()
+  loaded = uctrl_jax.load(workdir, step)
+  run_config = loaded.config
+  if config.data.name != run_config.data.name:
+    raise ValueError(f"config.data.name = {config.data.name!r}, but {workdir} was trained on "
+                     f"{run_config.data.name!r}; pass the run's config (--config=...)")
+  image_shape = tuple(run_config.data.image_shape)
+  evals = config.get("evals", None) or ml_collections.ConfigDict()
+  data = load_data(config)
+  if data.x_train.shape[1:] != image_shape:
+    raise ValueError(f"the data come as {data.x_train.shape[1:]} images, the run's models read "
+                     f"{image_shape}; set config.data.image_size as in the run")
+  write = jax.process_index() == 0
+  out_dir = os.path.join(workdir, "figures")
+  batch_size = int(evals.get("batch_size", 500))
+  built = evaluators.build(config)
+  step_done = int(loaded.state.step)
+  logging.info("evaluating %s at step %d on %d train / %d test examples", workdir, step_done,
+               len(data.x_train), len(data.x_test))
+
+  context = evaluators.Context(data, loaded.encode, loaded.decode, batch_size,
+                               out_dir if write else None, None)
+  metrics = evaluators.run_context(built, context)
+  baselines = {}
+  if evals.get("baselines", True):
+    classifiers = [e for e in built if e.name in evaluators.CLASSIFIERS]
+    # The initial state train_and_evaluate starts from: what training added.
+    for name, encode in (("raw_pixels", _flatten),
+                         ("random_encoder", random_encoder(run_config, image_shape,
+                                                           int(run_config.seed)))):
+      logging.info("baseline %s", name)
+      baselines[name] = evaluators.run_all(classifiers, encode, None, data, batch_size=batch_size)
+
+  paths = {}
+  if write and evals.get("figures", True):
+    x_hat = context.x_hat
+    paths = dict(figures.write_all(
+        out_dir, x_test=data.x_test, x_hat=x_hat, z_test=context.z_test,
+        zhat_test=context.zhat_test, y_test=data.y_test, workdir=workdir,
+        class_names=input_pipeline.get_dataset_info(config).class_names))
+    cond = os.path.join(out_dir, "conditional_generation.png")
+    if os.path.isfile(cond) and any(e.name == "conditional_generation" for e in built):
+      paths["conditional_generation"] = cond
+
+  results = {
+      "workdir": os.path.abspath(workdir),
+      "step": step_done,
+      "dataset": run_config.data.name,
+      "num_train": int(len(data.x_train)),
+      "num_test": int(len(data.x_test)),
+      "hardware": _hardware(),
+      "wall_time_s": time.time() - start,
+      "metrics": metrics,
+      "baselines": baselines,
+      "figures": paths,
+      "evals_config": evals.to_dict() if hasattr(evals, "to_dict") else dict(evals),
+      "config": run_config.to_dict(),
+  }
+  if write:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2, default=str)
+      f.write("\n")
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+      f.write(results_markdown(results))
+    logging.info("wrote %s and results.md", os.path.join(workdir, "results.json"))
+  return results

@@ -1,0 +1,46 @@
+"""Reconstruction quality of the closed loop ``x̂ = g(f(x))`` on test images.
+
+Protocol:
+- ``mse``: mean squared pixel error on [-1, 1]; ``psnr``: ``10 log10(2² / mse)`` dB
+  (peak-to-peak 2; ``inf`` for a perfect reconstruction);
+- ``consistency``: a weighted kNN classifier (``knn``, cosine, k = 20, T = 0.07) fit on
+  real training pixels labels the reconstructions; % that get the true label of their
+  input (does ``g(f(x))`` stay in its class? chance is 1/C);
+- ``real_top1``: the same classifier on the real test images, the ceiling of
+  ``consistency``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from uctrl_jax.evaluators import common
+from uctrl_jax.evaluators import knn
+
+
+def mse_psnr(x, x_hat) -> dict[str, float]:
+  """``{"mse", "psnr"}`` of images in [-1, 1] (any equal shapes)."""
+  x, x_hat = np.asarray(x, np.float64), np.asarray(x_hat, np.float64)
+  if x.shape != x_hat.shape:
+    raise ValueError(f"x and x_hat must have one shape; got {x.shape}, {x_hat.shape}")
+  mse = float(np.mean((x - x_hat) ** 2))
+  psnr = float("inf") if mse == 0.0 else float(10.0 * np.log10(4.0 / mse))
+  return {"mse": mse, "psnr": psnr}
+
+
+def evaluate(x_train, y_train, x_test, y_test, x_hat, *, num_classes: int | None = None,
+             k: int = 20, temperature: float = 0.07) -> dict[str, float]:
+  """Metrics of the module docstring.
+
+  Args:
+    x_train, y_train: (n, H, W, C) real training images in [-1, 1], (n,) labels.
+    x_test, y_test: (m, H, W, C) real test images, (m,) labels.
+    x_hat: (m, H, W, C) reconstructions ``g(f(x_test))``.
+  """
+  out = mse_psnr(x_test, x_hat)
+  y_test = common.as_labels("y_test", y_test, len(x_test))
+  # One classifier, two query sets: real test images, then their reconstructions.
+  pred = knn.weighted_knn(x_train, y_train, np.concatenate([x_test, x_hat]),
+                          num_classes=num_classes, k=k, temperature=temperature)
+  out["real_top1"] = common.accuracy(y_test, pred[:len(x_test)])
+  out["consistency"] = common.accuracy(y_test, pred[len(x_test):])
+  return out
