@@ -1,0 +1,729 @@
+"""Speed of one uCTRL iteration: this project's jitted steps against a PyTorch step of the same nets.
+
+One iteration = ``config.train.encoder_steps`` encoder steps + one decoder step, as
+``uctrl_jax/train.py`` computes them (``make_steps``, ``create_train_state``,
+``sharding.shard_batch``), next to ``benchmarks/torch_uctrl.py``, which builds the same
+nets layer for layer (the parameter counts are checked equal) and writes the same
+objective in PyTorch. Runs alternate JAX / PyTorch in one process (machines here are
+noisy: only ratios measured together mean anything); medians per step and per
+iteration, and the JAX / PyTorch ratio (> 1: JAX is slower).
+
+Cases (``--cases``, comma-separated):
+
+* ``fashion_mnist_b128``: configs/fashion_mnist.py as it is (DCGAN pair, 28×28×1,
+  batch 128, cosine sample terms, λ₁ = λ₂ = 10 on batch means, ε² = 0.5; its
+  width and upsampling op, which ``--width`` / ``--upsample`` override).
+* ``fashion_mnist_b512``: the same at batch 512.
+* ``cifar_resnet18_b128``: configs/cifar.py (ResNet-18 pair, 32×32×3, two encoder steps
+  per decoder step) at batch 128. Slow on a 2-core CPU: use few repeats.
+* ``tiny``: configs/tiny.py (a smoke case for the tests).
+
+Side by side, a third column runs the same JAX iteration with scipy's OpenBLAS (the
+LAPACK behind jaxlib's CPU Cholesky and triangular solves) limited to one thread:
+its threads contend with XLA's pool and make the rate terms' gradient slow when the
+cores are busy (see the breakdown's reference rows).
+
+Also, per case:
+
+* start-up checks: both frameworks' objectives agree on identical random features
+  (d side and row side of the Gram), and the nets have equal parameter counts;
+* recompilation: the first iterations run under ``jax.log_compiles``; the iterations
+  after the first must compile nothing (asserted, and printed);
+* ``--breakdown``: the JAX iteration split into timed sub-jits (encoder / decoder
+  passes, rate terms, optimizer updates, host → device transfer);
+* ``--pipeline`` (Fashion-MNIST cases): iteration time fed by the real input pipeline
+  (``input_pipeline.create_dataset``, tfds data prepared in ``--data_dir``, default
+  ``~/tensorflow_datasets``) against pre-loaded device batches.
+
+Usage:
+  .venv/bin/python benchmarks/train_step_bench.py --cases fashion_mnist_b128 --repeats 5
+      [--breakdown] [--pipeline] [--width W] [--upsample OP] [--json PATH]
+
+Needs PyTorch's CPU wheel, which is kept out of the project's requirements:
+``.venv/bin/pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# PyTorch's OpenMP workers otherwise spin for a while after each call and steal the
+# cores from the JAX run that follows in the interleaved timing (4× slower JAX runs).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from configs import cifar, fashion_mnist, tiny  # noqa: E402
+from uctrl_jax import models  # noqa: E402
+from uctrl_jax import rate_reduction as rr  # noqa: E402
+from uctrl_jax import sharding  # noqa: E402
+from uctrl_jax import train  # noqa: E402
+
+
+def _case_config(get_config, batch_size=None):
+  config = get_config()
+  if batch_size is not None:
+    config.train.batch_size = batch_size
+  return config
+
+
+# name -> (config factory, image shape (H, W, C)).
+CASES = {
+    "fashion_mnist_b128": (lambda: _case_config(fashion_mnist.get_config), (28, 28, 1)),
+    "fashion_mnist_b512": (lambda: _case_config(fashion_mnist.get_config, 512), (28, 28, 1)),
+    "cifar_resnet18_b128": (lambda: _case_config(cifar.get_config, 128), (32, 32, 3)),
+    "tiny": (lambda: _case_config(tiny.get_config), (28, 28, 1)),
+}
+
+
+# ----------------------------------------------------------------------------
+# Helpers.
+# ----------------------------------------------------------------------------
+
+
+def random_batch(config, image_shape, seed=0) -> dict:
+  """A host batch as ``input_pipeline`` yields it: image (B,H,W,C), views (V,B,H,W,C), label (B,)."""
+  rng = np.random.default_rng(seed)
+  B, V = config.train.batch_size, config.data.num_views
+  return {"image": rng.uniform(-1, 1, (B, *image_shape)).astype(np.float32),
+          "views": rng.uniform(-1, 1, (V, B, *image_shape)).astype(np.float32),
+          "label": (np.arange(B) % 10).astype(np.int32)}
+
+
+def unit_rows(rng, *shape):
+  Z = rng.standard_normal(shape).astype(np.float32)
+  return Z / np.linalg.norm(Z, axis=-1, keepdims=True)
+
+
+def check_objectives_agree(config, sizes=(16, 256), num_views=2, rtol=1e-4, atol=1e-4) -> float:
+  """Feeds identical random (Z, Ẑ, Z_aug) to ``rate_reduction.uctrl_objective`` and to
+  ``torch_uctrl.uctrl_objective``; raises AssertionError on any term that differs.
+
+  ``sizes``: batch sizes n, chosen so that both Gram sides are exercised (2n < d and
+  2n ≥ d for d = config.model.feature_dim). Returns the largest relative difference.
+  """
+  import torch
+  import torch_uctrl
+  loss, d = config.loss, config.model.feature_dim
+  worst = 0.0
+  for n in sizes:
+    rng = np.random.default_rng(n)
+    Z = unit_rows(rng, n, d)
+    # Correlated with Z, as the loop's features are: the terms are then far from trivial.
+    Zhat = unit_rows(rng, n, d) + 2 * Z
+    Z_aug = unit_rows(rng, num_views, n, d) + 2 * Z
+    args = dict(eps_sq=loss.eps_sq, lambda_aug=loss.lambda_aug, lambda_self=loss.lambda_self,
+                sample_distance=loss.sample_distance,
+                sample_reduction=loss.get("sample_reduction", "sum"))
+    ref = jax.device_get(rr.uctrl_objective(Z, Zhat, Z_aug, **args))
+    got = torch_uctrl.uctrl_objective(*(torch.from_numpy(a) for a in (Z, Zhat, Z_aug)), **args)
+    for key, value in ref.items():
+      other = float(got[key])
+      if not np.isclose(other, float(value), rtol=rtol, atol=atol):
+        raise AssertionError(f"objective term {key!r} at n = {n}: torch {other}, jax {float(value)}")
+      worst = max(worst, abs(other - float(value)) / max(abs(float(value)), 1e-6))
+  return worst
+
+
+def _scipy_openblas():
+  """ctypes handle of the OpenBLAS behind jaxlib's CPU LAPACK kernels, or None.
+
+  jaxlib's Cholesky / triangular-solve custom calls (``lapack_*_ffi``) call LAPACK
+  through ``scipy.linalg.cython_lapack``, i.e. scipy's bundled OpenBLAS, which runs
+  its own thread pool beside XLA's.
+  """
+  import ctypes
+  import glob
+  import scipy
+  import scipy.linalg.cython_lapack  # noqa: F401  (loads the library)
+  for path in glob.glob(os.path.join(os.path.dirname(scipy.__file__), os.pardir, "scipy.libs",
+                                     "libscipy_openblas*.so")):
+    lib = ctypes.CDLL(path)  # the already-loaded library (same soname)
+    if hasattr(lib, "scipy_openblas_set_num_threads"):
+      return lib
+  return None
+
+
+_OPENBLAS = _scipy_openblas()
+
+
+def openblas_threads():
+  """Threads of scipy's OpenBLAS (the LAPACK of JAX on CPU), or None if not found."""
+  return None if _OPENBLAS is None else int(_OPENBLAS.scipy_openblas_get_num_threads())
+
+
+@contextlib.contextmanager
+def limit_openblas(num_threads: int):
+  """Runs the body with scipy's OpenBLAS on ``num_threads`` threads (no-op if not found)."""
+  saved = openblas_threads()
+  if saved is not None:
+    _OPENBLAS.scipy_openblas_set_num_threads(num_threads)
+  try:
+    yield
+  finally:
+    if saved is not None:
+      _OPENBLAS.scipy_openblas_set_num_threads(saved)
+
+
+def with_openblas(num_threads: int, fn):
+  """``fn`` wrapped to run under ``limit_openblas(num_threads)``."""
+  def run():
+    with limit_openblas(num_threads):
+      return fn()
+  return run
+
+
+@contextlib.contextmanager
+def count_compiles():
+  """Collects the names of the XLA compilations inside (``jax.log_compiles`` records)."""
+  names = []
+
+  class Handler(logging.Handler):
+    def emit(self, record):
+      message = record.getMessage()
+      if message.startswith("Finished XLA compilation of "):
+        names.append(message[len("Finished XLA compilation of "):].split(" in ")[0])
+
+  logger = logging.getLogger("jax")
+  handler, propagate = Handler(level=logging.DEBUG), logger.propagate
+  logger.addHandler(handler)
+  logger.propagate = False  # log_compiles writes WARNINGs; keep them off stderr
+  try:
+    with jax.log_compiles():
+      yield names
+  finally:
+    logger.removeHandler(handler)
+    logger.propagate = propagate
+
+
+def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
+  """Runs zero-argument callables round-robin; each returns ``{label: seconds}``.
+
+  Returns ``{name: {label: [seconds, ...]}}`` over the ``repeats`` timed rounds.
+  """
+  for _ in range(warmup):
+    for fn in fns.values():
+      fn()
+  out = {name: {} for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      for label, seconds in fn().items():
+        out[name].setdefault(label, []).append(seconds)
+  return out
+
+
+def timed(fn):
+  """Wraps a zero-argument callable into one that returns ``{"total": seconds}``."""
+  def run():
+    start = time.perf_counter()
+    fn()
+    return {"total": time.perf_counter() - start}
+  return run
+
+
+def median_ms(seconds) -> float:
+  return 1e3 * statistics.median(seconds)
+
+
+# ----------------------------------------------------------------------------
+# The two iterations.
+# ----------------------------------------------------------------------------
+
+
+class JaxLoop:
+  """This project's state and steps on one mesh, advanced one timed iteration at a time."""
+
+  def __init__(self, config, image_shape, host_batch):
+    self.config = config
+    self.image_shape = image_shape
+    self.mesh = sharding.create_mesh(mesh_config=config.get("mesh"))
+    self.state = sharding.replicate(
+        train.create_train_state(config, image_shape, jax.random.key(config.seed)), self.mesh)
+    self.encoder_step, self.decoder_step = train.make_steps(config, image_shape)
+    self.host_batch = host_batch
+    self.batch = sharding.shard_batch(host_batch, self.mesh)
+
+  def iteration(self, batch=None) -> dict:
+    """One iteration (``train.train_iteration``'s loop), each step timed to completion."""
+    batch = self.batch if batch is None else batch
+    times = {}
+    start = time.perf_counter()
+    for _ in range(self.config.train.encoder_steps):
+      self.state, metrics = self.encoder_step(self.state, batch)
+      jax.block_until_ready((self.state, metrics))
+    mid = time.perf_counter()
+    self.state, metrics = self.decoder_step(self.state, batch)
+    jax.block_until_ready((self.state, metrics))
+    end = time.perf_counter()
+    times["encoder steps"], times["decoder step"], times["iteration"] = mid - start, end - mid, end - start
+    return times
+
+  def compile_check(self, iterations: int = 3) -> list:
+    """Compilations per iteration, each fed a freshly sharded host batch (as training is)."""
+    per_iteration = []
+    for i in range(iterations):
+      host = random_batch(self.config, self.image_shape, seed=100 + i)
+      with count_compiles() as names:
+        self.iteration(sharding.shard_batch(host, self.mesh))
+      per_iteration.append(list(names))
+    return per_iteration
+
+
+class TorchLoop:
+  """``torch_uctrl.TorchUCTRL`` on the same host batch (NCHW, pre-loaded)."""
+
+  def __init__(self, config, image_shape, host_batch):
+    import torch
+    import torch_uctrl
+    self.torch = torch
+    self.model = torch_uctrl.TorchUCTRL(config, image_shape, seed=config.seed)
+    self.encoder_steps = config.train.encoder_steps
+    self.X = torch.from_numpy(np.ascontiguousarray(host_batch["image"].transpose(0, 3, 1, 2)))
+    self.views = torch.from_numpy(np.ascontiguousarray(host_batch["views"].transpose(0, 1, 4, 2, 3)))
+
+  def iteration(self) -> dict:
+    start = time.perf_counter()
+    for _ in range(self.encoder_steps):
+      self.model.encoder_step(self.X, self.views)
+    mid = time.perf_counter()
+    self.model.decoder_step(self.X, self.views)
+    end = time.perf_counter()
+    return {"encoder steps": mid - start, "decoder step": end - mid, "iteration": end - start}
+
+
+# ----------------------------------------------------------------------------
+# Breakdown of the JAX iteration into sub-jits.
+# ----------------------------------------------------------------------------
+
+
+def torch_parts(tl: TorchLoop, config) -> dict:
+  """The PyTorch counterparts of ``breakdown``'s sub-jits: name -> zero-argument callable.
+
+  Same inputs and modes as the JAX parts; training-mode passes leave the running
+  statistics as they are (as the JAX parts do, which never write them back).
+  """
+  import torch
+  import torch_uctrl
+  model, X, views = tl.model, tl.X, tl.views
+  enc, dec = model.encoder, model.decoder
+  B, V, d = X.shape[0], views.shape[0], config.model.feature_dim
+  loss = config.loss
+  x_all = torch.cat([X, views.reshape(-1, *X.shape[1:])])
+  g = torch.Generator().manual_seed(0)
+  z_all_cot = torch.randn(B * (1 + V), d, generator=g)
+  z_cot, x_cot = z_all_cot[:B], torch.randn(X.shape, generator=g)
+  frozen, eval_mode = torch_uctrl._frozen_running_stats, torch_uctrl._eval_mode
+  with torch.no_grad(), frozen(enc), frozen(dec):
+    z_all = enc(x_all)
+    Z, Z_aug = z_all[:B], z_all[B:].reshape(V, B, d)
+    Xhat = dec(Z)
+    with eval_mode(enc):
+      Zhat = enc(Xhat)
+
+  def objective(Z, Zhat, Z_aug):
+    return torch_uctrl.uctrl_objective(
+        Z, Zhat, Z_aug, loss.eps_sq, loss.lambda_aug, loss.lambda_self, loss.sample_distance,
+        loss.get("sample_reduction", "sum"))["encoder_objective"]
+
+  def backward(module, out, cot):
+    module.zero_grad(set_to_none=True)
+    (out * cot).sum().backward()
+
+  def enc_fwd_train():
+    with torch.no_grad(), frozen(enc):
+      enc(x_all)
+
+  def enc_fwdbwd_train():
+    with frozen(enc):
+      backward(enc, enc(x_all), z_all_cot)
+
+  def enc_fwd_eval():
+    with torch.no_grad(), eval_mode(enc):
+      enc(Xhat)
+
+  def enc_fwdbwd_eval_params():
+    with eval_mode(enc):
+      backward(enc, enc(Xhat), z_cot)
+
+  def enc_fwdbwd_eval_input():
+    x = Xhat.clone().requires_grad_(True)
+    enc.requires_grad_(False)
+    try:
+      with eval_mode(enc):
+        (enc(x) * z_cot).sum().backward()
+    finally:
+      enc.requires_grad_(True)
+
+  def dec_fwd_train():
+    with torch.no_grad(), frozen(dec):
+      dec(Z)
+
+  def dec_fwdbwd_train():
+    with frozen(dec):
+      backward(dec, dec(Z), x_cot)
+
+  def rate_fwd():
+    with torch.no_grad():
+      objective(Z, Zhat, Z_aug)
+
+  def rate_fwdgrad():
+    leaves = [a.clone().requires_grad_(True) for a in (Z, Zhat, Z_aug)]
+    objective(*leaves).backward()
+
+  def adam(module, opt):
+    grads = [torch.full_like(p, 1e-3) for p in module.parameters()]
+
+    def step():
+      for p, gr in zip(module.parameters(), grads):
+        p.grad = gr
+      opt.step()
+    return step
+
+  return {"enc_fwd_train": enc_fwd_train, "enc_fwdbwd_train": enc_fwdbwd_train,
+          "enc_fwd_eval": enc_fwd_eval, "enc_fwdbwd_eval_params": enc_fwdbwd_eval_params,
+          "enc_fwdbwd_eval_input": enc_fwdbwd_eval_input, "dec_fwd_train": dec_fwd_train,
+          "dec_fwdbwd_train": dec_fwdbwd_train, "rate_fwd": rate_fwd, "rate_fwdgrad": rate_fwdgrad,
+          "adam_encoder": adam(enc, model.enc_opt), "adam_decoder": adam(dec, model.dec_opt)}
+
+
+def breakdown(loop: JaxLoop, tl: TorchLoop, repeats: int):
+  """The JAX iteration split into timed sub-jits, next to the same parts in PyTorch.
+
+  Each JAX part is its own jit on copies of the current parameters; a part's backward
+  is the VJP of a random cotangent (the cost does not depend on which). The encoder
+  step is: encoder fwd+bwd on [X; X_a] (train), decoder fwd (train), encoder fwd+bwd
+  on X̂ (running stats, w.r.t. θ), rate terms fwd+grad, Adam; the decoder step: encoder
+  fwd on [X; X_a] (train), decoder fwd+bwd (train, w.r.t. η), encoder fwd+bwd on X̂
+  (w.r.t. the input), rate terms fwd+grad, Adam. All parts of both frameworks run
+  round-robin, with both whole iterations among them.
+
+  Returns:
+    ``(rows, iteration_ms, extra)``: rows ``(component, jax ms, torch ms or None, times
+    per iteration)``; the median measured iterations ``{"jax": ms, "torch": ms}``; and
+    ``(label, jax ms, torch ms or None)`` reference timings (whole steps, forward-only
+    parts).
+  """
+  config, image_shape = loop.config, loop.image_shape
+  encoder, decoder = models.create_models(config, image_shape)
+  enc_tx, dec_tx = train.make_optimizers(config)
+  # Copies: the steps donate the state, which would delete arrays shared with it.
+  s = jax.tree.map(jnp.copy, loop.state)
+  ep, es, dp, ds = s.encoder_params, s.encoder_batch_stats, s.decoder_params, s.decoder_batch_stats
+  X, views, labels = loop.batch["image"], loop.batch["views"], loop.batch["label"]
+  B, V, d = X.shape[0], views.shape[0], config.model.feature_dim
+  x_all = jnp.concatenate([X, views.reshape((V * B,) + X.shape[1:])])
+  rng = np.random.default_rng(0)
+  z_all_cot = jnp.asarray(rng.standard_normal((B * (1 + V), d)), jnp.float32)
+  z_cot = z_all_cot[:B]
+  x_cot = jnp.asarray(rng.standard_normal(X.shape), jnp.float32)
+
+  def enc_train(p, x):
+    return encoder.apply({"params": p, "batch_stats": es}, x, train=True, mutable=["batch_stats"])
+
+  def enc_eval(p, x):
+    return encoder.apply({"params": p, "batch_stats": es}, x, train=False)
+
+  def dec_train(p, z):
+    return decoder.apply({"params": p, "batch_stats": ds}, z, train=True, mutable=["batch_stats"])
+
+  def vjp_params(f, cot):
+    def loss(p, x):
+      out = f(p, x)
+      out = out[0] if isinstance(out, tuple) else out
+      return jnp.sum(out * cot)
+    return jax.jit(jax.grad(loss))
+
+  def objective(Z, Zhat, Z_aug):
+    return train.objective_terms(config, Z, Zhat, Z_aug, labels)["encoder_objective"]
+
+  Z = jax.jit(lambda p, x: enc_train(p, x)[0][:B])(ep, x_all)
+  # Views' features keep the step's layout (V, B, d) split over B, not over V.
+  Z_aug = jax.jit(lambda p, x: enc_train(p, x)[0][B:].reshape(V, B, d),
+                  out_shardings=sharding.batch_sharding(loop.mesh, "views"))(ep, x_all)
+  Xhat = jax.jit(lambda p, z: dec_train(p, z)[0])(dp, Z)
+  Zhat = jax.jit(enc_eval)(ep, Xhat)
+  enc_grads = jax.tree.map(lambda x: 1e-3 * jnp.ones_like(x), ep)
+  dec_grads = jax.tree.map(lambda x: 1e-3 * jnp.ones_like(x), dp)
+  enc_opt, dec_opt = enc_tx.init(ep), dec_tx.init(dp)
+
+  def adam(tx):
+    def update(params, grads, opt_state):
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state
+    return jax.jit(update)
+
+  j = {
+      "enc_fwd_train": (jax.jit(enc_train), (ep, x_all)),
+      "enc_fwdbwd_train": (vjp_params(enc_train, z_all_cot), (ep, x_all)),
+      "enc_fwd_eval": (jax.jit(enc_eval), (ep, Xhat)),
+      "enc_fwdbwd_eval_params": (vjp_params(enc_eval, z_cot), (ep, Xhat)),
+      "enc_fwdbwd_eval_input": (
+          jax.jit(jax.grad(lambda x, p: jnp.sum(enc_eval(p, x) * z_cot))), (Xhat, ep)),
+      "dec_fwd_train": (jax.jit(dec_train), (dp, Z)),
+      "dec_fwdbwd_train": (vjp_params(dec_train, x_cot), (dp, Z)),
+      "rate_fwd": (jax.jit(objective), (Z, Zhat, Z_aug)),
+      "rate_fwdgrad": (jax.jit(jax.value_and_grad(objective, argnums=(0, 1, 2))), (Z, Zhat, Z_aug)),
+      "adam_encoder": (adam(enc_tx), (ep, enc_grads, enc_opt)),
+      "adam_decoder": (adam(dec_tx), (dp, dec_grads, dec_opt)),
+  }
+  fns = {("jax", name): timed(lambda f=f, a=a: jax.block_until_ready(f(*a)))
+         for name, (f, a) in j.items()}
+  fns[("jax", "h2d")] = timed(
+      lambda: jax.block_until_ready(sharding.shard_batch(loop.host_batch, loop.mesh)))
+  fns[("jax", "iteration")] = loop.iteration
+  fns[("jax", "rate_fwdgrad_blas1")] = with_openblas(1, fns[("jax", "rate_fwdgrad")])
+  fns.update({("torch", name): timed(fn) for name, fn in torch_parts(tl, config).items()})
+  fns[("torch", "iteration")] = tl.iteration
+  med = {"jax": {}, "torch": {}}
+  for (framework, name), res in interleaved(fns, repeats).items():
+    for label, secs in res.items():
+      med[framework][name if label == "total" else label] = median_ms(secs)
+
+  k = config.train.encoder_steps
+  rows = [  # (label, key, times per iteration)
+      (f"encoder fwd+bwd, train, [X; X_a] ({B * (1 + V)} images)", "enc_fwdbwd_train", k),
+      (f"decoder fwd, train ({B})", "dec_fwd_train", k),
+      (f"encoder fwd+bwd, running stats, X̂, w.r.t. θ ({B})", "enc_fwdbwd_eval_params", k),
+      ("rate terms fwd+grad (Z, Ẑ, Z_a)", "rate_fwdgrad", k),
+      ("Adam update, encoder", "adam_encoder", k),
+      (f"encoder fwd, train, [X; X_a] ({B * (1 + V)})", "enc_fwd_train", 1),
+      (f"decoder fwd+bwd, train, w.r.t. η ({B})", "dec_fwdbwd_train", 1),
+      (f"encoder fwd+bwd, running stats, X̂, w.r.t. X̂ ({B})", "enc_fwdbwd_eval_input", 1),
+      ("rate terms fwd+grad (Z, Ẑ, Z_a)", "rate_fwdgrad", 1),
+      ("Adam update, decoder", "adam_decoder", 1),
+  ]
+  table = [(label, med["jax"][key], med["torch"].get(key), n) for label, key, n in rows]
+  table.append(("host → device batch (shard_batch), per batch", med["jax"]["h2d"], None, 1))
+  extra = [("encoder fwd, running stats, X̂", "enc_fwd_eval"),
+           ("rate terms fwd only", "rate_fwd"),
+           ("encoder steps, measured", "encoder steps"),
+           ("decoder step, measured", "decoder step")]
+  extra = [(label, med["jax"][key], med["torch"][key]) for label, key in extra]
+  extra.append(("rate terms fwd+grad, JAX's OpenBLAS on 1 thread", med["jax"]["rate_fwdgrad_blas1"],
+                med["torch"]["rate_fwdgrad"]))
+  return table, {f: med[f]["iteration"] for f in med}, extra
+
+
+# ----------------------------------------------------------------------------
+# Real input pipeline against pre-loaded batches.
+# ----------------------------------------------------------------------------
+
+
+def pipeline_comparison(loop: JaxLoop, data_dir, rounds: int, block: int) -> dict:
+  """Per-iteration time fed by ``input_pipeline.create_dataset`` vs a pre-loaded device batch.
+
+  Blocks of ``block`` consecutive iterations of each kind alternate for ``rounds``
+  rounds (blocks, not single iterations: the pipeline's prefetch buffer refills while
+  the pre-loaded block runs, so single alternations would hide its cost). A pipeline
+  iteration includes ``next(it)`` and ``shard_batch``, as ``train_and_evaluate`` does.
+  Also: the pipeline alone (batches/s with no training beside it).
+  """
+  from uctrl_jax import input_pipeline
+  config = loop.config.copy_and_resolve_references()
+  if data_dir is not None:
+    config.data.data_dir = data_dir
+  it = input_pipeline.create_dataset(config, "train", process_index=0,
+                                     process_count=1).as_numpy_iterator()
+  start = time.perf_counter()
+  next(it)  # opens the files, fills the shuffle buffer
+  first_batch = time.perf_counter() - start
+  for _ in range(config.data.prefetch + 1):
+    next(it)
+  start = time.perf_counter()
+  alone = 2 * block
+  for _ in range(alone):
+    next(it)
+  alone_ms = 1e3 * (time.perf_counter() - start) / alone
+  loop.iteration(sharding.shard_batch(next(it), loop.mesh))  # warm
+  per = {"pipeline": [], "pre-loaded": []}
+  for _ in range(rounds):
+    start = time.perf_counter()
+    for _ in range(block):
+      loop.iteration(sharding.shard_batch(next(it), loop.mesh))
+    per["pipeline"].append((time.perf_counter() - start) / block)
+    start = time.perf_counter()
+    for _ in range(block):
+      loop.iteration()
+    per["pre-loaded"].append((time.perf_counter() - start) / block)
+  return {"first_batch_s": first_batch, "pipeline_alone_ms_per_batch": alone_ms,
+          "pipeline_ms": median_ms(per["pipeline"]), "preloaded_ms": median_ms(per["pre-loaded"])}
+
+
+# ----------------------------------------------------------------------------
+# Main.
+# ----------------------------------------------------------------------------
+
+
+def run_case(name: str, args) -> dict:
+  import torch
+  import torch_uctrl
+  make_config, image_shape = CASES[name]
+  config = make_config()
+  if args.width is not None:
+    config.model.width = args.width
+  if args.upsample is not None:
+    config.model.upsample = args.upsample
+  t, m, loss = config.train, config.model, config.loss
+  print(f"## {name}\n")
+  print(f"{m.encoder}/{m.decoder} w = {m.width}, upsample {m.get('upsample', 'pixel_shuffle')}, "
+        f"d = {m.feature_dim}, image {image_shape}, batch {t.batch_size}, V = {config.data.num_views}, "
+        f"{t.encoder_steps} encoder step(s) per iteration; loss {loss.mode}, "
+        f"{loss.sample_distance} sample terms ({loss.get('sample_reduction', 'sum')}), "
+        f"λ₁ = {loss.lambda_aug}, λ₂ = {loss.lambda_self}, ε² = {loss.eps_sq}; "
+        f"Adam b1 = {t.b1}\n")
+  result = {"case": name, "batch_size": t.batch_size, "encoder_steps": t.encoder_steps}
+
+  worst = check_objectives_agree(config, sizes=(16, max(config.model.feature_dim, 64)))
+  print(f"- check: torch and JAX objectives agree on identical random features "
+        f"(row and d side of the Gram; largest relative difference {worst:.1e})")
+  host_batch = random_batch(config, image_shape)
+  jl = JaxLoop(config, image_shape, host_batch)
+  tl = TorchLoop(config, image_shape, host_batch)
+  counts = {"encoder": (models.count_params(jl.state.encoder_params),
+                        torch_uctrl.count_params(tl.model.encoder)),
+            "decoder": (models.count_params(jl.state.decoder_params),
+                        torch_uctrl.count_params(tl.model.decoder))}
+  for net, (cj, ct) in counts.items():
+    if cj != ct:
+      raise AssertionError(f"{net} parameter counts differ: jax {cj}, torch {ct}")
+  print(f"- check: same nets, parameters: encoder {counts['encoder'][0]:,}, "
+        f"decoder {counts['decoder'][0]:,} (both frameworks)")
+
+  start = time.perf_counter()
+  compiles = jl.compile_check(args.compile_iterations)
+  first_s = time.perf_counter() - start
+  later = [names for names in compiles[1:] if names]
+  print(f"- check: compilations per iteration under jax.log_compiles: "
+        f"{[len(n) for n in compiles]} (first iteration: {', '.join(compiles[0]) or 'none'}; "
+        f"{first_s:.1f} s for all {len(compiles)})")
+  result["compiles_per_iteration"] = [len(n) for n in compiles]
+  if later:
+    raise AssertionError(f"recompilation after the first iteration: {compiles[1:]}")
+  print(f"- threads: torch {torch.get_num_threads()}, scipy OpenBLAS (JAX's LAPACK) "
+        f"{openblas_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
+        f"load average {os.getloadavg()[0]:.1f}\n")
+
+  contestants = {"jax": jl.iteration, "torch": tl.iteration}
+  if openblas_threads() not in (None, 1):
+    # JAX's Cholesky gradient runs LAPACK triangular solves on OpenBLAS's own threads,
+    # which contend with XLA's pool; the second JAX column isolates that effect.
+    contestants["jax_blas1"] = with_openblas(1, jl.iteration)
+  res = interleaved(contestants, args.repeats, warmup=1)
+  blas1 = "jax_blas1" in res
+  print(f"Medians of {args.repeats} alternating runs (ms):\n")
+  print("| part | JAX (uctrl_jax) | PyTorch | JAX / PyTorch |"
+        + (" JAX, OpenBLAS 1 thread | that / PyTorch |" if blas1 else ""))
+  print("|---|---|---|---|" + ("---|---|" if blas1 else ""))
+  result["side_by_side_ms"] = {}
+  for label in ("encoder steps", "decoder step", "iteration"):
+    a, b = median_ms(res["jax"][label]), median_ms(res["torch"][label])
+    row = {"jax": a, "torch": b, "ratio": a / b}
+    line = f"| {label} | {a:.0f} | {b:.0f} | {a / b:.2f} |"
+    if blas1:
+      c = median_ms(res["jax_blas1"][label])
+      row.update(jax_openblas1=c, ratio_openblas1=c / b)
+      line += f" {c:.0f} | {c / b:.2f} |"
+    print(line)
+    result["side_by_side_ms"][label] = row
+  it_ms = result["side_by_side_ms"]["iteration"]
+  print(f"\niterations/s: JAX {1e3 / it_ms['jax']:.2f}, PyTorch {1e3 / it_ms['torch']:.2f}"
+        + (f", JAX with OpenBLAS on 1 thread {1e3 / it_ms['jax_openblas1']:.2f}" if blas1 else "")
+        + "\n")
+
+  if args.pipeline and config.data.name == "fashion_mnist":
+    p = pipeline_comparison(jl, args.data_dir, args.pipeline_rounds, args.pipeline_block)
+    result["pipeline"] = p
+    print(f"Input pipeline (fashion_mnist, V = {config.data.num_views}, blocks of "
+          f"{args.pipeline_block} iterations, median of {args.pipeline_rounds} rounds):\n")
+    print("| iteration fed by | ms / iteration |")
+    print("|---|---|")
+    print(f"| input_pipeline.create_dataset + shard_batch | {p['pipeline_ms']:.0f} |")
+    print(f"| pre-loaded device batch | {p['preloaded_ms']:.0f} |")
+    print(f"\npipeline / pre-loaded: {p['pipeline_ms'] / p['preloaded_ms']:.2f}; the pipeline "
+          f"alone: {p['pipeline_alone_ms_per_batch']:.0f} ms/batch "
+          f"({t.batch_size * 1e3 / p['pipeline_alone_ms_per_batch']:.0f} images/s); first batch "
+          f"(shuffle buffer fill) {p['first_batch_s']:.1f} s\n")
+
+  if args.breakdown:
+    reps = args.breakdown_repeats or args.repeats
+    table, it_ms, extra = breakdown(jl, tl, reps)
+    result["breakdown_ms"] = {label: {"jax": a, "torch": b, "per_iteration": n}
+                              for label, a, b, n in table}
+    result["breakdown_iteration_ms"] = it_ms
+    result["breakdown_reference_ms"] = {label: {"jax": a, "torch": b} for label, a, b in extra}
+    print(f"Iteration breakdown (JAX sub-jits and the same parts in PyTorch, medians of "
+          f"{reps}, all interleaved):\n")
+    print("| component | JAX ms | PyTorch ms | JAX / PyTorch | × per iteration "
+          "| JAX ms per iteration | % of JAX iteration |")
+    print("|---|---|---|---|---|---|---|")
+    total = {"jax": 0.0, "torch": 0.0}
+    fmt = lambda v: "—" if v is None else f"{v:.1f}"  # noqa: E731
+    for label, a, b, n in table:
+      total["jax"] += a * n
+      total["torch"] += (b or 0.0) * n
+      ratio = "—" if b is None else f"{a / b:.2f}"
+      print(f"| {label} | {a:.1f} | {fmt(b)} | {ratio} | {n} | {a * n:.1f} "
+            f"| {100 * a * n / it_ms['jax']:.0f} |")
+    print(f"| **sum of parts** (per iteration) | {total['jax']:.0f} | {total['torch']:.0f} "
+          f"| {total['jax'] / total['torch']:.2f} | | | {100 * total['jax'] / it_ms['jax']:.0f} |")
+    print(f"| **iteration, measured** (pre-loaded batch) | {it_ms['jax']:.0f} | "
+          f"{it_ms['torch']:.0f} | {it_ms['jax'] / it_ms['torch']:.2f} | | | 100 |")
+    for label, a, b in extra:
+      print(f"| (reference) {label} | {a:.1f} | {b:.1f} | {a / b:.2f} | | | |")
+    print()
+  return result
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--cases", default="fashion_mnist_b128,fashion_mnist_b512",
+                      help=f"comma-separated, from {', '.join(CASES)}")
+  parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--breakdown", action="store_true", help="time the JAX iteration's parts")
+  parser.add_argument("--breakdown_repeats", type=int, default=None,
+                      help="repeats of the breakdown (default --repeats)")
+  parser.add_argument("--pipeline", action="store_true",
+                      help="Fashion-MNIST cases: real input pipeline vs pre-loaded batches")
+  parser.add_argument("--data_dir", default=None, help="tfds data dir (None: ~/tensorflow_datasets)")
+  parser.add_argument("--pipeline_rounds", type=int, default=3)
+  parser.add_argument("--pipeline_block", type=int, default=5)
+  parser.add_argument("--width", type=int, default=None, help="override config.model.width")
+  parser.add_argument("--upsample", default=None, choices=models.UPSAMPLES,
+                      help="override config.model.upsample")
+  parser.add_argument("--compile_iterations", type=int, default=3)
+  parser.add_argument("--json", default=None, help="also write the results here")
+  args = parser.parse_args(argv)
+  if hasattr(sys.stdout, "reconfigure"):
+    sys.stdout.reconfigure(line_buffering=True)  # tables as they come, also into a pipe
+  names = [c for c in args.cases.split(",") if c]
+  unknown = [c for c in names if c not in CASES]
+  if unknown:
+    parser.error(f"unknown cases {unknown}; choose from {list(CASES)}")
+
+  import torch
+  print(f"# uCTRL iteration: JAX {jax.__version__} ({jax.devices()[0].platform}, "
+        f"{jax.device_count()} device(s)) vs PyTorch {torch.__version__}; "
+        f"{os.cpu_count()} CPUs\n")
+  results = [run_case(name, args) for name in names]
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"jax": jax.__version__, "torch": torch.__version__, "cpus": os.cpu_count(),
+                 "cases": results}, f, indent=2)
+  return results
+
+
+if __name__ == "__main__":
+  main()
