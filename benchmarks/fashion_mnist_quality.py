@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/fashion_mnist_quality.py --workdir=/tmp/fm_quality
 
-trains from scratch (about 30 minutes on 2 CPU cores; an existing workdir resumes, so
+trains from scratch (about 12 minutes on 2 CPU cores; an existing workdir resumes, so
 the training time printed is that of the remaining steps), then runs
 ``uctrl_jax.evaluate`` on the full 60 000 / 10 000 split and prints a markdown table:
 hardware, wall times, kNN, linear probe, nearest subspace, clustering ACC/NMI (k-means

@@ -32,6 +32,7 @@ import uctrl_jax  # noqa: E402
 from configs import fashion_mnist  # noqa: E402
 from uctrl_jax import evaluate  # noqa: E402
 from uctrl_jax import evaluators  # noqa: E402
+from uctrl_jax import rate_reduction as rr  # noqa: E402
 from uctrl_jax import train  # noqa: E402
 
 # name -> overrides of configs/fashion_mnist.py ("section.key": value).
@@ -71,22 +72,21 @@ def run_variant(name: str, overrides: dict, steps: int, workdir: str, data) -> d
   state = train.train_and_evaluate(config, workdir)
   seconds = time.time() - start
   loop = uctrl_jax.load(workdir)
-  metrics = evaluators.run_all(evaluators.build(config, names=("knn", "reconstruction")),
-                               loop.encode, loop.decode, data)
+  # One context: the terms below reuse the features and reconstructions the evaluators made.
+  context = evaluators.Context(data, loop.encode, loop.decode)
+  metrics = evaluators.run_context(evaluators.build(config, names=("knn", "reconstruction")),
+                                   context)
   row = {"name": name, "overrides": overrides, "steps": int(state.step),
          "train_seconds": seconds, **{k: v for k, v in metrics.items() if "seconds" not in k}}
-  row.update(_final_terms(loop, data, config))
+  row.update(_final_terms(context, config.loss.eps_sq))
   return row
 
 
-def _final_terms(loop, data, config) -> dict:
-  """R(Z), ΔR(Z, Ẑ) and cos(z, ẑ) on the first 512 test images, eval mode."""
-  from uctrl_jax import rate_reduction as rr
-  x = data.x_test[:512]
-  Z = np.asarray(loop.encode(x))
-  Zhat = np.asarray(loop.encode(np.asarray(loop.decode(Z))))
-  return {"test/R": float(rr.coding_rate(Z, config.loss.eps_sq)),
-          "test/delta_R_z_zhat": float(rr.rate_distance(Z, Zhat, config.loss.eps_sq)),
+def _final_terms(context, eps_sq: float, n: int = 512) -> dict:
+  """R(Z), ΔR(Z, Ẑ) and cos(z, ẑ) on the first ``n`` test images, eval mode."""
+  Z, Zhat = context.z_test[:n], context.zhat_test[:n]
+  return {"test/R": float(rr.coding_rate(Z, eps_sq)),
+          "test/delta_R_z_zhat": float(rr.rate_distance(Z, Zhat, eps_sq)),
           "test/cos_z_zhat": float(np.mean(np.sum(Z * Zhat, axis=1)))}
 
 
@@ -116,8 +116,9 @@ def main():
   unknown = sorted(set(names) - set(variants))
   if unknown:
     raise SystemExit(f"unknown variants {unknown}; known: {', '.join(variants)}")
-  data = evaluate.load_data(variant_config({}, args.steps))
-  raw = evaluators.run_all(evaluators.build(variant_config({}, args.steps), names=("knn",)),
+  base = variant_config({}, args.steps)
+  data = evaluate.load_data(base)
+  raw = evaluators.run_all(evaluators.build(base, names=("knn",)),
                            lambda x: x.reshape(len(x), -1), None, data)
   rows = []
   for name in names:
