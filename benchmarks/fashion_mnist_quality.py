@@ -45,7 +45,8 @@ ROWS = (("kNN top-1 (%)", "knn/top1"),
         ("reconstruction PSNR (dB)", "reconstruction/psnr"),
         ("reconstruction MSE", "reconstruction/mse"),
         ("class consistency of g(f(x)) (%)", "reconstruction/consistency"),
-        ("pixel kNN on real test images (%)", "reconstruction/real_top1"))
+        ("pixel kNN on real test images (%)", "reconstruction/real_top1"),
+        ("structure: within / between-class mean |cos|", "structure/score"))
 
 
 def table(results, train_seconds) -> str:

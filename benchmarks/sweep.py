@@ -56,17 +56,25 @@ TERMS = ("R", "delta_R_z_zhat", "aug", "self")
 
 
 def variant_config(overrides: dict, steps: int):
+  """``configs/fashion_mnist.py`` with ``overrides`` (``"section.key"`` or ``"key"``), for
+  ``steps`` iterations, evaluated afterwards by the sweep (not during training)."""
   config = fashion_mnist.get_config()
   for key, value in overrides.items():
-    section, name = key.split(".")
-    config[section][name] = value
+    *path, name = key.split(".")
+    node = config
+    for part in path:
+      node = node[part]
+    node[name] = value
   config.train.num_steps = steps
   config.train.checkpoint_every = min(config.train.checkpoint_every, steps)
   config.train.image_every = steps
+  config.evals.during_training.names = ()
   return config
 
 
-def run_variant(name: str, overrides: dict, steps: int, workdir: str, data) -> dict:
+def run_variant(name: str, overrides: dict, steps: int, workdir: str, data,
+                names=("knn", "reconstruction")) -> tuple[dict, "evaluators.Context"]:
+  """Trains (or resumes) one variant and evaluates it: its row and the evaluation context."""
   config = variant_config(overrides, steps)
   start = time.time()
   state = train.train_and_evaluate(config, workdir)
@@ -74,12 +82,40 @@ def run_variant(name: str, overrides: dict, steps: int, workdir: str, data) -> d
   loop = uctrl_jax.load(workdir)
   # One context: the terms below reuse the features and reconstructions the evaluators made.
   context = evaluators.Context(data, loop.encode, loop.decode)
-  metrics = evaluators.run_context(evaluators.build(config, names=("knn", "reconstruction")),
-                                   context)
+  metrics = evaluators.run_context(evaluators.build(config, names=names), context)
   row = {"name": name, "overrides": overrides, "steps": int(state.step),
          "train_seconds": seconds, **{k: v for k, v in metrics.items() if "seconds" not in k}}
   row.update(_final_terms(context, config.loss.eps_sq))
-  return row
+  return row, context
+
+
+def run_sweep(variants: dict, names: list, out: str, steps: int, run, table) -> list[dict]:
+  """Runs ``run(name, overrides, workdir) -> row`` for each of ``names`` not yet done.
+
+  A finished variant's row is ``OUT/NAME/sweep_row.json`` (read back instead of rerun);
+  ``table(rows)`` is rewritten to ``OUT/sweep.md`` and printed after each variant.
+  """
+  unknown = sorted(set(names) - set(variants))
+  if unknown:
+    raise SystemExit(f"unknown variants {unknown}; known: {', '.join(variants)}")
+  rows = []
+  for name in names:
+    workdir = os.path.join(out, name.replace("=", "_"))
+    row_path = os.path.join(workdir, "sweep_row.json")
+    if os.path.exists(row_path):
+      with open(row_path) as f:
+        row = json.load(f)
+    else:
+      print(f"--- {name}: {variants[name]} ({steps} iterations)", flush=True)
+      row = run(name, variants[name], workdir)
+      with open(row_path, "w") as f:
+        json.dump(row, f, indent=1)
+    rows.append(row)
+    text = table(rows)
+    with open(os.path.join(out, "sweep.md"), "w") as f:
+      f.write(text)
+    print(text, flush=True)
+  return rows
 
 
 def _final_terms(context, eps_sq: float, n: int = 512) -> dict:
@@ -112,31 +148,15 @@ def main():
   args = parser.parse_args()
   logging.set_verbosity(logging.WARNING)
   variants = SWEEPS[args.sweep]
-  names = [n for n in args.only.split(",") if n] or list(variants)
-  unknown = sorted(set(names) - set(variants))
-  if unknown:
-    raise SystemExit(f"unknown variants {unknown}; known: {', '.join(variants)}")
   base = variant_config({}, args.steps)
   data = evaluate.load_data(base)
   raw = evaluators.run_all(evaluators.build(base, names=("knn",)),
                            lambda x: x.reshape(len(x), -1), None, data)
-  rows = []
-  for name in names:
-    workdir = os.path.join(args.out, name.replace("=", "_"))
-    row_path = os.path.join(workdir, "sweep_row.json")
-    if os.path.exists(row_path):
-      with open(row_path) as f:
-        row = json.load(f)
-    else:
-      print(f"--- {name}: {variants[name]}", flush=True)
-      row = run_variant(name, variants[name], args.steps, workdir, data)
-      with open(row_path, "w") as f:
-        json.dump(row, f, indent=1)
-    rows.append(row)
-    table = markdown(rows, raw["knn/top1"])
-    with open(os.path.join(args.out, "sweep.md"), "w") as f:
-      f.write(table)
-    print(table, flush=True)
+  run_sweep(variants, [n for n in args.only.split(",") if n] or list(variants), args.out,
+            args.steps,
+            lambda name, overrides, workdir: run_variant(name, overrides, args.steps, workdir,
+                                                         data)[0],
+            lambda rows: markdown(rows, raw["knn/top1"]))
 
 
 if __name__ == "__main__":

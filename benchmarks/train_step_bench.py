@@ -18,10 +18,12 @@ Cases (``--cases``, comma-separated):
   per decoder step) at batch 128. Slow on a 2-core CPU: use few repeats.
 * ``tiny``: configs/tiny.py (a smoke case for the tests).
 
-Side by side, a third column runs the same JAX iteration with scipy's OpenBLAS (the
-LAPACK behind jaxlib's CPU Cholesky and triangular solves) limited to one thread:
-its threads contend with XLA's pool and make the rate terms' gradient slow when the
-cores are busy (see the breakdown's reference rows).
+The JAX column is the iteration as ``train.train_and_evaluate`` runs it: scipy's
+OpenBLAS (the LAPACK behind jaxlib's CPU Cholesky and triangular solves) limited to
+``config.train.host_blas_threads`` (1) by ``train.limit_host_blas``. Side by side, a
+third column runs it with OpenBLAS's threads as found (the project before issue 8):
+they contend with XLA's pool and make the rate terms' gradient slow (see the
+breakdown's reference rows).
 
 Also, per case:
 
@@ -65,6 +67,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+import threadpoolctl  # noqa: E402
 
 from configs import cifar, fashion_mnist, tiny  # noqa: E402
 from uctrl_jax import models  # noqa: E402
@@ -138,50 +141,21 @@ def check_objectives_agree(config, sizes=(16, 256), num_views=2, rtol=1e-4, atol
   return worst
 
 
-def _scipy_openblas():
-  """ctypes handle of the OpenBLAS behind jaxlib's CPU LAPACK kernels, or None.
-
-  jaxlib's Cholesky / triangular-solve custom calls (``lapack_*_ffi``) call LAPACK
-  through ``scipy.linalg.cython_lapack``, i.e. scipy's bundled OpenBLAS, which runs
-  its own thread pool beside XLA's.
-  """
-  import ctypes
-  import glob
-  import scipy
-  import scipy.linalg.cython_lapack  # noqa: F401  (loads the library)
-  for path in glob.glob(os.path.join(os.path.dirname(scipy.__file__), os.pardir, "scipy.libs",
-                                     "libscipy_openblas*.so")):
-    lib = ctypes.CDLL(path)  # the already-loaded library (same soname)
-    if hasattr(lib, "scipy_openblas_set_num_threads"):
-      return lib
-  return None
-
-
-_OPENBLAS = _scipy_openblas()
-
-
 def openblas_threads():
-  """Threads of scipy's OpenBLAS (the LAPACK of JAX on CPU), or None if not found."""
-  return None if _OPENBLAS is None else int(_OPENBLAS.scipy_openblas_get_num_threads())
+  """Threads of scipy's OpenBLAS (the LAPACK of JAX on CPU), or None if not loaded."""
+  import scipy.linalg.cython_lapack  # noqa: F401  pylint: disable=import-outside-toplevel
+  counts = [i["num_threads"] for i in threadpoolctl.threadpool_info()
+            if i["internal_api"] == "openblas" and "scipy.libs" in i["filepath"]]
+  return counts[0] if counts else None
 
 
-@contextlib.contextmanager
-def limit_openblas(num_threads: int):
-  """Runs the body with scipy's OpenBLAS on ``num_threads`` threads (no-op if not found)."""
-  saved = openblas_threads()
-  if saved is not None:
-    _OPENBLAS.scipy_openblas_set_num_threads(num_threads)
-  try:
-    yield
-  finally:
-    if saved is not None:
-      _OPENBLAS.scipy_openblas_set_num_threads(saved)
+BLAS_AS_FOUND = openblas_threads()
 
 
-def with_openblas(num_threads: int, fn):
-  """``fn`` wrapped to run under ``limit_openblas(num_threads)``."""
+def with_openblas(num_threads, fn):
+  """``fn`` wrapped to run under ``train.limit_host_blas(num_threads)`` (None: as found)."""
   def run():
-    with limit_openblas(num_threads):
+    with train.limit_host_blas(num_threads):
       return fn()
   return run
 
@@ -484,7 +458,8 @@ def breakdown(loop: JaxLoop, tl: TorchLoop, repeats: int):
   fns[("jax", "h2d")] = timed(
       lambda: jax.block_until_ready(sharding.shard_batch(loop.host_batch, loop.mesh)))
   fns[("jax", "iteration")] = loop.iteration
-  fns[("jax", "rate_fwdgrad_blas1")] = with_openblas(1, fns[("jax", "rate_fwdgrad")])
+  fns[("jax", "rate_fwdgrad_blas_found")] = with_openblas(BLAS_AS_FOUND,
+                                                          fns[("jax", "rate_fwdgrad")])
   fns.update({("torch", name): timed(fn) for name, fn in torch_parts(tl, config).items()})
   fns[("torch", "iteration")] = tl.iteration
   med = {"jax": {}, "torch": {}}
@@ -512,7 +487,8 @@ def breakdown(loop: JaxLoop, tl: TorchLoop, repeats: int):
            ("encoder steps, measured", "encoder steps"),
            ("decoder step, measured", "decoder step")]
   extra = [(label, med["jax"][key], med["torch"][key]) for label, key in extra]
-  extra.append(("rate terms fwd+grad, JAX's OpenBLAS on 1 thread", med["jax"]["rate_fwdgrad_blas1"],
+  extra.append((f"rate terms fwd+grad, JAX's OpenBLAS on {BLAS_AS_FOUND} threads (as found)",
+                med["jax"]["rate_fwdgrad_blas_found"],
                 med["torch"]["rate_fwdgrad"]))
   return table, {f: med[f]["iteration"] for f in med}, extra
 
@@ -616,35 +592,38 @@ def run_case(name: str, args) -> dict:
         f"{openblas_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
         f"load average {os.getloadavg()[0]:.1f}\n")
 
-  contestants = {"jax": jl.iteration, "torch": tl.iteration}
-  if openblas_threads() not in (None, 1):
-    # JAX's Cholesky gradient runs LAPACK triangular solves on OpenBLAS's own threads,
-    # which contend with XLA's pool; the second JAX column isolates that effect.
-    contestants["jax_blas1"] = with_openblas(1, jl.iteration)
+  # "jax" is the iteration as train_and_evaluate runs it (host BLAS limited to
+  # config.train.host_blas_threads); "jax_blas_default" the same with OpenBLAS's pools
+  # as found (the project before issue 8: its threads contend with XLA's pool).
+  blas = config.train.get("host_blas_threads", None)
+  contestants = {"jax": with_openblas(blas, jl.iteration), "torch": tl.iteration}
+  if openblas_threads() not in (None, blas):
+    contestants["jax_blas_default"] = jl.iteration
   res = interleaved(contestants, args.repeats, warmup=1)
-  blas1 = "jax_blas1" in res
+  other = "jax_blas_default" in res
   print(f"Medians of {args.repeats} alternating runs (ms):\n")
-  print("| part | JAX (uctrl_jax) | PyTorch | JAX / PyTorch |"
-        + (" JAX, OpenBLAS 1 thread | that / PyTorch |" if blas1 else ""))
-  print("|---|---|---|---|" + ("---|---|" if blas1 else ""))
+  print(f"| part | JAX (uctrl_jax, OpenBLAS {blas} thread) | PyTorch | JAX / PyTorch |"
+        + (f" JAX, OpenBLAS {openblas_threads()} threads | that / PyTorch |" if other else ""))
+  print("|---|---|---|---|" + ("---|---|" if other else ""))
   result["side_by_side_ms"] = {}
   for label in ("encoder steps", "decoder step", "iteration"):
     a, b = median_ms(res["jax"][label]), median_ms(res["torch"][label])
     row = {"jax": a, "torch": b, "ratio": a / b}
     line = f"| {label} | {a:.0f} | {b:.0f} | {a / b:.2f} |"
-    if blas1:
-      c = median_ms(res["jax_blas1"][label])
-      row.update(jax_openblas1=c, ratio_openblas1=c / b)
+    if other:
+      c = median_ms(res["jax_blas_default"][label])
+      row.update(jax_blas_default=c, ratio_blas_default=c / b)
       line += f" {c:.0f} | {c / b:.2f} |"
     print(line)
     result["side_by_side_ms"][label] = row
   it_ms = result["side_by_side_ms"]["iteration"]
   print(f"\niterations/s: JAX {1e3 / it_ms['jax']:.2f}, PyTorch {1e3 / it_ms['torch']:.2f}"
-        + (f", JAX with OpenBLAS on 1 thread {1e3 / it_ms['jax_openblas1']:.2f}" if blas1 else "")
+        + (f", JAX with OpenBLAS as found {1e3 / it_ms['jax_blas_default']:.2f}" if other else "")
         + "\n")
 
   if args.pipeline and config.data.name == "fashion_mnist":
-    p = pipeline_comparison(jl, args.data_dir, args.pipeline_rounds, args.pipeline_block)
+    with train.limit_host_blas(blas):
+      p = pipeline_comparison(jl, args.data_dir, args.pipeline_rounds, args.pipeline_block)
     result["pipeline"] = p
     print(f"Input pipeline (fashion_mnist, V = {config.data.num_views}, blocks of "
           f"{args.pipeline_block} iterations, median of {args.pipeline_rounds} rounds):\n")
@@ -659,7 +638,8 @@ def run_case(name: str, args) -> dict:
 
   if args.breakdown:
     reps = args.breakdown_repeats or args.repeats
-    table, it_ms, extra = breakdown(jl, tl, reps)
+    with train.limit_host_blas(blas):  # the parts as the trainer runs them
+      table, it_ms, extra = breakdown(jl, tl, reps)
     result["breakdown_ms"] = {label: {"jax": a, "torch": b, "per_iteration": n}
                               for label, a, b, n in table}
     result["breakdown_iteration_ms"] = it_ms

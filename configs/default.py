@@ -52,6 +52,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.sample_distance = "exact"  # "exact" ΔR(u, v) | "cosine" 1 − cos
   config.loss.sample_reduction = "mean"  # "sum" (SPEC §3 Σᵢ) | "mean" (λ independent of n)
   config.loss.num_classes = 10  # ctrl_multi only (supervised)
+  # Ablations only (benchmarks/ablations.py): weights of R(Z) and ΔR(Z, Ẑ) in both players'
+  # objectives; 1 is the method.
+  config.loss.rate_weight = 1.0
+  config.loss.delta_weight = 1.0
 
   # --- devices (uctrl_jax/sharding.py): one (data, model) mesh over every device of every
   # process; the global batch is split over `data`. -1: all devices not on `model`.
@@ -72,6 +76,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.warmup_steps = 0
   config.train.scale_lr_by_batch = False  # lr × global batch / 256
   config.train.encoder_bn_on_xhat = "running"  # BN statistics for f(X̂): "running" | "batch"
+  # Threads of the host's BLAS/LAPACK during training (jaxlib's CPU Cholesky runs in scipy's
+  # OpenBLAS; its spinning threads slow XLA's: train.limit_host_blas). None: as found.
+  config.train.host_blas_threads = 1
   config.train.log_every = 50
   config.train.image_every = 500
   config.train.checkpoint_every = 500
@@ -89,10 +96,14 @@ def get_config() -> ml_collections.ConfigDict:
   # Each evaluator's block holds keyword arguments of its module's `evaluate`.
   config.evals = ml_collections.ConfigDict()
   config.evals.names = ("knn", "linear_probe", "nearest_subspace", "clustering", "reconstruction",
-                        "conditional_generation", "fid")
-  # The first N examples of each split (None: all); in-training evaluations set these.
+                        "conditional_generation", "fid", "structure")
+  # The first N examples of each split (None: all) for evaluate.py.
   config.evals.max_train_examples = ml_collections.config_dict.placeholder(int)
   config.evals.max_test_examples = ml_collections.config_dict.placeholder(int)
+  # Run by train.py every config.train.eval_every steps and at the end, logged as eval/...:
+  # the cheap evaluators on a subset (names=() turns it off).
+  config.evals.during_training = ml_collections.ConfigDict(dict(
+      names=("knn", "reconstruction"), max_train_examples=10_000, max_test_examples=2_000))
   config.evals.train_split = "train"
   config.evals.test_split = "test"
   config.evals.batch_size = 500  # rows per encode/decode call

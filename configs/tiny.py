@@ -21,4 +21,6 @@ def get_config():
   config.train.image_every = 2
   config.train.checkpoint_every = 2
   config.train.eval_every = 4
+  config.evals.during_training.max_train_examples = 64
+  config.evals.during_training.max_test_examples = 32
   return config

@@ -15,6 +15,7 @@ from uctrl_jax.evaluators import knn
 from uctrl_jax.evaluators import linear_probe
 from uctrl_jax.evaluators import nearest_subspace
 from uctrl_jax.evaluators import reconstruction
+from uctrl_jax.evaluators import structure
 
 C, P = 4, 3  # classes, dimension of each class subspace
 D = C * P + 4  # ambient dimension, with 4 directions no class uses
@@ -238,3 +239,20 @@ def test_batched_pads_to_one_shape():
 def test_knn_handles_fewer_references_than_k():
   z = np.eye(8, dtype=np.float32)[:3]
   np.testing.assert_array_equal(knn.weighted_knn(z, np.array([0, 1, 1]), z, k=20), [0, 1, 1])
+
+
+def test_structure_score_against_brute_force_and_known_answers(features):
+  ztr, ytr, _, _ = features
+  # Orthogonal class subspaces: no |cos| between classes, score infinite.
+  exact = structure.evaluate(ztr, ytr)
+  assert exact["between_abs_cos"] < 1e-5 and exact["score"] > 1e4
+  rng = np.random.default_rng(0)
+  Z, y = rng.normal(size=(301, 6)), rng.integers(0, 5, 301)
+  U = Z / np.linalg.norm(Z, axis=1, keepdims=True)
+  S = np.abs(U @ U.T)
+  same, off_diagonal = y[:, None] == y[None], ~np.eye(len(y), dtype=bool)
+  within, between = structure.abs_cos_within_between(Z, y, chunk_size=64)
+  np.testing.assert_allclose([within, between], [S[same & off_diagonal].mean(), S[~same].mean()],
+                             rtol=1e-6)
+  # Labels unrelated to the features: no structure, score near 1.
+  assert abs(structure.evaluate(Z, y)["score"] - 1.0) < 0.1

@@ -200,8 +200,11 @@ def test_check_finite_names_state_arrays():
 
 def _mutate(path, value):
   def apply(config):
-    section, key = path.split(".")
-    config[section][key] = value
+    *sections, key = path.split(".")
+    node = config
+    for section in sections:
+      node = node[section]
+    node[key] = value
   apply.path, apply.value = path, value
   return apply
 
@@ -220,6 +223,11 @@ INVALID = [
     (_mutate("train.on_nonfinite", "ignore"), r"config.train.on_nonfinite = 'ignore'"),
     (_mutate("data.name", "no_such_dataset"), r"'no_such_dataset' is not a tensorflow-datasets"),
     (_mutate("data.name", "npz:/no/such.npz"), r"no such file or directory '/no/such.npz'"),
+    (_mutate("evals.during_training.names", ("knn", "knnn")),
+     r"config.evals.during_training.names has 'knnn', not one of"),
+    (_mutate("loss.rate_weight", -0.5), r"config.loss.rate_weight must be a finite number ≥ 0"),
+    (_mutate("train.eval_every", -1), r"config.train.eval_every must be an integer ≥ 0"),
+    (_mutate("train.host_blas_threads", 0), r"config.train.host_blas_threads must be an integer ≥ 1"),
 ]
 
 

@@ -163,3 +163,49 @@ def test_health_monitor_flags_the_noise_drawing_run_of_2026_11_29():
   assert monitor.update(50, _health_metrics(54.3, 0.506, 0.757)) == []
   assert monitor.update(600, _health_metrics(55.4, 0.817, 0.465)) == []
   assert "decoder fooling" in monitor.update(1300, _health_metrics(55.6, 0.794, 0.940))[0]
+
+
+@pytest.mark.parametrize("rate_weight,delta_weight", [(0.0, 1.0), (1.0, 0.0), (0.5, 2.0)])
+def test_ablation_weights_scale_r_and_delta_r_in_both_objectives(rate_weight, delta_weight):
+  rng = np.random.default_rng(0)
+  unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
+  Z, Zhat = (jnp.asarray(unit(rng.normal(size=(32, 8))), jnp.float32) for _ in range(2))
+  Z_aug = jnp.asarray(unit(rng.normal(size=(2, 32, 8))), jnp.float32)
+  labels = jnp.zeros(32, jnp.int32)
+  config = tiny.get_config()
+  full = train.objective_terms(config, Z, Zhat, Z_aug, labels)
+  config.loss.rate_weight, config.loss.delta_weight = rate_weight, delta_weight
+  ablated = train.objective_terms(config, Z, Zhat, Z_aug, labels)
+  lam1, lam2 = config.loss.lambda_aug, config.loss.lambda_self
+  R, delta = float(full["R"]), float(full["delta_R_z_zhat"])
+  sample = lam1 * float(full["aug"]) + lam2 * float(full["self"])
+  np.testing.assert_allclose(float(ablated["encoder_objective"]),
+                             rate_weight * R + delta_weight * delta - sample, rtol=1e-5)
+  np.testing.assert_allclose(float(ablated["decoder_objective"]),
+                             rate_weight * R + delta_weight * delta + sample, rtol=1e-5)
+  assert float(ablated["R"]) == R  # the logged terms stay unweighted
+
+
+def test_iteration_with_host_blas_limited_equals_the_plain_iteration():
+  """Issue 8's optimisation (train.limit_host_blas) changes threads, not the math."""
+  import threadpoolctl  # pylint: disable=import-outside-toplevel
+  config = _config(sample_distance="exact")  # the Cholesky-heavy sample terms too
+  mesh, state, encoder_step, decoder_step = _setup(config, jax.devices()[:1])
+  batch = sharding.shard_batch(_batch(config), mesh)
+  start = _copy(state)
+  runs = []
+  for threads in (None, 1):
+    state = sharding.replicate(jax.tree.map(jnp.asarray, start), mesh)
+    with train.limit_host_blas(threads):
+      if threads == 1:
+        blas = [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                if i["user_api"] == "blas"]
+        assert blas and set(blas) == {1}
+      state, metrics = train.train_iteration(encoder_step, decoder_step, state, batch, 1)
+      runs.append((_copy(state), jax.device_get(metrics)))
+  (state_a, metrics_a), (state_b, metrics_b) = runs
+  assert metrics_a.keys() == metrics_b.keys()
+  for key in metrics_a:
+    np.testing.assert_allclose(metrics_b[key], metrics_a[key], rtol=1e-5, atol=1e-6, err_msg=key)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6), state_a,
+               state_b)

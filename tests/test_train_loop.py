@@ -7,6 +7,7 @@ import numpy as np
 from configs import tiny
 import uctrl_jax
 from uctrl_jax import checkpointing
+from uctrl_jax import figures
 from uctrl_jax import train
 
 
@@ -32,6 +33,12 @@ def test_one_step_on_mock_cifar10_writes_checkpoint_config_pictures(mock_cifar10
   # The encoder's first layer sees 3 channels: the run used the CIFAR-shaped data.
   kernel = state.encoder_params["Conv_0"]["kernel"]
   assert kernel.shape[2] == 3
+  # The in-training evaluators ran at the last step and were logged beside the losses.
+  scalars = figures.read_scalars(workdir)
+  for key in ("eval/knn/top1", "eval/reconstruction/consistency"):
+    steps, values = scalars[key]
+    assert list(steps) == [1] and 0.0 <= values[-1] <= 100.0
+  assert scalars["eval/reconstruction/mse"][1][-1] > 0
 
 
 def _npz_config(tmp_path):
@@ -49,6 +56,8 @@ def _npz_config(tmp_path):
 def test_interrupted_run_resumes_the_same_trajectory(tmp_path):
   config = _npz_config(tmp_path)
   uninterrupted = train.train_and_evaluate(config, str(tmp_path / "a"))
+  # A single .npz holds no test split: training went on without in-training evaluations.
+  assert not any(k.startswith("eval/") for k in figures.read_scalars(str(tmp_path / "a")))
 
   resumed_dir = str(tmp_path / "b")
   config.train.num_steps = 2  # "interrupted" after step 2, its checkpoint written

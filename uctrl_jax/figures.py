@@ -61,18 +61,34 @@ def similarity(Z: np.ndarray, Zhat: Optional[np.ndarray], labels: np.ndarray, pa
   panels = [("|Z Zᵀ| (real vs real)", np.abs(Z @ Z.T))]
   if Zhat is not None:
     panels.append(("|Z Ẑᵀ| (real vs reconstructed)", np.abs(Z @ _unit(Zhat[idx]).T)))
+  return _heatmaps(panels, np.asarray(labels)[idx], path,
+                   f"|cos| between test samples sorted by label ({per_class} per class)")
+
+
+def similarity_runs(runs: Sequence[tuple[str, np.ndarray]], labels: np.ndarray, path: str,
+                    per_class: int = 50) -> str:
+  """``|Z Zᵀ|`` heatmaps of several runs side by side, ``runs = [(title, Z (n, d)), ...]``,
+  all on the same test samples ``labels: (n,)``, sorted by label."""
+  idx = balanced_subset(labels, per_class)
+  panels = [(title, np.abs(_unit(Z[idx]) @ _unit(Z[idx]).T)) for title, Z in runs]
+  return _heatmaps(panels, np.asarray(labels)[idx], path,
+                   f"|cos| between test features sorted by label ({per_class} per class)")
+
+
+def _heatmaps(panels: Sequence[tuple[str, np.ndarray]], sorted_labels: np.ndarray, path: str,
+              title: str) -> str:
   fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
-  bounds = np.flatnonzero(np.diff(np.asarray(labels)[idx])) + 0.5  # class boundaries
-  for ax, (title, M) in zip(axes[0], panels):
+  bounds = np.flatnonzero(np.diff(sorted_labels)) + 0.5  # class boundaries
+  for ax, (name, M) in zip(axes[0], panels):
     im = ax.imshow(M, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
     for b in bounds:
       ax.axhline(b, color="w", lw=0.3)
       ax.axvline(b, color="w", lw=0.3)
-    ax.set_title(title)
+    ax.set_title(name)
     ax.set_xticks([])
     ax.set_yticks([])
     fig.colorbar(im, ax=ax, fraction=0.046)
-  fig.suptitle(f"|cos| between test samples sorted by label ({per_class} per class)")
+  fig.suptitle(title)
   return _save(fig, path)
 
 

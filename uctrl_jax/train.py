@@ -13,8 +13,9 @@ non-finite guard, and orbax checkpoints with automatic resume (``checkpointing``
 on SIGTERM/SIGINT too (see ``train_and_evaluate`` for the reliability measures).
 Resuming restores the whole state and continues the data stream exactly where it was
 (``create_dataset(..., skip_batches=...)``), so an interrupted run repeats the
-uninterrupted one's batches. Evaluators (``config.train.eval_every``) are not wired in
-yet.
+uninterrupted one's batches. Every ``config.train.eval_every`` steps and at the end the
+cheap evaluators of ``config.evals.during_training`` run on a subset of both splits
+(``PeriodicEval``) and are logged as ``eval/...`` scalars beside the losses.
 
 Batch-norm semantics, provisional until the trainer issue measures them:
 - the encoder sees ``[X; X_a]`` in one training-mode pass (one set of batch statistics
@@ -42,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+import threadpoolctl
 
 from uctrl_jax import checkpointing
 from uctrl_jax import distributed
@@ -128,6 +130,13 @@ def objective_terms(config, Z: Array, Zhat: Array, Z_aug: Array, labels: Array) 
       sample_reduction=loss.get("sample_reduction", "sum")))
   if binary:  # CTRL-Binary: only ΔR(Z, Ẑ) is played (SPEC §3).
     terms["encoder_objective"] = terms["decoder_objective"] = terms["delta_R_z_zhat"]
+    return terms
+  # Ablation weights (benchmarks/ablations.py): 0 removes R(Z) or ΔR(Z, Ẑ) from both players.
+  w_rate, w_delta = loss.get("rate_weight", 1.0), loss.get("delta_weight", 1.0)
+  if (w_rate, w_delta) != (1.0, 1.0):
+    shift = (w_rate - 1.0) * terms["R"] + (w_delta - 1.0) * terms["delta_R_z_zhat"]
+    terms["encoder_objective"] = terms["encoder_objective"] + shift
+    terms["decoder_objective"] = terms["decoder_objective"] + shift
   return terms
 
 
@@ -242,6 +251,70 @@ def make_reconstruct(config, image_shape) -> Callable:
   """Jitted ``reconstruct(state, x) -> g(f(x))`` in eval mode (running BN statistics)."""
   encode, decode = _eval_mode_loop(config, image_shape)
   return jax.jit(lambda state, x: decode(state, encode(state, x)))
+
+
+def limit_host_blas(num_threads: Optional[int]):
+  """Context: the host's BLAS/LAPACK pools (numpy's and scipy's OpenBLAS) on ``num_threads``.
+
+  On CPU, jaxlib's Cholesky and triangular solves (the rate terms and their gradient)
+  run in scipy's OpenBLAS, whose threads keep spinning after each call and take the
+  cores from XLA's own pool for the ops that follow (``config.train.host_blas_threads``,
+  issue 8: 1 thread made the Fashion-MNIST iteration about 20% faster on 2 cores).
+  None leaves the pools alone. Uses threadpoolctl, so it works after numpy is imported.
+  """
+  if num_threads is None:
+    return threadpoolctl.threadpool_limits(limits=None)
+  return threadpoolctl.threadpool_limits(limits=int(num_threads), user_api="blas")
+
+
+class PeriodicEval:
+  """The in-training evaluation: ``config.evals.during_training`` on the current state.
+
+  ``during_training.names`` (default kNN and reconstruction) run on the first
+  ``max_train_examples`` / ``max_test_examples`` of each split, read once on first use
+  (the splits are not read at all when ``names`` is empty or ``eval_every`` is 0).
+  Every process computes (the state spans the global mesh, so the jitted encoder and
+  decoder are collective); the caller logs process 0's results.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, image_shape: Tuple[int, ...]):
+    evals = config.get("evals", None) or {}
+    during = evals.get("during_training", None) or {}
+    self.names = tuple(during.get("names", ()))
+    self.every = int(config.train.get("eval_every", 0) or 0)
+    splits = [evals.get("train_split", "train"), evals.get("test_split", "test")]
+    available = input_pipeline.get_dataset_info(config).num_examples
+    missing = [s for s in splits if s.split("[", 1)[0] not in available]
+    if self.names and self.every > 0 and missing:
+      # A single .npz file holds a train split only: train anyway, without evaluations.
+      logging.warning("in-training evaluation off: %s has no split %s (it has %s); set "
+                      "config.evals.train_split / test_split", config.data.name,
+                      " or ".join(map(repr, missing)), ", ".join(sorted(available)))
+      self.names = ()
+    self._config = config.copy_and_resolve_references()
+    with self._config.unlocked():
+      self._config.evals.max_train_examples = during.get("max_train_examples", None)
+      self._config.evals.max_test_examples = during.get("max_test_examples", None)
+    encode, decode = _eval_mode_loop(config, image_shape)
+    self._encode, self._decode = jax.jit(encode), jax.jit(decode)
+    self._data, self._evaluators = None, None
+
+  def due(self, step: int, last: bool) -> bool:
+    return bool(self.names) and self.every > 0 and (step % self.every == 0 or last)
+
+  def __call__(self, state: TrainState) -> dict:
+    """``{"eval/<evaluator>/<metric>": float}`` of ``state`` (eval-mode BN statistics)."""
+    # evaluate.py imports this module (create_train_state, load): imported here, once.
+    from uctrl_jax import evaluate  # pylint: disable=import-outside-toplevel
+    from uctrl_jax import evaluators  # pylint: disable=import-outside-toplevel
+    if self._data is None:
+      self._data = evaluate.load_data(self._config)
+      self._evaluators = evaluators.build(self._config, names=self.names)
+    batch_size = int(self._config.evals.get("batch_size", 500))
+    metrics = evaluators.run_all(self._evaluators, lambda x: self._encode(state, x),
+                                 lambda Z: self._decode(state, Z), self._data,
+                                 batch_size=batch_size)
+    return {f"eval/{k}": v for k, v in metrics.items()}
 
 
 class HealthMonitor:
@@ -413,8 +486,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """Trains uCTRL as ``config`` says, in ``workdir``, resuming from its latest checkpoint.
 
   Writes to ``workdir``: ``checkpoints/`` (orbax), ``config.json``, TensorBoard event
-  files, ``reconstructions/step_*.png`` (inputs above ``g(f(x))``). Only process 0
-  writes logs and pictures; every process takes part in checkpoints (orbax).
+  files, ``reconstructions/step_*.png`` (inputs above ``g(f(x))``), ``eval/*`` scalars of
+  the in-training evaluators (``PeriodicEval``). Only process 0 writes logs and pictures; every process takes part in checkpoints (orbax).
 
   Reliability:
 
@@ -501,6 +574,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   encoder_step = distributed.meet_before_first_run(encoder_step, "encoder_step")
   decoder_step = distributed.meet_before_first_run(decoder_step, "decoder_step")
   reconstruct = make_reconstruct(config, image_shape)
+  periodic_eval = PeriodicEval(config, image_shape)
   writer = metric_writers.create_default_writer(workdir, just_logging=process_index > 0)
   new_progress = lambda: periodic_actions.ReportProgress(  # noqa: E731
       num_train_steps=t.num_steps, writer=writer, every_steps=t.log_every)
@@ -515,7 +589,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   rollbacks, injected, step, stop = 0, False, start, None
   try:
-    with _StopSignals() as stop_signals:
+    with _StopSignals() as stop_signals, limit_host_blas(t.get("host_blas_threads", None)):
       while step < t.num_steps:
         host_batch = next(batches)
         batches_consumed += 1
@@ -571,6 +645,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                               image_grid.image_grid([x[:k], xhat[:k], x[k:], xhat[k:]]))
         if save_now or stop:
           save(step, state)
+        if periodic_eval.due(step, last) and not stop:  # after the save: a failure loses nothing
+          eval_metrics = periodic_eval(state)
+          writer.write_scalars(step, eval_metrics)
+          logging.info("step %d/%d | %s", step, t.num_steps, " ".join(
+              f"{k[5:]} {v:.4g}" for k, v in eval_metrics.items() if "seconds" not in k))
         if stop:
           logging.warning("%s received: saved the checkpoint of step %d in %s and stopped; "
                           "run the same command again to resume", stop, step,

@@ -102,6 +102,11 @@ def check_names(config: ml_collections.ConfigDict) -> None:
   _require_choice(config, "train.on_nonfinite", ON_NONFINITE, default="stop")
   _require_choice(config, "train.encoder_bn_on_xhat", ("running", "batch"), default="running")
   _require_choice(config, "train.schedule", ("constant", "cosine"), default="constant")
+  from uctrl_jax import evaluators  # pylint: disable=import-outside-toplevel  (light: a registry)
+  for name in tuple(_get(config, "evals.during_training.names", ()) or ()):
+    if name not in evaluators.ALL:
+      raise ConfigError(f"config.evals.during_training.names has {name!r}, not one of "
+                        f"{evaluators.ALL}")
 
 
 def check_dataset_name(config: ml_collections.ConfigDict) -> None:
@@ -126,6 +131,13 @@ def check_numbers(config: ml_collections.ConfigDict) -> None:
   _require_number(config, "loss.eps_sq", positive=True)
   _require_number(config, "loss.lambda_aug", positive=False)
   _require_number(config, "loss.lambda_self", positive=False)
+  for key in ("rate_weight", "delta_weight"):  # ablation weights of R(Z), ΔR(Z, Ẑ)
+    if _get(config, f"loss.{key}") is not None:
+      _require_number(config, f"loss.{key}", positive=False)
+  if _get(config, "train.host_blas_threads") is not None:
+    _require_int(config, "train.host_blas_threads", 1)
+  if _get(config, "train.eval_every") is not None:
+    _require_int(config, "train.eval_every", 0)
   if _get(config, "loss.mode") == "ctrl_multi":
     _require_int(config, "loss.num_classes", 1)
   _require_int(config, "model.feature_dim", 1)

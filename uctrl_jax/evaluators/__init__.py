@@ -9,6 +9,7 @@ Each module has a pure ``evaluate(...)`` on arrays returning ``{metric: float}``
     reconstruction          MSE, PSNR of g(f(x)); class consistency of g(f(x))
     conditional_generation  samples along each cluster's principal subspace (PNG grid)
     fid                     Fréchet distance of Z and Ẑ; FID with Inception weights
+    structure               within- over between-class mean |cos| of test features
 
 The registry runs the ones named in ``config.evals.names`` on an encoder/decoder pair,
 computing features once:
@@ -38,9 +39,9 @@ import numpy as np
 from uctrl_jax.evaluators import common
 
 ALL = ("knn", "linear_probe", "nearest_subspace", "clustering", "reconstruction",
-       "conditional_generation", "fid")
+       "conditional_generation", "fid", "structure")
 # Evaluators that need only features: the ones run on raw pixels and random encoders.
-CLASSIFIERS = ("knn", "linear_probe", "nearest_subspace", "clustering")
+CLASSIFIERS = ("knn", "linear_probe", "nearest_subspace", "clustering", "structure")
 
 
 class EvalData(NamedTuple):
@@ -99,6 +100,10 @@ def _clustering(m, o):
   return lambda c: m.evaluate(c.z_test, c.data.y_test, num_clusters=k or c.data.num_classes, **o)
 
 
+def _structure(m, o):
+  return lambda c: m.evaluate(c.z_test, c.data.y_test, num_classes=c.data.num_classes, **o)
+
+
 def _reconstruction(m, o):
   return lambda c: m.evaluate(c.data.x_train, c.data.y_train, c.data.x_test, c.data.y_test,
                               c.x_hat, num_classes=c.data.num_classes, **o)
@@ -134,6 +139,7 @@ _REGISTRY = {
     "reconstruction": (_reconstruction, True),
     "conditional_generation": (_conditional_generation, True),
     "fid": (_fid, True),
+    "structure": (_structure, False),
 }
 
 

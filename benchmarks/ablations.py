@@ -1,0 +1,192 @@
+"""What each term of the uCTRL game does (issue 9): equal-budget ablations on Fashion-MNIST.
+
+    .venv/bin/python benchmarks/ablations.py --out=/tmp/uctrl_ablations --steps=500 \\
+        --readme=README.md
+
+Each variant is ``configs/fashion_mnist.py`` with one change (``VARIANTS``), trained for
+``--steps`` iterations with seed 0 (the full objective also with seed 1: the noise
+level) in ``OUT/NAME``, then evaluated on the whole Fashion-MNIST split (60 000 train /
+10 000 test) with the library's evaluators:
+
+- kNN top-1 (k = 20, T = 0.07) and linear-probe top-1 of ``f(x)``;
+- clustering of the test features: k-means and MCR² ACC (Hungarian) and NMI;
+- reconstruction PSNR and class consistency (a kNN on real training pixels labels
+  ``g(f(x_test))``);
+- structure score: mean ``|cos|`` of same-class test feature pairs over different-class
+  pairs (``evaluators/structure.py``; 1 = no class structure);
+- the final value of each term, ``R(Z)``, ``ΔR(Z, Ẑ)``, ``Σ ΔR(zᵢ, z_aᵢ)``,
+  ``Σ ΔR(zᵢ, ẑᵢ)`` (as logged by the last decoder step, in the run's own sample distance).
+
+Outputs: ``OUT/NAME/sweep_row.json`` per variant, ``OUT/sweep.md`` (the table, rewritten
+after each variant), ``OUT/heatmaps.png`` (``|Z Zᵀ|`` of the full run beside the
+ablation with the lowest structure score), and with ``--readme`` the table replaces the
+block between ``<!-- ablations:begin -->`` and ``<!-- ablations:end -->`` of that file.
+An interrupted sweep resumes: finished variants are read back, an interrupted one
+resumes from its checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+from absl import logging  # noqa: E402
+
+import sweep  # noqa: E402  (benchmarks/sweep.py: configs, training, resume)
+from uctrl_jax import evaluate  # noqa: E402
+from uctrl_jax import evaluators  # noqa: E402
+from uctrl_jax import figures  # noqa: E402
+
+# name -> (label in the table, overrides of configs/fashion_mnist.py).
+VARIANTS = {
+    "full": ("full objective (seed 0)", {}),
+    "full_seed1": ("full objective (seed 1)", {"seed": 1}),
+    "no_rate": ("without R(Z)", {"loss.rate_weight": 0.0}),
+    "no_delta": ("without ΔR(Z,Ẑ)", {"loss.delta_weight": 0.0}),
+    "no_aug": ("λ₁ = 0 (no invariance)", {"loss.lambda_aug": 0.0}),
+    "no_self": ("λ₂ = 0 (no self-consistency)", {"loss.lambda_self": 0.0}),
+    "exact": ("exact ΔR(zᵢ, z'ᵢ) sample terms", {"loss.sample_distance": "exact"}),
+    "ctrl_binary": ("ctrl_binary (ΔR(Z,Ẑ) only)", {"loss.mode": "ctrl_binary"}),
+    "eps_sq_0.1": ("ε² = 0.1", {"loss.eps_sq": 0.1}),
+    "eps_sq_2": ("ε² = 2", {"loss.eps_sq": 2.0}),
+    "d_64": ("d = 64", {"model.feature_dim": 64}),
+    "d_256": ("d = 256", {"model.feature_dim": 256}),
+}
+EVALUATORS = ("knn", "linear_probe", "clustering", "reconstruction", "structure")
+# (column, row key, format) of the table.
+COLUMNS = (("kNN", "knn/top1", "{:.2f}"),
+           ("linear", "linear_probe/top1", "{:.2f}"),
+           ("k-means ACC", "clustering/kmeans_acc", "{:.1f}"),
+           ("k-means NMI", "clustering/kmeans_nmi", "{:.3f}"),
+           ("MCR² ACC", "clustering/mcr2_acc", "{:.1f}"),
+           ("PSNR", "reconstruction/psnr", "{:.2f}"),
+           ("consistency", "reconstruction/consistency", "{:.1f}"),
+           ("structure", "structure/score", "{:.2f}"),
+           ("R(Z)", "term/R", "{:.1f}"),
+           ("ΔR(Z,Ẑ)", "term/delta_R_z_zhat", "{:.2f}"),
+           ("aug", "term/aug", "{:.3f}"),
+           ("self", "term/self", "{:.3f}"),
+           ("train min", "train_seconds", "{:.1f}"))
+TERMS = ("R", "delta_R_z_zhat", "aug", "self")
+HEATMAP_FEATURES = "structure_features.npz"  # per run: a balanced subset of test features
+
+
+def final_terms(workdir: str) -> dict:
+  """The last logged value of each term of the game (decoder step)."""
+  scalars = figures.read_scalars(workdir)
+  return {f"term/{t}": float(scalars[f"decoder/{t}"][1][-1]) for t in TERMS
+          if f"decoder/{t}" in scalars}
+
+
+def run(name: str, overrides: dict, workdir: str, steps: int, data) -> dict:
+  row, context = sweep.run_variant(name, overrides, steps, workdir, data, names=EVALUATORS)
+  row["label"] = VARIANTS[name][0]
+  row.update(final_terms(workdir))
+  idx = figures.balanced_subset(data.y_test, 50)
+  np.savez(os.path.join(workdir, HEATMAP_FEATURES), z=context.z_test[idx], y=data.y_test[idx])
+  return row
+
+
+def _cell(row: dict, key: str, fmt: str) -> str:
+  value = row.get(key)
+  if value is None:
+    return "—"
+  if key == "train_seconds":
+    value = value / 60
+  return fmt.format(value) if np.isfinite(value) else str(value)
+
+
+def markdown(rows: list[dict], steps: int, raw: dict, data) -> str:
+  """The table; the last line gives |seed 0 − seed 1| of the full objective."""
+  lines = ["| variant | " + " | ".join(c for c, _, _ in COLUMNS) + " |",
+           "|---|" + "---:|" * len(COLUMNS)]
+  for row in rows:
+    lines.append(f"| {row['label']} | " + " | ".join(_cell(row, k, f) for _, k, f in COLUMNS)
+                 + " |")
+  by_name = {r["name"]: r for r in rows}
+  if "full" in by_name and "full_seed1" in by_name:
+    a, b = by_name["full"], by_name["full_seed1"]
+    diff = {k: abs(a[k] - b[k]) for _, k, _ in COLUMNS if k in a and k in b}
+    lines.append("| *noise: \\|seed 0 − seed 1\\|* | " + " | ".join(
+        _cell(diff, k, f) if k != "train_seconds" else "" for _, k, f in COLUMNS) + " |")
+  raw_cells = {"knn/top1": raw.get("knn/top1"), "linear_probe/top1": raw.get("linear_probe/top1"),
+               "clustering/kmeans_acc": raw.get("clustering/kmeans_acc"),
+               "clustering/kmeans_nmi": raw.get("clustering/kmeans_nmi"),
+               "clustering/mcr2_acc": raw.get("clustering/mcr2_acc"),
+               "structure/score": raw.get("structure/score")}
+  lines.append("| *raw pixels* | " + " | ".join(
+      _cell(raw_cells, k, f) if raw_cells.get(k) is not None else "" for _, k, f in COLUMNS)
+      + " |")
+  return (f"{steps} iterations each (batch 128), Fashion-MNIST, evaluated on "
+          f"{len(data.x_train)} train / {len(data.x_test)} test images. Accuracies and consistency in %, PSNR in dB; terms as logged "
+          "at the last decoder step.\n\n" + "\n".join(lines) + "\n")
+
+
+def heatmaps(rows: list[dict], out: str) -> str | None:
+  """``OUT/heatmaps.png``: the full run beside the ablation with the lowest structure score."""
+  done = {r["name"]: r for r in rows if "structure/score" in r}
+  others = [r for n, r in done.items() if not n.startswith("full")]
+  if "full" not in done or not others:
+    return None
+  worst = min(others, key=lambda r: r["structure/score"])
+  runs = []
+  for row in (done["full"], worst):
+    with np.load(os.path.join(out, row["name"], HEATMAP_FEATURES)) as f:
+      z, y = f["z"], f["y"]
+    runs.append((f"{row['label']}: structure {row['structure/score']:.2f}", z))
+  return figures.similarity_runs(runs, y, os.path.join(out, "heatmaps.png"))
+
+
+def update_readme(path: str, table: str) -> None:
+  with open(path) as f:
+    text = f.read()
+  pattern = re.compile(r"(<!-- ablations:begin -->\n).*?(<!-- ablations:end -->)", re.S)
+  if not pattern.search(text):
+    raise SystemExit(f"{path} has no <!-- ablations:begin --> ... <!-- ablations:end --> block")
+  with open(path, "w") as f:
+    f.write(pattern.sub(lambda m: m.group(1) + table + m.group(2), text))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--steps", type=int, default=500)
+  parser.add_argument("--only", default="", help="comma-separated variant names")
+  parser.add_argument("--readme", default=None, help="file whose ablations block gets the table")
+  parser.add_argument("--figure", default=None, help="also copy heatmaps.png here")
+  parser.add_argument("--max_train_examples", type=int, default=None, help="smoke runs")
+  parser.add_argument("--max_test_examples", type=int, default=None, help="smoke runs")
+  args = parser.parse_args()
+  logging.set_verbosity(logging.WARNING)
+  start = time.time()
+  base = sweep.variant_config({}, args.steps)
+  base.evals.max_train_examples = args.max_train_examples
+  base.evals.max_test_examples = args.max_test_examples
+  data = evaluate.load_data(base)
+  raw = evaluators.run_all(evaluators.build(base, names=("knn", "linear_probe", "clustering",
+                                                         "structure")),
+                           lambda x: x.reshape(len(x), -1), None, data)
+  names = [n for n in args.only.split(",") if n] or list(VARIANTS)
+  overrides = {name: v[1] for name, v in VARIANTS.items()}
+  rows = sweep.run_sweep(overrides, names, args.out, args.steps,
+                         lambda name, o, workdir: run(name, o, workdir, args.steps, data),
+                         lambda rows: markdown(rows, args.steps, raw, data))
+  table = markdown(rows, args.steps, raw, data)
+  path = heatmaps(rows, args.out)
+  if path and args.figure:
+    shutil.copyfile(path, args.figure)
+  if args.readme:
+    update_readme(args.readme, table)
+  print(f"sweep wall time this invocation: {(time.time() - start) / 60:.1f} min "
+        f"(training: {sum(r['train_seconds'] for r in rows) / 60:.1f} min over {len(rows)} runs)")
+
+
+if __name__ == "__main__":
+  main()
