@@ -87,6 +87,7 @@ def final_terms(workdir: str) -> dict:
 
 def run(name: str, overrides: dict, workdir: str, steps: int, data) -> dict:
   row, context = sweep.run_variant(name, overrides, steps, workdir, data, names=EVALUATORS)
+  row["overrides"] = {k: v for k, v in overrides.items() if k != "data.data_dir"}
   row["label"] = VARIANTS[name][0]
   row.update(final_terms(workdir))
   idx = figures.balanced_subset(data.y_test, 50)
@@ -154,7 +155,7 @@ def update_readme(path: str, table: str) -> None:
     f.write(pattern.sub(lambda m: m.group(1) + table + m.group(2), text))
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", required=True)
   parser.add_argument("--steps", type=int, default=500)
@@ -163,10 +164,12 @@ def main():
   parser.add_argument("--figure", default=None, help="also copy heatmaps.png here")
   parser.add_argument("--max_train_examples", type=int, default=None, help="smoke runs")
   parser.add_argument("--max_test_examples", type=int, default=None, help="smoke runs")
-  args = parser.parse_args()
+  parser.add_argument("--data_dir", default=None, help="tfds data dir (None: the config's)")
+  args = parser.parse_args(argv)
   logging.set_verbosity(logging.WARNING)
   start = time.time()
-  base = sweep.variant_config({}, args.steps)
+  data_dir = {"data.data_dir": args.data_dir} if args.data_dir else {}
+  base = sweep.variant_config(data_dir, args.steps)
   base.evals.max_train_examples = args.max_train_examples
   base.evals.max_test_examples = args.max_test_examples
   data = evaluate.load_data(base)
@@ -174,7 +177,7 @@ def main():
                                                          "structure")),
                            lambda x: x.reshape(len(x), -1), None, data)
   names = [n for n in args.only.split(",") if n] or list(VARIANTS)
-  overrides = {name: v[1] for name, v in VARIANTS.items()}
+  overrides = {name: {**v[1], **data_dir} for name, v in VARIANTS.items()}
   rows = sweep.run_sweep(overrides, names, args.out, args.steps,
                          lambda name, o, workdir: run(name, o, workdir, args.steps, data),
                          lambda rows: markdown(rows, args.steps, raw, data))
@@ -186,6 +189,7 @@ def main():
     update_readme(args.readme, table)
   print(f"sweep wall time this invocation: {(time.time() - start) / 60:.1f} min "
         f"(training: {sum(r['train_seconds'] for r in rows) / 60:.1f} min over {len(rows)} runs)")
+  return rows
 
 
 if __name__ == "__main__":

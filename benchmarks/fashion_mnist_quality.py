@@ -46,7 +46,7 @@ ROWS = (("kNN top-1 (%)", "knn/top1"),
         ("reconstruction MSE", "reconstruction/mse"),
         ("class consistency of g(f(x)) (%)", "reconstruction/consistency"),
         ("pixel kNN on real test images (%)", "reconstruction/real_top1"),
-        ("structure: within / between-class mean |cos|", "structure/score"))
+        ("structure score: within- over between-class mean abs(cos)", "structure/score"))
 
 
 def table(results, train_seconds) -> str:
