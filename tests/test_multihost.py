@@ -68,9 +68,11 @@ def _free_port() -> int:
 
 def _write_config(tmp_path) -> str:
   rng = np.random.default_rng(0)
-  data = tmp_path / "data.npz"
-  np.savez(data, x=rng.integers(0, 256, (16, 28, 28, 3), dtype=np.uint8),
-           y=rng.integers(0, 10, 16))
+  data = tmp_path / "data"  # train.npz and test.npz: the in-training evaluation runs too
+  data.mkdir()
+  for split in ("train", "test"):
+    np.savez(data / f"{split}.npz", x=rng.integers(0, 256, (16, 28, 28, 3), dtype=np.uint8),
+             y=rng.integers(0, 10, 16))
   path = tmp_path / "multihost_config.py"
   path.write_text(CONFIG.format(data=data, num_steps=NUM_STEPS))
   return str(path)
@@ -193,6 +195,11 @@ def test_two_processes_log_the_terms_of_one_with_8_devices(two_hosts, one_host_8
 
   two = _logged_terms(log0)
   assert two and "encoder/R" in two[1] and "decoder/decoder_objective" in two[1]
+  # The in-training evaluation ran on both processes (the jitted encoder and decoder span
+  # the global mesh) at the last step, with the same results.
+  evals = [re.search(r"\[%d\] eval/eval_seconds.*eval/knn/top1=([0-9.e+-]+)" % NUM_STEPS, t)
+           for t in (text0, text1)]
+  assert all(evals) and evals[0].group(1) == evals[1].group(1)
   # The terms are replicated results of the same all-reduces: both processes log them.
   _assert_terms_close(_logged_terms(log1), two, 1e-6, 0.0, "process 1 vs 0")
   # The same partitioned program in one process, with in-process instead of gloo
