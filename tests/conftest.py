@@ -78,13 +78,26 @@ def mock_metadata_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def mock_cifar10(mock_metadata_dir):
+def mock_cifar10(mock_metadata_dir, monkeypatch):
   """Inside: tfds yields MOCK_EXAMPLES random cifar10 examples per split.
 
   The metadata agrees with that count, so the pipeline sees a prepared
   dataset of that size.
   """
   import tensorflow_datasets as tfds
+  from uctrl_jax import checkpointing
+  # While the mock's `as_dataset` runs, tfds swaps a fake filesystem in for etils.epath,
+  # process-wide. orbax's start-up cleanup of a checkpoint directory lists it through
+  # epath in a background thread and can run into that window (FileNotFoundError under
+  # /tmp/tmp…/, once in a CI run of 2026-11-29). Under the mock only, the cleanup is
+  # awaited before the Checkpointer is handed out, so no mocked read can overlap it.
+  original_init = checkpointing.Checkpointer.__init__
+
+  def init_then_await_cleanup(self, *args, **kwargs):
+    original_init(self, *args, **kwargs)
+    self._manager._maybe_await_cleanup_tmp_directory()  # pylint: disable=protected-access
+
+  monkeypatch.setattr(checkpointing.Checkpointer, "__init__", init_then_await_cleanup)
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES,
                               data_dir=mock_metadata_dir,
                               policy=tfds.testing.MockPolicy.USE_FILES):

@@ -273,8 +273,8 @@ class PeriodicEval:
   ``during_training.names`` (default kNN and reconstruction) run on the first
   ``max_train_examples`` / ``max_test_examples`` of each split, read once on first use
   (the splits are not read at all when ``names`` is empty or ``eval_every`` is 0).
-  Every process computes (the state spans the global mesh, so the jitted encoder and
-  decoder are collective); the caller logs process 0's results.
+  Every process computes the same metrics (the same images, the replicated state;
+  tested with two processes); the caller's writer logs process 0's.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, image_shape: Tuple[int, ...]):
@@ -292,9 +292,10 @@ class PeriodicEval:
                       " or ".join(map(repr, missing)), ", ".join(sorted(available)))
       self.names = ()
     self._config = config.copy_and_resolve_references()
-    with self._config.unlocked():
-      self._config.evals.max_train_examples = during.get("max_train_examples", None)
-      self._config.evals.max_test_examples = during.get("max_test_examples", None)
+    if self.names:
+      with self._config.unlocked():
+        self._config.evals.max_train_examples = during.get("max_train_examples", None)
+        self._config.evals.max_test_examples = during.get("max_test_examples", None)
     encode, decode = _eval_mode_loop(config, image_shape)
     self._encode, self._decode = jax.jit(encode), jax.jit(decode)
     self._data, self._evaluators = None, None
@@ -487,7 +488,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   Writes to ``workdir``: ``checkpoints/`` (orbax), ``config.json``, TensorBoard event
   files, ``reconstructions/step_*.png`` (inputs above ``g(f(x))``), ``eval/*`` scalars of
-  the in-training evaluators (``PeriodicEval``). Only process 0 writes logs and pictures; every process takes part in checkpoints (orbax).
+  the in-training evaluators (``PeriodicEval``). Only process 0 writes logs and
+  pictures; every process takes part in checkpoints (orbax).
 
   Reliability:
 
