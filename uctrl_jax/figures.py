@@ -70,7 +70,8 @@ def similarity_runs(runs: Sequence[tuple[str, np.ndarray]], labels: np.ndarray, 
   """``|Z Zᵀ|`` heatmaps of several runs side by side, ``runs = [(title, Z (n, d)), ...]``,
   all on the same test samples ``labels: (n,)``, sorted by label."""
   idx = balanced_subset(labels, per_class)
-  panels = [(title, np.abs(_unit(Z[idx]) @ _unit(Z[idx]).T)) for title, Z in runs]
+  units = [(title, _unit(Z[idx])) for title, Z in runs]
+  panels = [(title, np.abs(U @ U.T)) for title, U in units]
   return _heatmaps(panels, np.asarray(labels)[idx], path,
                    f"|cos| between test features sorted by label ({per_class} per class)")
 

@@ -36,6 +36,7 @@ import jax
 import ml_collections
 
 from uctrl_jax import checkpointing
+from uctrl_jax import evaluators
 from uctrl_jax import models
 from uctrl_jax import rate_reduction as rr
 
@@ -102,7 +103,6 @@ def check_names(config: ml_collections.ConfigDict) -> None:
   _require_choice(config, "train.on_nonfinite", ON_NONFINITE, default="stop")
   _require_choice(config, "train.encoder_bn_on_xhat", ("running", "batch"), default="running")
   _require_choice(config, "train.schedule", ("constant", "cosine"), default="constant")
-  from uctrl_jax import evaluators  # pylint: disable=import-outside-toplevel  (light: a registry)
   for name in tuple(_get(config, "evals.during_training.names", ()) or ()):
     if name not in evaluators.ALL:
       raise ConfigError(f"config.evals.during_training.names has {name!r}, not one of "

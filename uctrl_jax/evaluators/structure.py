@@ -31,11 +31,13 @@ def abs_cos_within_between(Z, labels, *, num_classes: int | None = None,
   onehot = np.eye(C, dtype=np.float64)[y]  # (n, C)
   within_sum = between_sum = 0.0
   for start in range(0, len(Z), chunk_size):
-    S = np.abs(Z[start:start + chunk_size] @ Z.T).astype(np.float64)  # (c, n)
+    rows = slice(start, start + chunk_size)
+    S = np.abs(Z[rows] @ Z.T).astype(np.float64)  # (c, n)
     # Σ_j |cos(i, j)| split by whether y_j = y_i: per-class row sums, then pick own class.
     per_class = S @ onehot  # (c, C)
-    own = per_class[np.arange(len(S)), y[start:start + chunk_size]]
-    within_sum += own.sum() - np.abs(np.sum(Z[start:start + chunk_size] ** 2, axis=1)).sum()
+    own = per_class[np.arange(len(S)), y[rows]]
+    # Less the pairs (i, i): |cos(i, i)| = |zᵢ|², 1 for a unit row, 0 for a zero row.
+    within_sum += own.sum() - np.sum(Z[rows] ** 2)
     between_sum += per_class.sum() - own.sum()
   counts = np.bincount(y, minlength=C).astype(np.float64)
   n_within = float(np.sum(counts * (counts - 1)))
