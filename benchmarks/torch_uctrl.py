@@ -346,8 +346,8 @@ class TorchUCTRL:
     self.encoder.train()
     self.decoder.train()
     t = config.train
-    self.enc_opt = torch.optim.Adam(self.encoder.parameters(), lr=t.encoder_lr, betas=(t.b1, t.b2))
-    self.dec_opt = torch.optim.Adam(self.decoder.parameters(), lr=t.decoder_lr, betas=(t.b1, t.b2))
+    self.enc_opt = torch.optim.Adam(self.encoder.parameters(), lr=t.encoder_lr, betas=(t.encoder_b1, t.b2))
+    self.dec_opt = torch.optim.Adam(self.decoder.parameters(), lr=t.decoder_lr, betas=(t.decoder_b1, t.b2))
 
   def _terms(self, Z, Zhat, Z_aug) -> dict:
     loss = self.config.loss

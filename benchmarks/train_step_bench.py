@@ -71,6 +71,7 @@ import threadpoolctl  # noqa: E402
 
 from configs import cifar, fashion_mnist, tiny  # noqa: E402
 from uctrl_jax import models  # noqa: E402
+from uctrl_jax import objectives  # noqa: E402
 from uctrl_jax import rate_reduction as rr  # noqa: E402
 from uctrl_jax import sharding  # noqa: E402
 from uctrl_jax import train  # noqa: E402
@@ -421,7 +422,7 @@ def breakdown(loop: JaxLoop, tl: TorchLoop, repeats: int):
     return jax.jit(jax.grad(loss))
 
   def objective(Z, Zhat, Z_aug):
-    return train.objective_terms(config, Z, Zhat, Z_aug, labels)["encoder_objective"]
+    return objectives.game_terms(config, Z, Zhat, Z_aug, labels)["encoder_objective"]
 
   Z = jax.jit(lambda p, x: enc_train(p, x)[0][:B])(ep, x_all)
   # Views' features keep the step's layout (V, B, d) split over B, not over V.
@@ -559,7 +560,7 @@ def run_case(name: str, args) -> dict:
         f"{t.encoder_steps} encoder step(s) per iteration; loss {loss.mode}, "
         f"{loss.sample_distance} sample terms ({loss.get('sample_reduction', 'sum')}), "
         f"λ₁ = {loss.lambda_aug}, λ₂ = {loss.lambda_self}, ε² = {loss.eps_sq}; "
-        f"Adam b1 = {t.b1}\n")
+        f"Adam b1 = {t.encoder_b1} / {t.decoder_b1} (encoder / decoder)\n")
   result = {"case": name, "batch_size": t.batch_size, "encoder_steps": t.encoder_steps}
 
   worst = check_objectives_agree(config, sizes=(16, max(config.model.feature_dim, 64)))

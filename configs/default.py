@@ -45,12 +45,17 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- objective (uctrl_jax/rate_reduction.py, SPEC §2-3) ---
   config.loss = ml_collections.ConfigDict()
-  config.loss.mode = "uctrl"  # "uctrl" | "ctrl_binary" | "ctrl_multi"
+  # "uctrl" | "ctrl_binary" | "ctrl_multi"; encoder-only baselines: "tcr" (EMP-SSL) | "simclr"
+  config.loss.mode = "uctrl"
   config.loss.eps_sq = 0.5  # CTRL's `eps`
   config.loss.lambda_aug = 10.0  # λ₁
   config.loss.lambda_self = 10.0  # λ₂
   config.loss.sample_distance = "exact"  # "exact" ΔR(u, v) | "cosine" 1 − cos
   config.loss.sample_reduction = "mean"  # "sum" (SPEC §3 Σᵢ) | "mean" (λ independent of n)
+  # The augmentation term compares each view with: "image" f(x) | "mean" the normalised mean
+  # of the image's and its views' features (EMP-SSL's target).
+  config.loss.aug_target = "image"
+  config.loss.temperature = 0.2  # "simclr" only: NT-Xent's T
   config.loss.num_classes = 10  # ctrl_multi only (supervised)
   # Ablations only (benchmarks/ablations.py): weights of R(Z) and ΔR(Z, Ẑ) in both players'
   # objectives; 1 is the method.
@@ -70,12 +75,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.encoder_steps = 1
   config.train.encoder_lr = 1.5e-4
   config.train.decoder_lr = 1.5e-4
-  config.train.b1 = 0.5
+  config.train.encoder_b1 = 0.5  # Adam β₁ of each player
+  config.train.decoder_b1 = 0.5
   config.train.b2 = 0.999
   config.train.schedule = "constant"  # "constant" | "cosine" (over num_steps)
   config.train.warmup_steps = 0
   config.train.scale_lr_by_batch = False  # lr × global batch / 256
   config.train.encoder_bn_on_xhat = "running"  # BN statistics for f(X̂): "running" | "batch"
+  # The encoder in the decoder step: "batch" statistics of [X; views] (views encoded too) |
+  # "running" statistics, as evaluation runs it (X only: the views' term is constant in η).
+  config.train.encoder_bn_in_decoder_step = "batch"
   # Threads of the host's BLAS/LAPACK during training (jaxlib's CPU Cholesky runs in scipy's
   # OpenBLAS; its spinning threads slow XLA's: train.limit_host_blas). None: as found.
   config.train.host_blas_threads = 1
@@ -108,6 +117,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.evals.test_split = "test"
   config.evals.batch_size = 500  # rows per encode/decode call
   config.evals.baselines = True  # evaluate.py: classifiers on raw pixels and the initial encoder
+  # evaluate.py: work directories of other runs on the same data (e.g. "tcr"/"simclr" runs of
+  # the same minutes) whose features go through the same classifiers, one column each.
+  config.evals.compare_workdirs = ()
   config.evals.figures = True  # evaluate.py: WORKDIR/figures/*.png
   config.evals.knn = ml_collections.ConfigDict(dict(k=20, temperature=0.07))  # solo-learn
   config.evals.linear_probe = ml_collections.ConfigDict(dict(steps=500, lr=0.05, weight_decay=1e-4))

@@ -127,10 +127,11 @@ def test_random_apply_probability():
 
 
 def test_augment_switches_colour_ops_off_for_one_channel():
-  # Crop and flip off; colour ops forced on: colour input turns gray, a
-  # 1-channel input passes unchanged.
+  # Crop and flip off; colour ops forced on: colour input turns gray; a 1-channel
+  # input passes unchanged by saturation, hue and grayscale.
   settings = dict(size=16, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
-                  flip=False, jitter_prob=1.0, grayscale_prob=1.0)
+                  flip=False, jitter_prob=1.0, grayscale_prob=1.0, brightness=0.0,
+                  contrast=0.0, saturation=0.8, hue=0.4)
   gray = _column_ramp(16, channels=1)
   out = augment.augment(gray, SEED, **settings).numpy()
   assert out.shape == (16, 16, 1)
@@ -138,6 +139,23 @@ def test_augment_switches_colour_ops_off_for_one_channel():
   colour = augment.augment(_colour_image(16), SEED, **settings).numpy()
   np.testing.assert_allclose(colour[..., 0], colour[..., 2], atol=1e-6)
   assert np.abs(colour - _colour_image(16).numpy()).mean() > 1e-2
+
+
+def test_one_channel_images_get_brightness_and_contrast_jitter():
+  # As torchvision's ColorJitter(brightness, contrast) on a 1-channel tensor: the
+  # image changes, keeps its shape and stays in [0, 1]; its ordering of pixel values
+  # (a monotone map per image) is kept.
+  settings = dict(size=16, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False,
+                  jitter_prob=1.0, brightness=0.4, contrast=0.4)
+  gray = _column_ramp(16, channels=1)
+  outs = [augment.augment(gray, tf.constant([s, 1], tf.int64), **settings).numpy()
+          for s in range(8)]
+  for out in outs:
+    assert out.shape == (16, 16, 1) and out.min() >= 0.0 and out.max() <= 1.0
+    assert np.all(np.diff(out[0, :, 0]) >= -1e-6)  # the ramp still rises
+  assert max(np.abs(out - gray.numpy()).mean() for out in outs) > 1e-2
+  off = augment.augment(gray, SEED, **{**settings, "jitter_prob": 0.0}).numpy()
+  np.testing.assert_allclose(off, gray.numpy(), atol=1e-5)
 
 
 def test_augment_applies_colour_ops_inside_tf_data():

@@ -5,9 +5,13 @@ import os
 from clu import metric_writers
 import numpy as np
 from PIL import Image
+import pytest
 
 from configs import tiny
+import uctrl_jax
+from uctrl_jax import checkpointing
 from uctrl_jax import evaluate
+from uctrl_jax import evaluators
 from uctrl_jax import figures
 from uctrl_jax import train
 
@@ -83,3 +87,51 @@ def test_evaluate_writes_results_and_figures(tmp_path):
   # One row per cluster (3), the mean and 10 samples per row, 28 × 28 tiles, 1 px padding.
   with Image.open(results["figures"]["conditional_generation"]) as grid:
     assert grid.size == (11 * 29 + 1, 3 * 29 + 1)
+
+
+def test_encoder_only_run_is_evaluated_and_compared_beside_a_game_run(tmp_path):
+  config = tiny.get_config()
+  config.data.name = _npz_dir(tmp_path)
+  config.train.num_steps = 2
+  config.evals.names = ("knn", "linear_probe", "reconstruction", "structure")
+  config.evals.linear_probe.steps = 50
+  config.evals.batch_size = 16
+  config.evals.figures = False
+  game_dir, tcr_dir = str(tmp_path / "game"), str(tmp_path / "tcr")
+  train.train_and_evaluate(config, game_dir)
+  tcr = config.copy_and_resolve_references()
+  tcr.loss.mode = "tcr"
+  train.train_and_evaluate(tcr, tcr_dir)
+
+  # The encoder-only run alone: what needs g is n/a, the rest is scored.
+  results = evaluate.evaluate(tcr, tcr_dir)
+  assert results["not_applicable"] == ["reconstruction"]
+  assert "reconstruction/psnr" not in results["metrics"]
+  assert np.isfinite(results["metrics"]["knn/top1"])
+  assert results["training"]["loss_mode"] == "tcr" and results["training"]["step"] == 2
+  assert results["training"]["train_minutes"] > 0
+
+  # The game run with the encoder-only run as one more column, without baselines.
+  config.evals.baselines = False
+  config.evals.compare_workdirs = (tcr_dir,)
+  results = evaluate.evaluate(config, game_dir)
+  assert list(results["baselines"]) == ["tcr: tcr"]
+  compared = uctrl_jax.load(tcr_dir)
+  expected = evaluators.run_all(evaluators.build(config, names=("knn",)),
+                                         compared.encode, None, evaluate.load_data(config),
+                                         batch_size=16)
+  assert results["baselines"]["tcr: tcr"]["knn/top1"] == expected["knn/top1"]
+  assert "reconstruction/psnr" in results["metrics"]
+  with open(os.path.join(game_dir, "results.md")) as f:
+    lines = f.read().splitlines()
+  header = lines.index("| metric | trained | tcr: tcr |")
+  assert lines[header + 1] == "|---|---:|---:|"  # as many columns as the header
+  assert any(line.startswith("- tcr: tcr: `") and "loss.mode tcr, step 2" in line
+             for line in lines)
+
+  # A compared run must be on the run's data.
+  saved = checkpointing.load_config(tcr_dir)
+  saved.data.name = "npz:/elsewhere"
+  checkpointing.save_config(tcr_dir, saved)
+  with pytest.raises(ValueError, match="compare_workdirs: .* was trained on 'npz:/elsewhere'"):
+    evaluate.evaluate(config, game_dir)

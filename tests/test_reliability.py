@@ -209,6 +209,17 @@ def _mutate(path, value):
   return apply
 
 
+def _with_mode(mode, path, value):
+  """``_mutate(path, value)`` on a config whose ``loss.mode`` is ``mode``."""
+  mutate = _mutate(path, value)
+
+  def apply(config):
+    config.loss.mode = mode
+    mutate(config)
+  apply.path, apply.value = f"loss.mode={mode},{path}", value
+  return apply
+
+
 INVALID = [
     (_mutate("train.batch_size", 12), r"batch_size = 12 is not divisible by the 8 devices"),
     (_mutate("loss.eps_sq", 0.0), r"config.loss.eps_sq must be a finite number > 0; got 0.0"),
@@ -228,6 +239,15 @@ INVALID = [
     (_mutate("loss.rate_weight", -0.5), r"config.loss.rate_weight must be a finite number ≥ 0"),
     (_mutate("train.eval_every", -1), r"config.train.eval_every must be an integer ≥ 0"),
     (_mutate("train.host_blas_threads", 0), r"config.train.host_blas_threads must be an integer ≥ 1"),
+    (_mutate("train.encoder_b1", 1.0), r"config.train.encoder_b1 must be a number in \[0, 1\)"),
+    (_mutate("loss.aug_target", "views"), r"config.loss.aug_target = 'views' is not one of"),
+    (_mutate("train.encoder_bn_in_decoder_step", "eval"),
+     r"config.train.encoder_bn_in_decoder_step = 'eval' is not one of"),
+    (_with_mode("tcr", "data.num_views", 1),
+     r"'tcr' compares views with each other: config.data.num_views must be ≥ 2; got 1"),
+    (_with_mode("simclr", "train.encoder_steps", 2), r"config.train.encoder_steps must be 1; got 2"),
+    (_with_mode("simclr", "loss.temperature", 0.0),
+     r"config.loss.temperature must be a finite number > 0"),
 ]
 
 
@@ -278,15 +298,25 @@ def test_workdir_of_a_run_on_other_data(npz_path, tmp_path, no_compile):
     train.train_and_evaluate(_config(npz_path), workdir)
 
 
+@pytest.mark.parametrize("saved_mode, new_mode", [("uctrl", "tcr"), ("simclr", "ctrl_binary")])
+def test_workdir_of_a_run_with_or_without_decoder(saved_mode, new_mode, npz_path, tmp_path,
+                                                  no_compile):
+  workdir = str(tmp_path / "run")
+  saved = _config(npz_path)
+  saved.loss.mode = saved_mode
+  checkpointing.save_config(workdir, saved)
+  config = _config(npz_path)
+  config.loss.mode = new_mode
+  with pytest.raises(validation.ConfigError,
+                     match=rf"config.loss.mode = '{saved_mode}', this config has '{new_mode}'"):
+    train.train_and_evaluate(config, workdir)
+
+
 def test_schedule_changes_may_resume(npz_path, tmp_path):
   workdir = str(tmp_path / "run")
   checkpointing.save_config(workdir, _config(npz_path))
   validation.validate_config(_config(npz_path, num_steps=100, log_every=7, checkpoint_every=9),
                              workdir, image_shape=(28, 28, 1))
-
-
-def test_loss_modes_agree():
-  assert validation.LOSS_MODES == train.LOSS_MODES
 
 
 # ------------------------------------------------------------------ real signals

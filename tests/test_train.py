@@ -6,6 +6,7 @@ import pytest
 
 from configs import tiny
 from uctrl_jax import models
+from uctrl_jax import objectives
 from uctrl_jax import rate_reduction as rr
 from uctrl_jax import sharding
 from uctrl_jax import train
@@ -173,9 +174,9 @@ def test_ablation_weights_scale_r_and_delta_r_in_both_objectives(rate_weight, de
   Z_aug = jnp.asarray(unit(rng.normal(size=(2, 32, 8))), jnp.float32)
   labels = jnp.zeros(32, jnp.int32)
   config = tiny.get_config()
-  full = train.objective_terms(config, Z, Zhat, Z_aug, labels)
+  full = objectives.game_terms(config, Z, Zhat, Z_aug, labels)
   config.loss.rate_weight, config.loss.delta_weight = rate_weight, delta_weight
-  ablated = train.objective_terms(config, Z, Zhat, Z_aug, labels)
+  ablated = objectives.game_terms(config, Z, Zhat, Z_aug, labels)
   lam1, lam2 = config.loss.lambda_aug, config.loss.lambda_self
   R, delta = float(full["R"]), float(full["delta_R_z_zhat"])
   sample = lam1 * float(full["aug"]) + lam2 * float(full["self"])
@@ -209,3 +210,84 @@ def test_iteration_with_host_blas_limited_equals_the_plain_iteration():
     np.testing.assert_allclose(metrics_b[key], metrics_a[key], rtol=1e-5, atol=1e-6, err_msg=key)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6), state_a,
                state_b)
+
+
+@pytest.mark.parametrize("mode", ["tcr", "simclr"])
+def test_encoder_only_modes_build_no_decoder_and_raise_their_objective(mode):
+  config = _config(mode=mode)
+  mesh, state, encoder_step, decoder_step = _setup(config, jax.devices()[:1])
+  assert decoder_step is None
+  assert state.decoder_params == {} and state.decoder_batch_stats == {}
+  host_batch = _batch(config)
+  batch = sharding.shard_batch(host_batch, mesh)
+  before = _copy(state)
+  state, metrics = train.train_iteration(encoder_step, None, state, batch, encoder_steps=1)
+  assert int(state.step) == 1  # the encoder step ends an encoder-only iteration
+  assert not any(k.startswith("decoder/") for k in metrics)
+  _assert_trees_differ(before.encoder_params, state.encoder_params)
+
+  # The step's objective is the mode's objective of the views' features (the clean
+  # image is not encoded), and one small step raises it on this batch.
+  encoder, _ = models.create_models(config, IMAGE_SHAPE)
+  V, B = config.data.num_views, config.train.batch_size
+
+  def objective(params, batch_stats):
+    z = encoder.apply({"params": params, "batch_stats": batch_stats},
+                      host_batch["views"].reshape(V * B, *IMAGE_SHAPE), train=True,
+                      mutable=["batch_stats"])[0]
+    return objectives.encoder_only_terms(config, z.reshape(V, B, -1))["encoder_objective"]
+
+  np.testing.assert_allclose(metrics["encoder/encoder_objective"],
+                             objective(before.encoder_params, before.encoder_batch_stats),
+                             rtol=1e-4, atol=1e-5)
+  assert (float(objective(state.encoder_params, before.encoder_batch_stats))
+          > float(metrics["encoder/encoder_objective"]))
+
+
+def test_reconstruct_and_eval_loop_have_no_decoder_in_encoder_only_modes():
+  config = _config(mode="tcr")
+  assert train.make_reconstruct(config, IMAGE_SHAPE) is None
+  assert train.make_steps(config, IMAGE_SHAPE)[1] is None
+
+
+def test_decoder_step_with_running_statistics_ignores_the_views():
+  config = _config()
+  config.train.encoder_bn_in_decoder_step = "running"
+  mesh, state, encoder_step, decoder_step = _setup(config, jax.devices()[:1])
+  state, _ = encoder_step(state, sharding.shard_batch(_batch(config), mesh))
+  start = _copy(state)
+  results = []
+  for view_seed in (1, 2):  # the same images, other views
+    batch = _batch(config)
+    batch["views"] = _batch(config, seed=view_seed)["views"]
+    state = sharding.replicate(jax.tree.map(jnp.asarray, start), mesh)
+    new, metrics = decoder_step(state, sharding.shard_batch(batch, mesh))
+    results.append((_copy(new), jax.device_get(metrics)))
+  (a, metrics_a), (b, metrics_b) = results
+  _assert_trees_equal(a.decoder_params, b.decoder_params)
+  _assert_trees_equal(a.encoder_batch_stats, start.encoder_batch_stats)
+  assert "decoder/aug" not in metrics_a and "decoder/self" in metrics_a
+  np.testing.assert_allclose(metrics_a["decoder/decoder_objective"],
+                             metrics_b["decoder/decoder_objective"])
+  # Z is f(x) with the running statistics, as evaluation computes it.
+  encoder, decoder = models.create_models(config, IMAGE_SHAPE)
+  enc_vars = {"params": start.encoder_params, "batch_stats": start.encoder_batch_stats}
+  Z = encoder.apply(enc_vars, _batch(config)["image"], train=False)
+  Xhat = decoder.apply({"params": start.decoder_params, "batch_stats": start.decoder_batch_stats},
+                       Z, train=True, mutable=["batch_stats"])[0]
+  np.testing.assert_allclose(metrics_a["decoder/recon_mse"],
+                             np.mean(np.square(np.asarray(Xhat) - _batch(config)["image"])),
+                             rtol=1e-4)
+
+
+def test_each_player_has_its_own_adam_beta1():
+  config = _config()
+  config.train.encoder_b1, config.train.decoder_b1 = 0.9, 0.5
+  enc_tx, dec_tx = train.make_optimizers(config)
+  params = {"w": jnp.zeros(3)}
+  grads = {"w": jnp.array([1.0, -2.0, 0.5])}
+  for tx, b1 in ((enc_tx, 0.9), (dec_tx, 0.5)):
+    state = tx.init(params)
+    _, state = tx.update(grads, state, params)
+    # Adam's first moment after one step is (1 − β₁)·g.
+    np.testing.assert_allclose(state[0].mu["w"], (1 - b1) * grads["w"], rtol=1e-6)

@@ -9,7 +9,8 @@ torchvision pipeline:
     -> ColorJitter(brightness, contrast, saturation, hue) with p = jitter_prob,
        the four in random order -> grayscale with p = grayscale_prob
 
-Colour ops (jitter and grayscale) are skipped for 1-channel images. Its keyword
+For 1-channel images the jitter keeps brightness and contrast and skips saturation,
+hue and grayscale (they need colour). Its keyword
 arguments are the keys of `config.data.augment`, so
 `augment(image, seed, size=..., **config.data.augment)` works.
 """
@@ -156,14 +157,17 @@ def augment(image: Image, seed: tf.Tensor, *, size: int | tuple[int, int],
                               ratio=crop_ratio)
   if flip:
     image = random_flip(image, flip_seed)
-  if image.shape[-1] == 3:  # Colour ops mean nothing for 1-channel images.
-    apply_seed, op_seed = tf.unstack(
-        tf.random.experimental.stateless_split(jitter_seed, 2))
-    image = random_apply(
-        lambda x: color_jitter(x, op_seed, brightness=brightness,
-                               contrast=contrast, saturation=saturation,
-                               hue=hue),
-        image, apply_seed, jitter_prob)
+  colour = image.shape[-1] == 3
+  apply_seed, op_seed = tf.unstack(
+      tf.random.experimental.stateless_split(jitter_seed, 2))
+  # Brightness and contrast mean the same for a 1-channel image; saturation, hue and
+  # grayscale only for colour.
+  image = random_apply(
+      lambda x: color_jitter(x, op_seed, brightness=brightness, contrast=contrast,
+                             saturation=saturation if colour else 0.0,
+                             hue=hue if colour else 0.0),
+      image, apply_seed, jitter_prob)
+  if colour:
     image = random_apply(to_grayscale, image, gray_seed, grayscale_prob)
   return image
 

@@ -76,6 +76,15 @@ def random_encoder(config: ml_collections.ConfigDict, image_shape, seed: int):
   return lambda x: apply(variables, x)
 
 
+def _training_record(workdir: str, loaded) -> dict[str, Any]:
+  """Where a loaded run comes from: its mode, step and training minutes (None when its
+  checkpoint predates the record)."""
+  seconds = loaded.extra.get("train_seconds")
+  return {"workdir": os.path.abspath(workdir), "loss_mode": loaded.config.loss.mode,
+          "step": int(loaded.state.step),
+          "train_minutes": None if seconds is None else float(seconds) / 60}
+
+
 def _flatten(x):
   return np.asarray(x).reshape(len(x), -1)
 
@@ -103,16 +112,27 @@ def results_markdown(results: dict[str, Any]) -> str:
            f"- dataset: {results['dataset']} ({results['num_train']} train / "
            f"{results['num_test']} test examples)",
            f"- hardware: {results['hardware']}",
-           f"- evaluation wall time: {results['wall_time_s']:.1f} s", "",
-           "| metric | trained | " + " | ".join(n.replace("_", " ") for n in names) + " |",
+           f"- evaluation wall time: {results['wall_time_s']:.1f} s"]
+  for label, record in [("this run", results.get("training"))] + list(
+      results.get("compared_runs", {}).items()):
+    if record:
+      minutes = record["train_minutes"]
+      lines.append(f"- {label}: `{record['workdir']}`, loss.mode {record['loss_mode']}, step "
+                   f"{record['step']}, " + ("training time not recorded" if minutes is None
+                                           else f"{minutes:.1f} min of training"))
+  lines += ["",
+           "| metric | trained |" + "".join(f" {n.replace('_', ' ')} |" for n in names),
            "|---|---:|" + "---:|" * len(names)]
   for key, value in metrics.items():
     if not key.startswith("eval_seconds/"):
       row = [_fmt(value)] + [_fmt(baselines[n].get(key)) for n in names]
       lines.append(f"| {key} | " + " | ".join(row) + " |")
+  for name in results.get("not_applicable", ()):
+    lines.append(f"| {name} | n/a (encoder-only run: no decoder) |" + " |" * len(names))
   lines += ["", "Accuracies (`top1`, `acc`, `consistency`) in %; NMI in [0, 1]; "
             "PSNR in dB (peak-to-peak 2); MSE on [-1, 1].", "", "## Evaluation time (s)", "",
-            "| part | trained | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
+            "| part | trained |" + "".join(f" {n} |" for n in names),
+            "|---|---:|" + "---:|" * len(names)]
   for key, value in metrics.items():
     if key.startswith("eval_seconds/"):
       row = [_fmt(value)] + [_fmt(baselines[n].get(key)) for n in names]
@@ -159,21 +179,42 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                                out_dir if write else None, None)
   metrics = evaluators.run_context(built, context)
   baselines = {}
+  classifiers = [e for e in built if e.name in evaluators.CLASSIFIERS]
   if evals.get("baselines", True):
-    classifiers = [e for e in built if e.name in evaluators.CLASSIFIERS]
     # The initial state train_and_evaluate starts from: what training added.
     for name, encode in (("raw_pixels", _flatten),
                          ("random_encoder", random_encoder(run_config, image_shape,
                                                            int(run_config.seed)))):
       logging.info("baseline %s", name)
       baselines[name] = evaluators.run_all(classifiers, encode, None, data, batch_size=batch_size)
+  # Other runs on the same data (e.g. the encoder-only baselines trained for the same
+  # minutes): their features through the same classifiers, one column each.
+  compared = {}
+  for path in evals.compare_workdirs:
+    other = uctrl_jax.load(path)
+    if (other.config.data.name != run_config.data.name
+        or tuple(other.config.data.image_shape) != image_shape):
+      raise ValueError(f"config.evals.compare_workdirs: {path} was trained on "
+                       f"{other.config.data.name!r} {tuple(other.config.data.image_shape)}, this "
+                       f"run on {run_config.data.name!r} {image_shape}")
+    name = f"{other.config.loss.mode}: {os.path.basename(os.path.normpath(path))}"
+    logging.info("compared run %s", name)
+    baselines[name] = evaluators.run_all(classifiers, other.encode, None, data,
+                                         batch_size=batch_size)
+    compared[name] = _training_record(path, other)
 
+  # Encoder-only runs (loss.mode "tcr", "simclr") have no g: what needs it is "n/a".
+  not_applicable = [] if loaded.decode is not None else [e.name for e in built if e.needs_decode]
+  if not_applicable:
+    logging.info("%s: n/a, the run is encoder-only (loss.mode %r, no decoder)",
+                 ", ".join(not_applicable), run_config.loss.mode)
   paths = {}
   if write and evals.get("figures", True):
-    x_hat = context.x_hat
+    decoded = loaded.decode is not None
     paths = dict(figures.write_all(
-        out_dir, x_test=data.x_test, x_hat=x_hat, z_test=context.z_test,
-        zhat_test=context.zhat_test, y_test=data.y_test, workdir=workdir,
+        out_dir, x_test=data.x_test, x_hat=context.x_hat if decoded else None,
+        z_test=context.z_test, zhat_test=context.zhat_test if decoded else None,
+        y_test=data.y_test, workdir=workdir,
         class_names=input_pipeline.get_dataset_info(config).class_names))
     cond = os.path.join(out_dir, "conditional_generation.png")
     if os.path.isfile(cond) and any(e.name == "conditional_generation" for e in built):
@@ -187,7 +228,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
       "num_test": int(len(data.x_test)),
       "hardware": _hardware(),
       "wall_time_s": time.time() - start,
+      "training": _training_record(workdir, loaded),
+      "compared_runs": compared,
       "metrics": metrics,
+      "not_applicable": not_applicable,
       "baselines": baselines,
       "figures": paths,
       "evals_config": evals.to_dict() if hasattr(evals, "to_dict") else dict(evals),

@@ -432,12 +432,15 @@ def create_models(config, image_shape: Sequence[int]) -> Tuple[nn.Module, nn.Mod
   return encoder, decoder
 
 
-def init_models(config, image_shape: Sequence[int], rng: Array) -> dict:
+def init_models(config, image_shape: Sequence[int], rng: Array, *,
+                with_decoder: bool = True) -> dict:
   """Initial variables of ``create_models(config, image_shape)``.
 
   Returns ``dict(encoder_params, encoder_batch_stats, decoder_params,
   decoder_batch_stats)`` (float32 pytrees; BN running mean 0, variance 1). Jitted,
-  with a batch of 2 (initialisation does not depend on the batch size).
+  with a batch of 2 (initialisation does not depend on the batch size). Without the
+  decoder (encoder-only objectives) its two entries are empty dicts; the encoder's
+  initialisation is the same either way.
   """
   encoder, decoder = create_models(config, image_shape)
   k_enc, k_dec = jax.random.split(rng)
@@ -446,7 +449,9 @@ def init_models(config, image_shape: Sequence[int], rng: Array) -> dict:
 
   @jax.jit
   def init(k_enc, k_dec):
-    return (encoder.init(k_enc, x, train=False), decoder.init(k_dec, z, train=False))
+    dec_vars = (decoder.init(k_dec, z, train=False) if with_decoder
+                else {"params": {}, "batch_stats": {}})
+    return encoder.init(k_enc, x, train=False), dec_vars
 
   enc_vars, dec_vars = init(k_enc, k_dec)
   return dict(encoder_params=enc_vars["params"],

@@ -39,6 +39,7 @@ Array = jax.Array
 
 SAMPLE_DISTANCES = ("exact", "cosine")
 SAMPLE_REDUCTIONS = ("sum", "mean")
+AUG_TARGETS = ("image", "mean")
 
 
 # ----------------------------------------------------------------------------
@@ -367,14 +368,27 @@ def _sample_term(Z, Zs, eps_sq, sample_distance):
   return jnp.mean(jax.vmap(lambda Zv: dist(Z, Zv))(Zs), axis=0)
 
 
-@functools.partial(jax.jit, static_argnames=("sample_distance", "sample_reduction", "axis_name"))
+def _aug_term(Z, Z_aug, eps_sq, sample_distance, aug_target):
+  """(n,) augmentation term per row: each view against ``zᵢ`` (``"image"``), or the image
+  and each of its views against their common mean, normalised (``"mean"``, EMP-SSL's
+  target; docs/method.md, the augmentation term)."""
+  if aug_target == "image":
+    return _sample_term(Z, Z_aug, eps_sq, sample_distance)
+  members = jnp.concatenate([Z[None], Z_aug])  # (V + 1, n, d)
+  mean = jnp.mean(members, axis=0)
+  target = mean * jax.lax.rsqrt(jnp.maximum(jnp.sum(mean * mean, axis=1, keepdims=True), 1e-16))
+  return _sample_term(target, members, eps_sq, sample_distance)
+
+
+@functools.partial(jax.jit, static_argnames=("sample_distance", "sample_reduction", "aug_target",
+                                             "axis_name"))
 def _uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self, sample_distance,
-                     sample_reduction, axis_name):
+                     sample_reduction, aug_target, axis_name):
   n_total = _psum(jnp.float32(Z.shape[0]), axis_name)
   # R(Z) is one of the three rates of ΔR(Z, Ẑ): one factorisation serves both terms.
   R_union, R, R_zhat = _pair_rates(Z, Zhat, eps_sq, axis_name)
   delta = R_union - 0.5 * (R + R_zhat)
-  aug_rows = _sample_term(Z, Z_aug, eps_sq, sample_distance)  # (n,)
+  aug_rows = _aug_term(Z, Z_aug, eps_sq, sample_distance, aug_target)  # (n,)
   self_rows = _sample_term(Z, Zhat[None], eps_sq, sample_distance)  # (n,)
   aug_sum = _psum(jnp.sum(aug_rows), axis_name)
   self_sum = _psum(jnp.sum(self_rows), axis_name)
@@ -395,6 +409,7 @@ def _uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self, sample_dis
 
 def uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self,
                     sample_distance: str = "exact", *, sample_reduction: str = "sum",
+                    aug_target: str = "image",
                     axis_name: Optional[str] = None) -> Mapping[str, Array]:
   """Every term of the uCTRL game and both players' objectives (SPEC §3).
 
@@ -416,6 +431,10 @@ def uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self,
       (``cosine_distance``, the paper's footnote).
     sample_reduction: "sum" (SPEC §3's Σᵢ over the global batch) or "mean" (Σᵢ / n,
       so λ does not scale with the batch size).
+    aug_target: what the views are compared with: "image" (``dist(zᵢ, z_aᵢ)``, mean
+      over views) or "mean" (the image's and its views' features each against their
+      normalised mean ``z̄ᵢ``, mean over the ``V + 1``: EMP-SSL's target, with the
+      clean image as one more view).
     axis_name: mapped axis over which the rows are sharded.
   Returns:
     dict of () float32: ``R``, ``delta_R_z_zhat``, ``aug``, ``self`` (the sample-wise
@@ -439,9 +458,10 @@ def uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self,
       raise ValueError(f"{name} must be ≥ 0; got {lam}")
   _check_choice("sample_distance", sample_distance, SAMPLE_DISTANCES)
   _check_choice("sample_reduction", sample_reduction, SAMPLE_REDUCTIONS)
+  _check_choice("aug_target", aug_target, AUG_TARGETS)
   return _uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self,
-                          sample_distance=sample_distance,
-                          sample_reduction=sample_reduction, axis_name=axis_name)
+                          sample_distance=sample_distance, sample_reduction=sample_reduction,
+                          aug_target=aug_target, axis_name=axis_name)
 
 
 @functools.partial(jax.jit, static_argnames=("axis_name",))

@@ -33,6 +33,7 @@ import math
 import os
 import signal
 import threading
+import time
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Tuple
 
 from absl import logging
@@ -50,14 +51,13 @@ from uctrl_jax import distributed
 from uctrl_jax import image_grid
 from uctrl_jax import input_pipeline
 from uctrl_jax import models
+from uctrl_jax import objectives
 from uctrl_jax import rate_reduction as rr
 from uctrl_jax import sharding
 from uctrl_jax import validation
 
 Array = jax.Array
 Metrics = Mapping[str, Array]
-
-LOSS_MODES = ("uctrl", "ctrl_binary", "ctrl_multi")
 
 
 @flax.struct.dataclass
@@ -87,15 +87,22 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, base_lr: float) ->
 
 
 def make_optimizers(config) -> Tuple[optax.GradientTransformation, optax.GradientTransformation]:
-  """Adam for each player, β = (b1, b2) (CTRL: (0.5, 0.999), lr 1.5e-4; SPEC §3)."""
+  """Adam for each player with its own learning rate and β₁ (``train.encoder_lr``,
+  ``encoder_b1``; ``decoder_lr``, ``decoder_b1``) and a shared β₂ (CTRL: lr 1.5e-4,
+  β = (0.5, 0.999) for both; SPEC §3)."""
   t = config.train
-  return tuple(optax.adam(learning_rate_schedule(config, lr), b1=t.b1, b2=t.b2)
-               for lr in (t.encoder_lr, t.decoder_lr))
+  return tuple(optax.adam(learning_rate_schedule(config, lr), b1=b1, b2=t.b2)
+               for lr, b1 in ((t.encoder_lr, t.encoder_b1), (t.decoder_lr, t.decoder_b1)))
 
 
 def create_train_state(config, image_shape, rng: Array) -> TrainState:
-  """Fresh parameters (``models.init_models``) and optimizer states at step 0."""
-  variables = models.init_models(config, image_shape, rng)
+  """Fresh parameters (``models.init_models``) and optimizer states at step 0.
+
+  In the encoder-only modes (``objectives.ENCODER_ONLY_MODES``) the decoder's fields are
+  empty dicts: no decoder is built.
+  """
+  variables = models.init_models(config, image_shape, rng,
+                                 with_decoder=objectives.uses_decoder(config))
   enc_tx, dec_tx = make_optimizers(config)
   return TrainState(
       step=jnp.zeros((), jnp.int32),
@@ -105,39 +112,6 @@ def create_train_state(config, image_shape, rng: Array) -> TrainState:
       decoder_batch_stats=variables["decoder_batch_stats"],
       encoder_opt_state=enc_tx.init(variables["encoder_params"]),
       decoder_opt_state=dec_tx.init(variables["decoder_params"]))
-
-
-def objective_terms(config, Z: Array, Zhat: Array, Z_aug: Array, labels: Array) -> dict:
-  """The game's terms for ``config.loss.mode`` (SPEC §3).
-
-  Args:
-    Z, Zhat: (B, d) float32 global-batch features of ``X`` and ``X̂``.
-    Z_aug: (V, B, d) features of the views.
-    labels: (B,) int32 (used by the supervised ``ctrl_multi`` only).
-  Returns:
-    dict of () float32 with at least ``encoder_objective`` (maximised) and
-    ``decoder_objective`` (minimised).
-  """
-  loss = config.loss
-  if loss.mode == "ctrl_multi":
-    terms = dict(rr.ctrl_multi_objective(Z, Zhat, labels, loss.num_classes, loss.eps_sq))
-    terms["encoder_objective"] = terms["decoder_objective"] = terms["objective"]
-    return terms
-  binary = loss.mode == "ctrl_binary"
-  terms = dict(rr.uctrl_objective(
-      Z, Zhat, Z_aug, loss.eps_sq, 0.0 if binary else loss.lambda_aug,
-      0.0 if binary else loss.lambda_self, loss.sample_distance,
-      sample_reduction=loss.get("sample_reduction", "sum")))
-  if binary:  # CTRL-Binary: only ΔR(Z, Ẑ) is played (SPEC §3).
-    terms["encoder_objective"] = terms["decoder_objective"] = terms["delta_R_z_zhat"]
-    return terms
-  # Ablation weights (benchmarks/ablations.py): 0 removes R(Z) or ΔR(Z, Ẑ) from both players.
-  w_rate, w_delta = loss.get("rate_weight", 1.0), loss.get("delta_weight", 1.0)
-  if (w_rate, w_delta) != (1.0, 1.0):
-    shift = (w_rate - 1.0) * terms["R"] + (w_delta - 1.0) * terms["delta_R_z_zhat"]
-    terms["encoder_objective"] = terms["encoder_objective"] + shift
-    terms["decoder_objective"] = terms["decoder_objective"] + shift
-  return terms
 
 
 def _encode_images_and_views(encoder, variables, batch):
@@ -161,18 +135,22 @@ def _with_grad_norm(prefix: str, terms: dict, grads, lr) -> dict:
           f"{prefix}/grad_norm": optax.tree.norm(grads), f"{prefix}/lr": lr}
 
 
-def make_steps(config, image_shape) -> Tuple[Callable, Callable]:
+def make_steps(config, image_shape) -> Tuple[Callable, Optional[Callable]]:
   """Jitted ``encoder_step(state, batch)`` and ``decoder_step(state, batch)``.
 
   Each returns ``(new_state, metrics)``; ``state`` is donated. ``batch`` holds
   ``image`` (B, H, W, C), ``views`` (V, B, H, W, C) and ``label`` (B,), global arrays
-  (``sharding.shard_batch``). The encoder step does not advance ``state.step``; the
-  decoder step, which ends an iteration, does.
+  (``sharding.shard_batch``). In the game the encoder step does not advance
+  ``state.step``; the decoder step, which ends an iteration, does. In the encoder-only
+  modes (``objectives.ENCODER_ONLY_MODES``) ``decoder_step`` is None, the encoder step
+  sees the views only and ends the iteration.
   """
   encoder, decoder = models.create_models(config, image_shape)
   enc_tx, dec_tx = make_optimizers(config)
   enc_lr = learning_rate_schedule(config, config.train.encoder_lr)
   dec_lr = learning_rate_schedule(config, config.train.decoder_lr)
+  game = objectives.uses_decoder(config)
+  running_stats_in_decoder_step = config.train.encoder_bn_in_decoder_step == "running"
 
   def encoder_loss(enc_params, state, batch):
     enc_vars = {"params": enc_params, "batch_stats": state.encoder_batch_stats}
@@ -182,29 +160,49 @@ def make_steps(config, image_shape) -> Tuple[Callable, Callable]:
         {"params": state.decoder_params, "batch_stats": state.decoder_batch_stats}, Z,
         train=True, mutable=["batch_stats"])[0])
     Zhat = _encode_reconstructions(encoder, config, {"params": enc_params, "batch_stats": new_stats}, Xhat)
-    terms = objective_terms(config, Z, Zhat, Z_aug, batch["label"])
+    terms = objectives.game_terms(config, Z, Zhat, Z_aug, batch["label"])
     terms["cos_z_zhat"] = jnp.mean(1.0 - rr.cosine_distance(Z, Zhat))
     terms["cos_z_zaug"] = jnp.mean(1.0 - jax.vmap(rr.cosine_distance, (None, 0))(Z, Z_aug))
     return -terms["encoder_objective"], (terms, new_stats)
 
+  def encoder_only_loss(enc_params, state, batch):
+    views = batch["views"]
+    num_views, B = views.shape[:2]
+    z, updates = encoder.apply({"params": enc_params, "batch_stats": state.encoder_batch_stats},
+                               views.reshape((num_views * B,) + views.shape[2:]), train=True,
+                               mutable=["batch_stats"])
+    Z_views = z.reshape(num_views, B, -1)
+    terms = objectives.encoder_only_terms(config, Z_views)
+    # The first view against the others: the invariance the game logs as cos(z, z_a).
+    terms["cos_z_zaug"] = jnp.mean(
+        1.0 - jax.vmap(rr.cosine_distance, (None, 0))(Z_views[0], Z_views[1:]))
+    return -terms["encoder_objective"], (terms, updates["batch_stats"])
+
   def decoder_loss(dec_params, state, batch):
     enc_vars = {"params": state.encoder_params, "batch_stats": state.encoder_batch_stats}
-    Z, Z_aug, _ = _encode_images_and_views(encoder, enc_vars, batch)
+    if running_stats_in_decoder_step:
+      # f as evaluation runs it; the views are not encoded: the augmentation term does
+      # not depend on η, so it is left out of the decoder's objective here.
+      Z, Z_aug = encoder.apply(enc_vars, batch["image"], train=False), None
+    else:
+      Z, Z_aug, _ = _encode_images_and_views(encoder, enc_vars, batch)
     Xhat, updates = decoder.apply({"params": dec_params, "batch_stats": state.decoder_batch_stats},
                                   Z, train=True, mutable=["batch_stats"])
     # Gradients flow through f into η; only η is updated (only dec_params are differentiated).
     Zhat = _encode_reconstructions(encoder, config, enc_vars, Xhat)
-    terms = objective_terms(config, Z, Zhat, Z_aug, batch["label"])
+    terms = objectives.game_terms(config, Z, Zhat, Z_aug, batch["label"])
     # Pixel error of g(f(x)): not in the objective, but the health monitor's fooling check.
     terms["recon_mse"] = jnp.mean(jnp.square(Xhat - batch["image"]))
     return terms["decoder_objective"], (terms, updates["batch_stats"])
 
   @functools.partial(jax.jit, donate_argnums=0)
   def encoder_step(state: TrainState, batch) -> Tuple[TrainState, Metrics]:
-    grads, (terms, new_stats) = jax.grad(encoder_loss, has_aux=True)(state.encoder_params, state, batch)
+    loss = encoder_loss if game else encoder_only_loss
+    grads, (terms, new_stats) = jax.grad(loss, has_aux=True)(state.encoder_params, state, batch)
     updates, opt_state = enc_tx.update(grads, state.encoder_opt_state, state.encoder_params)
     new_state = state.replace(encoder_params=optax.apply_updates(state.encoder_params, updates),
-                              encoder_batch_stats=new_stats, encoder_opt_state=opt_state)
+                              encoder_batch_stats=new_stats, encoder_opt_state=opt_state,
+                              step=state.step + (0 if game else 1))
     return new_state, _with_grad_norm("encoder", terms, grads, enc_lr(state.step))
 
   @functools.partial(jax.jit, donate_argnums=0)
@@ -216,25 +214,29 @@ def make_steps(config, image_shape) -> Tuple[Callable, Callable]:
                               step=state.step + 1)
     return new_state, _with_grad_norm("decoder", terms, grads, dec_lr(state.step))
 
-  return encoder_step, decoder_step
+  return encoder_step, (decoder_step if game else None)
 
 
 def train_iteration(encoder_step, decoder_step, state: TrainState, batch,
                     encoder_steps: int) -> Tuple[TrainState, dict]:
-  """One iteration of the game on one batch: ``encoder_steps`` encoder updates, one decoder update.
+  """One iteration on one batch: ``encoder_steps`` encoder updates, then one decoder update
+  (none when ``decoder_step`` is None: an encoder-only mode, one encoder update).
 
   Returns the new state and the metrics of the last encoder step and the decoder step.
   """
   if encoder_steps < 1:
     raise ValueError(f"config.train.encoder_steps must be ≥ 1; got {encoder_steps}")
+  if decoder_step is None:
+    return encoder_step(state, batch)
   for _ in range(encoder_steps):
     state, enc_metrics = encoder_step(state, batch)
   state, dec_metrics = decoder_step(state, batch)
   return state, {**enc_metrics, **dec_metrics}
 
 
-def _eval_mode_loop(config, image_shape) -> Tuple[Callable, Callable]:
-  """``encode(state, x) -> Z`` and ``decode(state, Z) -> x̂`` with running BN statistics."""
+def _eval_mode_loop(config, image_shape) -> Tuple[Callable, Optional[Callable]]:
+  """``encode(state, x) -> Z`` and ``decode(state, Z) -> x̂`` with running BN statistics;
+  ``decode`` is None in the encoder-only modes."""
   encoder, decoder = models.create_models(config, image_shape)
 
   def encode(state: TrainState, x: Array) -> Array:
@@ -244,12 +246,15 @@ def _eval_mode_loop(config, image_shape) -> Tuple[Callable, Callable]:
   def decode(state: TrainState, Z: Array) -> Array:
     return decoder.apply({"params": state.decoder_params, "batch_stats": state.decoder_batch_stats},
                          Z, train=False)
-  return encode, decode
+  return encode, (decode if objectives.uses_decoder(config) else None)
 
 
-def make_reconstruct(config, image_shape) -> Callable:
-  """Jitted ``reconstruct(state, x) -> g(f(x))`` in eval mode (running BN statistics)."""
+def make_reconstruct(config, image_shape) -> Optional[Callable]:
+  """Jitted ``reconstruct(state, x) -> g(f(x))`` in eval mode (running BN statistics);
+  None in the encoder-only modes."""
   encode, decode = _eval_mode_loop(config, image_shape)
+  if decode is None:
+    return None
   return jax.jit(lambda state, x: decode(state, encode(state, x)))
 
 
@@ -297,7 +302,8 @@ class PeriodicEval:
         self._config.evals.max_train_examples = during.get("max_train_examples", None)
         self._config.evals.max_test_examples = during.get("max_test_examples", None)
     encode, decode = _eval_mode_loop(config, image_shape)
-    self._encode, self._decode = jax.jit(encode), jax.jit(decode)
+    self._encode = jax.jit(encode)
+    self._decode = None if decode is None else jax.jit(decode)
     self._data, self._evaluators = None, None
 
   def due(self, step: int, last: bool) -> bool:
@@ -313,7 +319,8 @@ class PeriodicEval:
       self._evaluators = evaluators.build(self._config, names=self.names)
     batch_size = int(self._config.evals.get("batch_size", 500))
     metrics = evaluators.run_all(self._evaluators, lambda x: self._encode(state, x),
-                                 lambda Z: self._decode(state, Z), self._data,
+                                 None if self._decode is None else lambda Z: self._decode(state, Z),
+                                 self._data,
                                  batch_size=batch_size)
     return {f"eval/{k}": v for k, v in metrics.items()}
 
@@ -345,6 +352,8 @@ class HealthMonitor:
     if rate < self.collapse_fraction * self.max_rate:
       warnings.append(f"step {step}: feature collapse: R(Z) = {rate:.2f} fell below "
                       f"{self.collapse_fraction:.0%} of its running maximum {self.max_rate:.2f}")
+    if "decoder/recon_mse" not in metrics:  # encoder-only modes: nothing to fool
+      return warnings
     mse = float(metrics["decoder/recon_mse"])
     self.first_mse = mse if self.first_mse is None else self.first_mse
     cos = float(metrics["encoder/cos_z_zhat"])
@@ -553,13 +562,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   state = sharding.replicate(create_train_state(config, image_shape, jax.random.key(config.seed)),
                              mesh)
   checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=t.max_to_keep)
-  batches_consumed = 0
+  batches_consumed, train_seconds_before = 0, 0.0
   restored = checkpointer.restore_latest_readable(
       state, check=lambda s: check_finite(int(s.step), {}, s))
   if restored is not None:
     state, extra = restored
     # Checkpoints written before `batches_consumed` existed read step batches.
     batches_consumed = int(extra.get("batches_consumed", int(state.step)))
+    train_seconds_before = float(extra.get("train_seconds", 0.0))
     logging.info("resumed from %s at step %d", workdir, int(state.step))
   # The saved config records the image shape too, so `load` can rebuild the models.
   saved_config = config.copy_and_resolve_references()
@@ -574,7 +584,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   encoder_step, decoder_step = make_steps(config, image_shape)
   # Several processes: each compiles a step, then all meet, so no collective times out.
   encoder_step = distributed.meet_before_first_run(encoder_step, "encoder_step")
-  decoder_step = distributed.meet_before_first_run(decoder_step, "decoder_step")
+  if decoder_step is not None:
+    decoder_step = distributed.meet_before_first_run(decoder_step, "decoder_step")
   reconstruct = make_reconstruct(config, image_shape)
   periodic_eval = PeriodicEval(config, image_shape)
   writer = metric_writers.create_default_writer(workdir, just_logging=process_index > 0)
@@ -585,9 +596,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if start == 0:
     writer.write_hparams(_flat_hparams(config.to_dict()))
 
+  # Training time (the loop without its evaluations), summed over resumes: what the
+  # "minutes" of a run mean when runs are compared at equal budget.
+  loop_start, eval_seconds = time.time(), 0.0
+
+  def train_seconds() -> float:
+    return train_seconds_before + time.time() - loop_start - eval_seconds
+
   def save(step: int, state: TrainState) -> None:
     checkpointer.save(step, state, extra={"step": step, "examples_seen": step * t.batch_size,
-                                          "batches_consumed": batches_consumed})
+                                          "batches_consumed": batches_consumed,
+                                          "train_seconds": train_seconds()})
 
   rollbacks, injected, step, stop = 0, False, start, None
   try:
@@ -638,7 +657,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           logging.info("%s", _console_line(step, t.num_steps, metrics))
           for warning in monitor.update(step, metrics):
             logging.warning("%s", warning)
-        if (step % t.image_every == 0 or last) and process_index == 0:
+        if (step % t.image_every == 0 or last) and process_index == 0 and reconstruct:
           # Two rows of inputs over reconstructions.
           k = min(8, host_batch["image"].shape[0] // 2)
           x = host_batch["image"][:2 * k]
@@ -648,7 +667,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         if save_now or stop:
           save(step, state)
         if periodic_eval.due(step, last) and not stop:  # after the save: a failure loses nothing
+          eval_start = time.time()
           eval_metrics = periodic_eval(state)
+          eval_seconds += time.time() - eval_start
           writer.write_scalars(step, eval_metrics)
           logging.info("step %d/%d | %s", step, t.num_steps, " ".join(
               f"{k[5:]} {v:.4g}" for k, v in eval_metrics.items() if "seconds" not in k))
@@ -660,15 +681,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   finally:
     writer.flush()
     checkpointer.close()
+  logging.info("step %d/%d: %.1f min of training in all (evaluations excluded)", step,
+               t.num_steps, train_seconds() / 60)
   return state
 
 
 class Loaded(NamedTuple):
   """A trained closed loop: ``encode(x) -> Z`` and ``decode(Z) -> x̂``, both jitted, eval mode."""
   encode: Callable[[Array], Array]  # (B, H, W, C) in [-1, 1] -> (B, d) float32 unit rows
-  decode: Callable[[Array], Array]  # (B, d) -> (B, H, W, C) in [-1, 1]
+  decode: Optional[Callable[[Array], Array]]  # (B, d) -> (B, H, W, C) in [-1, 1]; None
+  # for an encoder-only run (config.loss.mode "tcr" or "simclr")
   config: ml_collections.ConfigDict
   state: TrainState
+  extra: dict  # the checkpoint's JSON record: step, batches_consumed, train_seconds, ...
 
 
 def load(workdir: str, step: Optional[int] = None) -> Loaded:
@@ -680,7 +705,8 @@ def load(workdir: str, step: Optional[int] = None) -> Loaded:
   image_shape = tuple(config.data.image_shape)
   target = create_train_state(config, image_shape, jax.random.key(0))
   with checkpointing.Checkpointer(workdir) as checkpointer:
-    state, _ = checkpointer.restore(target, step)
-  encode, decode = (jax.jit(f) for f in _eval_mode_loop(config, image_shape))
+    state, extra = checkpointer.restore(target, step)
+  encode, decode = (f and jax.jit(f) for f in _eval_mode_loop(config, image_shape))
   # The state is an argument, not a closed-over constant: compiles fast at any size.
-  return Loaded(lambda x: encode(state, x), lambda Z: decode(state, Z), config, state)
+  return Loaded(lambda x: encode(state, x), decode and (lambda Z: decode(state, Z)), config,
+                state, extra)

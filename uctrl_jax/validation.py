@@ -38,10 +38,9 @@ import ml_collections
 from uctrl_jax import checkpointing
 from uctrl_jax import evaluators
 from uctrl_jax import models
+from uctrl_jax import objectives
 from uctrl_jax import rate_reduction as rr
 
-# train.LOSS_MODES; repeated because train imports this module (a test keeps them equal).
-LOSS_MODES = ("uctrl", "ctrl_binary", "ctrl_multi")
 ON_NONFINITE = ("stop", "rollback")
 
 # Saved-config keys that fix the shapes of the checkpointed state or the data it was
@@ -97,11 +96,13 @@ def check_names(config: ml_collections.ConfigDict) -> None:
   _require_choice(config, "model.decoder", models.DECODERS)
   _require_choice(config, "model.upsample", models.UPSAMPLES, default="pixel_shuffle")
   _require_choice(config, "model.dtype", tuple(models.DTYPES), default="float32")
-  _require_choice(config, "loss.mode", LOSS_MODES)
+  _require_choice(config, "loss.mode", objectives.LOSS_MODES)
+  _require_choice(config, "loss.aug_target", rr.AUG_TARGETS)
   _require_choice(config, "loss.sample_distance", rr.SAMPLE_DISTANCES, default="exact")
   _require_choice(config, "loss.sample_reduction", rr.SAMPLE_REDUCTIONS, default="sum")
   _require_choice(config, "train.on_nonfinite", ON_NONFINITE, default="stop")
   _require_choice(config, "train.encoder_bn_on_xhat", ("running", "batch"), default="running")
+  _require_choice(config, "train.encoder_bn_in_decoder_step", ("running", "batch"))
   _require_choice(config, "train.schedule", ("constant", "cosine"), default="constant")
   for name in tuple(_get(config, "evals.during_training.names", ()) or ()):
     if name not in evaluators.ALL:
@@ -140,6 +141,17 @@ def check_numbers(config: ml_collections.ConfigDict) -> None:
     _require_int(config, "train.eval_every", 0)
   if _get(config, "loss.mode") == "ctrl_multi":
     _require_int(config, "loss.num_classes", 1)
+  if _get(config, "loss.mode") == "simclr":
+    _require_number(config, "loss.temperature", positive=True)
+  if _get(config, "loss.mode") in objectives.ENCODER_ONLY_MODES:
+    mode = _get(config, "loss.mode")
+    if _is_int(_get(config, "data.num_views")) and _get(config, "data.num_views") < 2:
+      raise ConfigError(f"config.loss.mode = {mode!r} compares views with each other: "
+                        f"config.data.num_views must be ≥ 2; got {_get(config, 'data.num_views')}")
+    if _get(config, "train.encoder_steps") != 1:
+      raise ConfigError(f"config.loss.mode = {mode!r} trains the encoder alone (one step per "
+                        "iteration): config.train.encoder_steps must be 1; got "
+                        f"{_get(config, 'train.encoder_steps')!r}")
   _require_int(config, "model.feature_dim", 1)
   if _get(config, "model.width") is not None:
     _require_int(config, "model.width", 1)
@@ -153,6 +165,10 @@ def check_numbers(config: ml_collections.ConfigDict) -> None:
   _require_int(config, "train.num_steps", 0)
   for key in ("encoder_lr", "decoder_lr"):
     _require_number(config, f"train.{key}", positive=False)
+  for key in ("encoder_b1", "decoder_b1", "b2"):
+    value = _get(config, f"train.{key}")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+      raise ConfigError(f"config.train.{key} must be a number in [0, 1) (Adam's β); got {value!r}")
   fault = _get(config, "train.fault_inject_nan_at_step")
   if fault is not None and (not _is_int(fault) or fault < 1):
     raise ConfigError("config.train.fault_inject_nan_at_step must be None or an integer ≥ 1; "
@@ -258,6 +274,12 @@ def check_workdir_compatible(config: ml_collections.ConfigDict, workdir: str,
       raise ConfigError(f"{workdir} holds a run with config.{key} = {saved.get(key)!r}, this "
                         f"config has {new.get(key)!r}; a resume would not fit its "
                         "checkpoints: use a fresh --workdir")
+  if "loss.mode" in saved and ((saved["loss.mode"] in objectives.ENCODER_ONLY_MODES)
+                               != (new.get("loss.mode") in objectives.ENCODER_ONLY_MODES)):
+    raise ConfigError(f"{workdir} holds a run with config.loss.mode = {saved['loss.mode']!r}, "
+                      f"this config has {new.get('loss.mode')!r}: one trains a decoder, the "
+                      "other does not, so a resume would not fit its checkpoints: use a fresh "
+                      "--workdir")
   for key in _WARN_IF_CHANGED:
     if key in saved and _normal(new.get(key)) != _normal(saved.get(key)):
       logging.warning("resuming %s with config.%s = %r (was %r): the run changes course here",

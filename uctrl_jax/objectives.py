@@ -1,0 +1,158 @@
+"""The objective each ``config.loss.mode`` trains: the uCTRL game, its CTRL relatives, and
+the encoder-only self-supervised baselines (EMP-SSL's TCR, SimCLR's NT-Xent).
+
+Modes (``LOSS_MODES``):
+
+* ``"uctrl"`` — the closed-loop maximin game (``rate_reduction.uctrl_objective``).
+* ``"ctrl_binary"`` — only ``ΔR(Z, Ẑ)`` is played (CTRL-Binary).
+* ``"ctrl_multi"`` — supervised CTRL-Multi (labels).
+* ``"tcr"`` — EMP-SSL (Tong et al. 2023), encoder only: maximise the mean total coding
+  rate ``R(Z_v)`` of each of the ``V`` views while pulling every view's feature to the
+  mean of the sample's views (cosine); the uCTRL encoder objective without ``g``.
+* ``"simclr"`` — SimCLR's NT-Xent over ``V ≥ 2`` views (temperature
+  ``config.loss.temperature``), encoder only.
+
+The encoder-only modes (``ENCODER_ONLY_MODES``) build and step no decoder: the trainer
+keeps the decoder's slots of the state empty and evaluators that need ``g`` report
+"n/a". They exist so that a user can ask, with the same trainer, data, encoder,
+augmentations, evaluators and budget, whether the game costs the features anything.
+
+Every function here is pure and jit-able; features are float32 rows.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from uctrl_jax import rate_reduction as rr
+
+Array = jax.Array
+
+LOSS_MODES = ("uctrl", "ctrl_binary", "ctrl_multi", "tcr", "simclr")
+ENCODER_ONLY_MODES = ("tcr", "simclr")
+
+
+def uses_decoder(config) -> bool:
+  """Whether ``config.loss.mode`` plays the closed-loop game (builds and steps ``g``)."""
+  return config.loss.mode not in ENCODER_ONLY_MODES
+
+
+def _unit(Z: Array) -> Array:
+  """Rows of ``Z: (..., n, d)`` scaled to unit norm (zero rows stay zero)."""
+  return Z * jax.lax.rsqrt(jnp.maximum(jnp.sum(Z * Z, axis=-1, keepdims=True), 1e-16))
+
+
+def views_mean_invariance(Z_views: Array) -> Array:
+  """``(n,)``: per sample, the mean over its views of ``1 − cos(z_v, z̄)``.
+
+  ``z̄`` is the mean of the sample's ``V`` view features (EMP-SSL's target; the cosine
+  does not see ``z̄``'s norm). Gradients flow into ``z̄`` too, as in EMP-SSL.
+
+  Args:
+    Z_views: (V, n, d) float32 features of V views of n samples.
+  """
+  target = _unit(jnp.mean(Z_views, axis=0))  # (n, d)
+  return jnp.mean(1.0 - jnp.sum(_unit(Z_views) * target[None], axis=-1), axis=0)
+
+
+def tcr_objective(Z_views: Array, eps_sq, lambda_inv) -> dict:
+  """EMP-SSL's objective, to maximise: ``mean_v R(Z_v) − λ · mean_{v,i} (1 − cos(z_vi, z̄_i))``.
+
+  Args:
+    Z_views: (V, n, d) float32 features of V views of a batch of n samples.
+    eps_sq: ε² of the coding rate (EMP-SSL: 0.2).
+    lambda_inv: λ ≥ 0, weight of the invariance term (EMP-SSL: 200).
+  Returns:
+    dict of () float32: ``R`` (mean rate of the views), ``aug`` (mean invariance term)
+    and ``encoder_objective`` (maximised).
+  """
+  rates = jax.vmap(lambda Z: rr.coding_rate(Z, eps_sq))(Z_views)  # (V,)
+  R = jnp.mean(rates)
+  aug = jnp.mean(views_mean_invariance(Z_views))
+  return {"R": R, "aug": aug, "aug_per_sample": aug, "encoder_objective": R - lambda_inv * aug}
+
+
+def nt_xent(Z_views: Array, temperature) -> Array:
+  """SimCLR's NT-Xent loss over ``V ≥ 2`` views, to minimise: () float32.
+
+  Every one of the ``V·n`` features is an anchor; its positives are the other ``V − 1``
+  views of its sample, and the softmax runs over all ``V·n − 1`` other features:
+
+      loss = − mean_a mean_{p ∈ P(a)} log [ exp(s_ap / T) / Σ_{k ≠ a} exp(s_ak / T) ],
+
+  ``s`` the cosine similarity. For ``V = 2`` this is exactly SimCLR's NT-Xent (one
+  positive per anchor); for more views it is the multi-positive form.
+
+  Args:
+    Z_views: (V, n, d) float32 features (normalised here).
+    temperature: T > 0.
+  """
+  V, n, _ = Z_views.shape
+  Z = _unit(Z_views.reshape(V * n, -1))
+  logits = (Z @ Z.T) / temperature  # (Vn, Vn)
+  eye = jnp.eye(V * n, dtype=bool)
+  log_prob = logits - jax.nn.logsumexp(jnp.where(eye, -jnp.inf, logits), axis=1, keepdims=True)
+  sample = jnp.tile(jnp.arange(n), V)
+  positive = (sample[:, None] == sample[None, :]) & ~eye  # (Vn, Vn), V − 1 per row
+  per_anchor = jnp.sum(jnp.where(positive, log_prob, 0.0), axis=1) / (V - 1)
+  return -jnp.mean(per_anchor)
+
+
+def simclr_objective(Z_views: Array, temperature, eps_sq) -> dict:
+  """``{"nt_xent", "R", "encoder_objective"}``: SimCLR as an objective to maximise.
+
+  ``R`` (the coding rate of the first view at ``eps_sq``) is a diagnostic outside the
+  objective, so that the trainer's collapse check reads the same quantity in every mode.
+  """
+  loss = nt_xent(Z_views, temperature)
+  return {"nt_xent": loss, "R": jax.lax.stop_gradient(rr.coding_rate(Z_views[0], eps_sq)),
+          "encoder_objective": -loss}
+
+
+def encoder_only_terms(config, Z_views: Array) -> dict:
+  """The terms of an encoder-only mode (``tcr``, ``simclr``) on ``Z_views: (V, B, d)``."""
+  loss = config.loss
+  if loss.mode == "tcr":
+    return tcr_objective(Z_views, loss.eps_sq, loss.lambda_aug)
+  if loss.mode == "simclr":
+    return simclr_objective(Z_views, loss.temperature, loss.eps_sq)
+  raise ValueError(f"config.loss.mode = {loss.mode!r} is not an encoder-only mode "
+                   f"{ENCODER_ONLY_MODES}")
+
+
+def game_terms(config, Z: Array, Zhat: Array, Z_aug: Array, labels: Array) -> dict:
+  """The closed-loop game's terms for ``config.loss.mode`` (docs/method.md, the game).
+
+  Args:
+    Z, Zhat: (B, d) float32 global-batch features of ``X`` and ``X̂``.
+    Z_aug: (V, B, d) features of the views, or None where they were not encoded (the
+      decoder step with running statistics): the augmentation term, constant in ``η``,
+      is then left out of both objectives and of the returned terms.
+    labels: (B,) int32 (used by the supervised ``ctrl_multi`` only).
+  Returns:
+    dict of () float32 with at least ``encoder_objective`` (maximised) and
+    ``decoder_objective`` (minimised).
+  """
+  loss = config.loss
+  if loss.mode == "ctrl_multi":
+    terms = dict(rr.ctrl_multi_objective(Z, Zhat, labels, loss.num_classes, loss.eps_sq))
+    terms["encoder_objective"] = terms["decoder_objective"] = terms["objective"]
+    return terms
+  binary = loss.mode == "ctrl_binary"
+  lambda_aug = 0.0 if binary or Z_aug is None else loss.lambda_aug
+  terms = dict(rr.uctrl_objective(
+      Z, Zhat, Z[None] if Z_aug is None else Z_aug, loss.eps_sq, lambda_aug,
+      0.0 if binary else loss.lambda_self, loss.sample_distance,
+      sample_reduction=loss.sample_reduction, aug_target=loss.aug_target))
+  if Z_aug is None:
+    del terms["aug"], terms["aug_per_sample"]
+  if binary:  # CTRL-Binary: only ΔR(Z, Ẑ) is played.
+    terms["encoder_objective"] = terms["decoder_objective"] = terms["delta_R_z_zhat"]
+    return terms
+  # Ablation weights (benchmarks/ablations.py): 0 removes R(Z) or ΔR(Z, Ẑ) from both players.
+  w_rate, w_delta = loss.rate_weight, loss.delta_weight
+  if (w_rate, w_delta) != (1.0, 1.0):
+    shift = (w_rate - 1.0) * terms["R"] + (w_delta - 1.0) * terms["delta_R_z_zhat"]
+    terms["encoder_objective"] = terms["encoder_objective"] + shift
+    terms["decoder_objective"] = terms["decoder_objective"] + shift
+  return terms
