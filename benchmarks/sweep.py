@@ -89,11 +89,13 @@ def run_variant(name: str, overrides: dict, steps: int, workdir: str, data,
   return row, context
 
 
-def run_sweep(variants: dict, names: list, out: str, steps: int, run, table) -> list[dict]:
+def run_sweep(variants: dict, names: list, out: str, steps, run, table, *,
+              row_file: str = "sweep_row.json", table_file: str = "sweep.md") -> list[dict]:
   """Runs ``run(name, overrides, workdir) -> row`` for each of ``names`` not yet done.
 
-  A finished variant's row is ``OUT/NAME/sweep_row.json`` (read back instead of rerun);
-  ``table(rows)`` is rewritten to ``OUT/sweep.md`` and printed after each variant.
+  A finished variant's row is ``OUT/NAME/<row_file>`` (read back instead of rerun);
+  ``table(rows)`` is rewritten to ``OUT/<table_file>`` and printed after each variant.
+  ``steps`` is for the progress line only (None: each variant's own).
   """
   unknown = sorted(set(names) - set(variants))
   if unknown:
@@ -101,18 +103,19 @@ def run_sweep(variants: dict, names: list, out: str, steps: int, run, table) -> 
   rows = []
   for name in names:
     workdir = os.path.join(out, name.replace("=", "_"))
-    row_path = os.path.join(workdir, "sweep_row.json")
+    row_path = os.path.join(workdir, row_file)
     if os.path.exists(row_path):
       with open(row_path) as f:
         row = json.load(f)
     else:
-      print(f"--- {name}: {variants[name]} ({steps} iterations)", flush=True)
+      print(f"--- {name}: {variants[name]}" + (f" ({steps} iterations)" if steps else ""),
+            flush=True)
       row = run(name, variants[name], workdir)
       with open(row_path, "w") as f:
         json.dump(row, f, indent=1)
     rows.append(row)
     text = table(rows)
-    with open(os.path.join(out, "sweep.md"), "w") as f:
+    with open(os.path.join(out, table_file), "w") as f:
       f.write(text)
     print(text, flush=True)
   return rows

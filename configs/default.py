@@ -41,6 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.feature_dim = 128  # d
   config.model.upsample = "pixel_shuffle"  # | "conv_transpose" (CTRL's; slow on XLA:CPU) | "resize_conv"
   config.model.width = 64  # base channel count w
+  config.model.encoder_depth = 0  # dcgan: extra 3×3 convs after each strided conv (CTRL: 0)
   config.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (rate terms stay float32)
 
   # --- objective (uctrl_jax/rate_reduction.py, SPEC §2-3) ---
@@ -52,8 +53,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.lambda_self = 10.0  # λ₂
   config.loss.sample_distance = "exact"  # "exact" ΔR(u, v) | "cosine" 1 − cos
   config.loss.sample_reduction = "mean"  # "sum" (SPEC §3 Σᵢ) | "mean" (λ independent of n)
-  # The augmentation term compares each view with: "image" f(x) | "mean" the normalised mean
-  # of the image's and its views' features (EMP-SSL's target).
+  # The augmentation term compares: "image" each view with f(x) | "mean" the image and the
+  # views (half weight each) with the normalised mean of the views' features (EMP-SSL's).
   config.loss.aug_target = "image"
   config.loss.temperature = 0.2  # "simclr" only: NT-Xent's T
   config.loss.num_classes = 10  # ctrl_multi only (supervised)

@@ -179,6 +179,24 @@ def test_resnet18_param_counts(shape, upsample):
       shape[0], c, 64, d, upsample)
 
 
+@pytest.mark.parametrize("depth", [1, 2])
+def test_dcgan_encoder_depth_adds_3x3_convs_at_each_resolution(depth):
+  config = make_config("dcgan", width=16, feature_dim=32)
+  config.model.encoder_depth = depth
+  enc, _, ve, _ = abstract_variables(config, (28, 28, 1))
+  extra = depth * sum(conv(3, m * 16, m * 16) + bn(m * 16) for m in (1, 2, 4))
+  assert models.count_params(ve["params"]) == dcgan_encoder_count(1, 16, 32) + extra
+  # Still unit rows out, and the decoder is untouched by the encoder's depth.
+  variables = enc.init(jax.random.key(0), jnp.ones((2, 28, 28, 1)), train=False)
+  x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1), minval=-1, maxval=1)
+  z, _ = enc.apply(variables, x, train=True, mutable=["batch_stats"])
+  np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, rtol=1e-5)
+  config.model.encoder = "resnet18"
+  with pytest.raises(ValueError, match="encoder_depth = 1 must be ≥ 0, and > 0 only with"
+                     if depth == 1 else "encoder_depth = 2"):
+    models.create_models(config, (32, 32, 3))
+
+
 def test_width_scales_params():
   _, _, ve32, _ = abstract_variables(make_config("dcgan", width=32, feature_dim=128),
                                      (32, 32, 3))

@@ -117,14 +117,15 @@ def np_cos_dist(u, v):
 
 
 @pytest.mark.parametrize("sample_distance", ["cosine", "exact"])
-def test_uctrl_mean_target_compares_image_and_views_with_their_mean(sample_distance):
+def test_uctrl_mean_target_compares_image_and_views_with_the_views_mean(sample_distance):
   V, n, d = 3, 10, 16
   Z_all = _views(7, V + 1, n, d)
   Z, Z_aug = Z_all[0], Z_all[1:]
   Zhat = _views(8, 1, n, d)[0]
   got = rr.uctrl_objective(Z, Zhat, Z_aug, 0.5, 2.0, 1.0, sample_distance,
                            sample_reduction="mean", aug_target="mean")
-  # Reference: per sample, the mean over the V + 1 members of dist(member, unit mean).
+  # Reference: per sample, z̄ the unit mean of the views; the image weighs as much as
+  # all views together: ½ dist(z, z̄) + ½ mean_v dist(z_v, z̄).
   Z64 = Z_all.astype(np.float64)
   if sample_distance == "exact":
     def dist(u, v):  # ΔR({u}, {v}) as a 2-row set distance, d × d slogdets
@@ -134,8 +135,9 @@ def test_uctrl_mean_target_compares_image_and_views_with_their_mean(sample_dista
     dist = np_cos_dist
   terms = []
   for i in range(n):
-    target = _unit(Z64[:, i].mean(axis=0))
-    terms.append(np.mean([dist(Z64[m, i], target) for m in range(V + 1)]))
+    target = _unit(Z64[1:, i].mean(axis=0))
+    views = np.mean([dist(Z64[m, i], target) for m in range(1, V + 1)])
+    terms.append(0.5 * dist(Z64[0, i], target) + 0.5 * views)
   np.testing.assert_allclose(got["aug"], np.mean(terms), rtol=2e-4, atol=2e-5)
   image = rr.uctrl_objective(Z, Zhat, Z_aug, 0.5, 2.0, 1.0, sample_distance,
                              sample_reduction="mean", aug_target="image")

@@ -266,11 +266,14 @@ class DCGANEncoder(nn.Module):
   S ∈ {28, 32}; 28 is padded to 32 with −1. 32 → 16 → 8 → 4 by three 4×4 stride-2
   convs (``w, 2w, 4w`` channels; BN after all but the first, DCGAN's rule; LeakyReLU
   0.2), then ``FeatureHead`` on the flattened ``4·4·4w`` map (CTRL's last 4×4 conv).
+  ``depth`` (``config.model.encoder_depth``, 0 in CTRL) adds that many 3×3 stride-1
+  convs (+ BN + LeakyReLU) after each strided one, at its width and resolution.
   """
   image_shape: Tuple[int, int, int]
   feature_dim: int
   width: int = 64
   dtype: Any = jnp.float32
+  depth: int = 0
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
@@ -282,6 +285,10 @@ class DCGANEncoder(nn.Module):
       if i > 0:
         h = _batch_norm(train, self.dtype)(h)
       h = nn.leaky_relu(h, 0.2)
+      for _ in range(self.depth):  # extra 3×3 convs at this resolution (depth > 0)
+        h = nn.Conv(self.width * mult, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                    dtype=self.dtype, kernel_init=_dcgan_init)(h)
+        h = nn.leaky_relu(_batch_norm(train, self.dtype)(h), 0.2)
     return FeatureHead(self.feature_dim, kernel_init=_dcgan_init)(h)
 
 
@@ -425,8 +432,13 @@ def create_models(config, image_shape: Sequence[int]) -> Tuple[nn.Module, nn.Mod
     raise ValueError(f"config.model.width must be a positive int; got {width!r}")
   enc_shape = _check_image_shape(enc_name, "encoder", image_shape)
   dec_shape = _check_image_shape(dec_name, "decoder", image_shape)
+  depth = int(m.get("encoder_depth", None) or 0)
+  if depth < 0 or (depth and enc_name != "dcgan"):
+    raise ValueError(f"config.model.encoder_depth = {depth} must be ≥ 0, and > 0 only with "
+                     f"the 'dcgan' encoder (got {enc_name!r})")
+  extra = {"depth": depth} if enc_name == "dcgan" else {}
   encoder = _ENCODER_CLASSES[enc_name](image_shape=enc_shape, feature_dim=int(feature_dim),
-                                       width=width, dtype=dtype)
+                                       width=width, dtype=dtype, **extra)
   decoder = _DECODER_CLASSES[dec_name](image_shape=dec_shape, width=width,
                                        upsample=upsample, dtype=dtype)
   return encoder, decoder

@@ -369,15 +369,19 @@ def _sample_term(Z, Zs, eps_sq, sample_distance):
 
 
 def _aug_term(Z, Z_aug, eps_sq, sample_distance, aug_target):
-  """(n,) augmentation term per row: each view against ``zᵢ`` (``"image"``), or the image
-  and each of its views against their common mean, normalised (``"mean"``, EMP-SSL's
-  target; docs/method.md, the augmentation term)."""
+  """(n,) augmentation term per row (docs/method.md, the augmentation term).
+
+  ``"image"``: each view against ``zᵢ``, mean over views. ``"mean"``: EMP-SSL's target,
+  the normalised mean ``z̄ᵢ`` of the views' features; the image and the views weigh
+  half each: ``½ dist(zᵢ, z̄ᵢ) + ½ mean_v dist(z_vᵢ, z̄ᵢ)`` (with the image as one more of
+  V + 1 members, V = 8 views left ``z`` itself free: weight 1/9).
+  """
   if aug_target == "image":
     return _sample_term(Z, Z_aug, eps_sq, sample_distance)
-  members = jnp.concatenate([Z[None], Z_aug])  # (V + 1, n, d)
-  mean = jnp.mean(members, axis=0)
+  mean = jnp.mean(Z_aug, axis=0)
   target = mean * jax.lax.rsqrt(jnp.maximum(jnp.sum(mean * mean, axis=1, keepdims=True), 1e-16))
-  return _sample_term(target, members, eps_sq, sample_distance)
+  return 0.5 * (_sample_term(target, Z[None], eps_sq, sample_distance)
+                + _sample_term(target, Z_aug, eps_sq, sample_distance))
 
 
 @functools.partial(jax.jit, static_argnames=("sample_distance", "sample_reduction", "aug_target",
@@ -432,9 +436,8 @@ def uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self,
     sample_reduction: "sum" (SPEC §3's Σᵢ over the global batch) or "mean" (Σᵢ / n,
       so λ does not scale with the batch size).
     aug_target: what the views are compared with: "image" (``dist(zᵢ, z_aᵢ)``, mean
-      over views) or "mean" (the image's and its views' features each against their
-      normalised mean ``z̄ᵢ``, mean over the ``V + 1``: EMP-SSL's target, with the
-      clean image as one more view).
+      over views) or "mean" (EMP-SSL's target, the normalised mean ``z̄ᵢ`` of the views'
+      features: ``½ dist(zᵢ, z̄ᵢ) + ½ mean_v dist(z_vᵢ, z̄ᵢ)``).
     axis_name: mapped axis over which the rows are sharded.
   Returns:
     dict of () float32: ``R``, ``delta_R_z_zhat``, ``aug``, ``self`` (the sample-wise

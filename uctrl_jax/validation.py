@@ -46,6 +46,7 @@ ON_NONFINITE = ("stop", "rollback")
 # Saved-config keys that fix the shapes of the checkpointed state or the data it was
 # trained on: a resume with any of them changed is refused.
 _MUST_MATCH = ("model.encoder", "model.decoder", "model.feature_dim", "model.width",
+               "model.encoder_depth",
                "model.upsample", "data.name")
 # Keys whose change a resume survives but which make it a different experiment.
 _WARN_IF_CHANGED = ("seed", "train.batch_size", "loss.mode", "loss.eps_sq", "loss.lambda_aug",
@@ -155,6 +156,10 @@ def check_numbers(config: ml_collections.ConfigDict) -> None:
   _require_int(config, "model.feature_dim", 1)
   if _get(config, "model.width") is not None:
     _require_int(config, "model.width", 1)
+  _require_int(config, "model.encoder_depth", 0)
+  if _get(config, "model.encoder_depth") and _get(config, "model.encoder") != "dcgan":
+    raise ConfigError("config.model.encoder_depth > 0 needs config.model.encoder = 'dcgan'; got "
+                      f"{_get(config, 'model.encoder')!r}")
   _require_int(config, "data.num_views", 1)
   image_size = _get(config, "data.image_size")
   if image_size is not None:
