@@ -17,7 +17,10 @@ compile (or an hour of training) and main.py can print it without a traceback:
   ``config.json``, the same architecture, feature dimension, dataset and image shape
   (a resume would restore parameters of the wrong shapes, or continue on other data).
   Settings that only change the schedule (``num_steps``, ``log_every``, ...) may
-  change between runs; a changed seed, batch size or objective is logged as a warning.
+  change between runs; a changed seed, batch size, objective or training split is
+  logged as a warning;
+* labels: the supervised ``loss.mode = "ctrl_multi"`` needs a labelled training split
+  (``check_training_labels``, once the dataset is open).
 
 Importing this module is cheap (no TensorFlow); only a tfds dataset name imports
 tensorflow_datasets, to look the name up.
@@ -49,7 +52,8 @@ _MUST_MATCH = ("model.encoder", "model.decoder", "model.feature_dim", "model.wid
                "model.upsample", "data.name")
 # Keys whose change a resume survives but which make it a different experiment.
 _WARN_IF_CHANGED = ("seed", "train.batch_size", "loss.mode", "loss.eps_sq", "loss.lambda_aug",
-                    "loss.lambda_self", "loss.sample_distance", "data.num_views")
+                    "loss.lambda_self", "loss.sample_distance", "data.num_views",
+                    "data.train_split")
 
 
 class ConfigError(ValueError):
@@ -284,6 +288,15 @@ def check_workdir_compatible(config: ml_collections.ConfigDict, workdir: str,
     if key in saved and _normal(new.get(key)) != _normal(saved.get(key)):
       logging.warning("resuming %s with config.%s = %r (was %r): the run changes course here",
                       workdir, key, new.get(key), saved.get(key))
+
+
+def check_training_labels(config: ml_collections.ConfigDict, info) -> None:
+  """The supervised ``loss.mode = "ctrl_multi"`` has labels in ``data.train_split``
+  (``info``: the opened dataset's ``datasets.DatasetInfo``)."""
+  from uctrl_jax import datasets  # pylint: disable=import-outside-toplevel  (TensorFlow)
+  if config.loss.mode == "ctrl_multi" and not datasets.has_labels(info, config.data.train_split):
+    raise ConfigError(f"config.loss.mode = 'ctrl_multi' is supervised, but config.data."
+                      f"train_split {config.data.train_split!r} of {info.name!r} has no labels")
 
 
 def validate_config(config: ml_collections.ConfigDict, workdir: Optional[str], *,
