@@ -84,6 +84,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.schedule = "constant"  # "constant" | "cosine" (over num_steps)
   config.train.warmup_steps = 0
   config.train.scale_lr_by_batch = False  # lr × global batch / 256
+  # A resume whose num_steps differs from the checkpointed run's under the "cosine"
+  # schedule changes its learning-rate curve: refused unless True (then a warning).
+  config.train.allow_lr_curve_change = False
   config.train.encoder_bn_on_xhat = "running"  # BN statistics for f(X̂): "running" | "batch"
   # The encoder in the decoder step: "batch" statistics of [X; views] (views encoded too) |
   # "running" statistics, as evaluation runs it (X only: the views' term is constant in η).

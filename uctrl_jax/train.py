@@ -89,10 +89,15 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, base_lr: float) ->
 def make_optimizers(config) -> Tuple[optax.GradientTransformation, optax.GradientTransformation]:
   """Adam for each player with its own learning rate and β₁ (``train.encoder_lr``,
   ``encoder_b1``; ``decoder_lr``, ``decoder_b1``) and a shared β₂ (CTRL: lr 1.5e-4,
-  β = (0.5, 0.999) for both; SPEC §3)."""
+  β = (0.5, 0.999) for both; SPEC §3).
+
+  The schedules run over iterations (``state.step``, the rate each step logs as
+  ``*/lr``), while optax counts updates: the encoder, updated ``train.encoder_steps``
+  times per iteration, reads its schedule at ``count // encoder_steps``."""
   t = config.train
-  return tuple(optax.adam(learning_rate_schedule(config, lr), b1=b1, b2=t.b2)
-               for lr, b1 in ((t.encoder_lr, t.encoder_b1), (t.decoder_lr, t.decoder_b1)))
+  encoder_lr = learning_rate_schedule(config, t.encoder_lr)
+  return (optax.adam(lambda count: encoder_lr(count // t.encoder_steps), b1=t.encoder_b1, b2=t.b2),
+          optax.adam(learning_rate_schedule(config, t.decoder_lr), b1=t.decoder_b1, b2=t.b2))
 
 
 def create_train_state(config, image_shape, rng: Array) -> TrainState:
