@@ -39,18 +39,20 @@ def main(argv):
   distributed.initialize(enabled=FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
                          num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   from uctrl_jax import train  # TensorFlow (data) stays off accelerators once imported.
+  from uctrl_jax import checkpointing, datasets, validation  # pylint: disable=g-multiple-import
   logging.info("%s", distributed.describe())
-  if FLAGS.mode == "eval":
-    # Latest checkpoint of --workdir; writes results.json, results.md and figures/ there.
-    from uctrl_jax import evaluate
-    evaluate.evaluate(FLAGS.config, FLAGS.workdir)
-    return
-  from uctrl_jax import validation
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (validation.ConfigError, FloatingPointError) as e:
-    # Their one-line messages say what to fix; a traceback would only bury them.
-    logging.error("%s", e)
+    if FLAGS.mode == "eval":
+      # Latest checkpoint of --workdir; writes results.json, results.md and figures/ there.
+      from uctrl_jax import evaluate
+      evaluate.evaluate(FLAGS.config, FLAGS.workdir)
+    else:
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (validation.ConfigError, datasets.DataError, checkpointing.RunLoadError,
+          FloatingPointError) as e:
+    # Errors of the user's input (config, data, work directory) and a diverged run: their
+    # one-line messages say what to fix; a traceback would only bury them. Any other
+    # exception is a bug and keeps its traceback.
     raise SystemExit(f"error: {e}") from None
 
 

@@ -14,6 +14,9 @@ def get_config() -> ml_collections.ConfigDict:
   # --- data (uctrl_jax/input_pipeline.py, uctrl_jax/augment.py) ---
   config.data = ml_collections.ConfigDict()
   config.data.name = "fashion_mnist"  # tfds name, or "image_folder:PATH", "npz:PATH"
+  # The split training reads; slices hold data out: "train[:90%]" (npz/image_folder slices
+  # are taken after a fixed shuffle: uctrl_jax/datasets.py).
+  config.data.train_split = "train"
   config.data.data_dir = ml_collections.config_dict.placeholder(str)  # None: tfds default
   # Let tfds download a dataset missing from data_dir (needs network). Off, so an
   # offline run fails at once; fashion_mnist is prepared from the Debian files anyway.
@@ -82,6 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.schedule = "constant"  # "constant" | "cosine" (over num_steps)
   config.train.warmup_steps = 0
   config.train.scale_lr_by_batch = False  # lr × global batch / 256
+  # A resume whose num_steps differs from the checkpointed run's under the "cosine"
+  # schedule changes its learning-rate curve: refused unless True (then a warning).
+  config.train.allow_lr_curve_change = False
   config.train.encoder_bn_on_xhat = "running"  # BN statistics for f(X̂): "running" | "batch"
   # The encoder in the decoder step: "batch" statistics of [X; views] (views encoded too) |
   # "running" statistics, as evaluation runs it (X only: the views' term is constant in η).
@@ -114,6 +120,8 @@ def get_config() -> ml_collections.ConfigDict:
   # the cheap evaluators on a subset (names=() turns it off).
   config.evals.during_training = ml_collections.ConfigDict(dict(
       names=("knn", "reconstruction"), max_train_examples=10_000, max_test_examples=2_000))
+  # The splits evaluators read (slices too: "train[:90%]" / "train[90%:]"); train_split
+  # is the kNN's / linear probe's reference set, test_split the one scored.
   config.evals.train_split = "train"
   config.evals.test_split = "test"
   config.evals.batch_size = 500  # rows per encode/decode call
@@ -134,6 +142,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.evals.reconstruction = ml_collections.ConfigDict(dict(k=20, temperature=0.07))
   config.evals.conditional_generation = ml_collections.ConfigDict(dict(
       use_labels=False, num_clusters=ml_collections.config_dict.placeholder(int), seed=0,
+      num_clusters_without_labels=10,  # k-means clusters when the data have no classes
       num_components=8, num_samples=10))
   # A TensorFlow SavedModel of Inception-v3 pool features; None skips FID (never downloaded).
   config.evals.fid = ml_collections.ConfigDict(dict(

@@ -1,5 +1,6 @@
 """Tests of uctrl_jax/datasets.py: offline Fashion-MNIST, user data, clear errors."""
 import gzip
+import logging
 import os
 import re
 import shutil
@@ -197,15 +198,15 @@ def test_npz_float_images_are_scaled(tmp_path):
 
 @pytest.mark.parametrize("arrays,match", [
     (dict(y=np.zeros(3, int)), r"lacks array\(s\) \['x'\]"),
-    (dict(x=np.zeros((3, 4, 4), np.uint8)), r"lacks array\(s\) \['y'\]"),
     (dict(x=np.zeros((3, 4, 4, 2), np.uint8), y=np.zeros(3, int)), "x has shape"),
     (dict(x=np.zeros((3, 4, 4), np.uint8), y=np.zeros(2, int)), "y has shape"),
     (dict(x=np.full((3, 4, 4), 7.0), y=np.zeros(3, int)), r"\[0, 1\]"),
 ])
 def test_npz_bad_arrays(tmp_path, arrays, match):
   np.savez(tmp_path / "d.npz", **arrays)
-  with pytest.raises(datasets.DataError, match=match):
+  with pytest.raises(datasets.DataError, match=match) as e:
     datasets.open_dataset(f"npz:{tmp_path / 'd.npz'}")
+  assert str(tmp_path / "d.npz") in str(e.value) and "\n" not in str(e.value)
 
 
 def test_npz_not_an_npz_file(tmp_path):
@@ -217,3 +218,278 @@ def test_npz_not_an_npz_file(tmp_path):
 def test_npz_missing(tmp_path):
   with pytest.raises(datasets.DataError, match="no such file"):
     datasets.open_dataset(f"npz:{tmp_path / 'absent.npz'}")
+
+
+# --- unlabelled data (issue 17) ---
+
+
+def _read_all(source, split, **kwargs):
+  return list(source.read(split, **kwargs).as_numpy_iterator())
+
+
+def test_npz_without_labels_is_an_unlabelled_split(tmp_path):
+  x = np.arange(6 * 4 * 4, dtype=np.uint8).reshape(6, 4, 4)
+  np.savez(tmp_path / "d.npz", x=x)
+  source = datasets.open_dataset(f"npz:{tmp_path / 'd.npz'}")
+  info = source.info
+  assert info.unlabelled_splits == ("train",) and info.num_classes == 0
+  assert not datasets.has_labels(info, "train") and not datasets.has_labels(info, "train[:50%]")
+  examples = _read_all(source, "train")
+  np.testing.assert_array_equal(np.stack([e["image"][..., 0] for e in examples]), x)
+  assert [int(e["label"]) for e in examples] == [-1] * 6
+
+
+def test_npz_directory_with_labels_for_the_test_split_only(tmp_path):
+  rng = np.random.default_rng(0)
+  np.savez(tmp_path / "train.npz", x=rng.integers(0, 256, (8, 4, 4), dtype=np.uint8))
+  np.savez(tmp_path / "test.npz", x=rng.integers(0, 256, (4, 4, 4), dtype=np.uint8),
+           y=np.array([0, 2, 1, 2]))
+  info = datasets.open_dataset(f"npz:{tmp_path}").info
+  assert info.unlabelled_splits == ("train",) and info.num_classes == 3
+  assert datasets.has_labels(info, "test") and not datasets.has_labels(info, "train")
+
+
+def _write_tree(root, files, size=(6, 8)):
+  """PNG files at `root/<relative path>`, the red value of each from its position."""
+  for i, rel in enumerate(files):
+    _write_png(root / rel, size, value=10 * i)
+  return root
+
+
+def test_image_folder_of_images_directly_is_one_unlabelled_train_split(tmp_path):
+  # Nested folders under an image-holding folder carry no class meaning: all read.
+  root = _write_tree(tmp_path / "imgs", ["a.png", "b.png", "more/c.png", "more/deeper/d.png"])
+  source = datasets.open_dataset(f"image_folder:{root}")
+  info = source.info
+  assert info.num_examples == {"train": 4} and info.unlabelled_splits == ("train",)
+  assert info.num_classes == 0 and info.class_names == ()
+  examples = _read_all(source, "train")
+  assert sorted(int(e["image"][0, 0, 0]) for e in examples) == [0, 10, 20, 30]
+  assert {int(e["label"]) for e in examples} == {-1}
+
+
+def test_image_folder_unlabelled_train_and_labelled_test(tmp_path):
+  root = _write_tree(tmp_path / "imgs", ["train/0.png", "train/x/1.png", "train/2.png",
+                                         "test/cat/0.png", "test/dog/0.png", "test/dog/1.png"])
+  source = datasets.open_dataset(f"image_folder:{root}")
+  info = source.info
+  assert info.num_examples == {"train": 3, "test": 3}
+  assert info.unlabelled_splits == ("train",) and info.class_names == ("cat", "dog")
+  pairs = sorted((int(e["image"][0, 0, 0]), int(e["label"])) for e in _read_all(source, "test"))
+  assert pairs == [(30, 0), (40, 1), (50, 1)]
+
+
+def test_numbered_class_folders_keep_their_number(tmp_path):
+  # Sorted as strings, "10" would come before "2" and take its id: a silent relabelling.
+  root = _write_tree(tmp_path / "imgs", [f"train/{c}/0.png" for c in range(11)])
+  source = datasets.open_dataset(f"image_folder:{root}")
+  assert source.info.class_names == tuple(str(c) for c in range(11))
+  pairs = {int(e["image"][0, 0, 0]) // 10: int(e["label"]) for e in _read_all(source, "train")}
+  assert pairs == {c: c for c in range(11)}  # file i was written into folder i
+
+
+# --- bad inputs: one line naming the file (issue 17) ---
+
+
+def _npz_error(tmp_path, **arrays):
+  path = tmp_path / "bad.npz"
+  np.savez(path, **arrays)
+  with pytest.raises(datasets.DataError) as e:
+    datasets.open_dataset(f"npz:{path}")
+  message = str(e.value)
+  assert str(path) in message and "\n" not in message, message
+  return message
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_npz_non_finite_pixel_names_the_first_bad_image(tmp_path, value):
+  x = np.full((5, 4, 4), 0.5, np.float32)
+  x[3, 1, 2] = value
+  x[4, 0, 0] = value
+  message = _npz_error(tmp_path, x=x, y=np.zeros(5, int))
+  assert "x[3] holds a non-finite value" in message and str(value) in message
+
+
+def test_npz_float_out_of_range_names_the_first_bad_image(tmp_path):
+  x = np.full((4, 4, 4), 0.5, np.float32)
+  x[2, 0, 0] = 1.5
+  assert "x[2] holds 1.5" in _npz_error(tmp_path, x=x)
+
+
+def test_npz_integer_pixels_out_of_range(tmp_path):
+  x = np.zeros((3, 4, 4), np.int64)
+  x[1, 1, 1] = 256
+  assert "x[1] holds 256" in _npz_error(tmp_path, x=x)
+
+
+def test_npz_integer_pixels_in_range_are_read_as_uint8(tmp_path):
+  np.savez(tmp_path / "d.npz", x=np.full((2, 4, 4), 200, np.int64))
+  ex = _read_all(datasets.open_dataset(f"npz:{tmp_path / 'd.npz'}"), "train")[0]
+  assert ex["image"].dtype == np.uint8 and ex["image"][0, 0, 0] == 200
+
+
+def test_npz_four_channels(tmp_path):
+  assert "1 or 3 channels" in _npz_error(tmp_path, x=np.zeros((2, 4, 4, 4), np.uint8))
+
+
+def test_npz_empty_split(tmp_path):
+  assert "the split is empty" in _npz_error(tmp_path, x=np.zeros((0, 4, 4), np.uint8))
+
+
+def test_npz_label_ids_not_0_to_c_minus_1(tmp_path):
+  message = _npz_error(tmp_path, x=np.zeros((4, 4, 4), np.uint8), y=np.array([3, 7, 7, 3]))
+  assert "labels are 3, 7" in message and "first missing: 0" in message
+  assert "renumber the 2 classes 0..1" in message
+
+
+def test_npz_string_labels(tmp_path):
+  message = _npz_error(tmp_path, x=np.zeros((2, 4, 4), np.uint8), y=np.array(["cat", "dog"]))
+  assert "dtype <U3" in message and "integer class ids" in message
+
+
+def test_npz_negative_label_names_its_index(tmp_path):
+  message = _npz_error(tmp_path, x=np.zeros((3, 4, 4), np.uint8), y=np.array([0, 1, -1]))
+  assert "y[2] = -1" in message
+
+
+def test_npz_label_ids_are_checked_over_all_splits(tmp_path):
+  # The test file lacks class 1, the training file has it: fine together.
+  np.savez(tmp_path / "train.npz", x=np.zeros((3, 4, 4), np.uint8), y=np.array([0, 1, 2]))
+  np.savez(tmp_path / "test.npz", x=np.zeros((2, 4, 4), np.uint8), y=np.array([0, 2]))
+  assert datasets.open_dataset(f"npz:{tmp_path}").info.num_classes == 3
+  np.savez(tmp_path / "train.npz", x=np.zeros((3, 4, 4), np.uint8), y=np.array([0, 0, 2]))
+  with pytest.raises(datasets.DataError, match=re.escape(f"npz {str(tmp_path)!r}: label ids")):
+    datasets.open_dataset(f"npz:{tmp_path}")
+
+
+def _folder_error(root):
+  with pytest.raises(datasets.DataError) as e:
+    datasets.open_dataset(f"image_folder:{root}")
+  assert "\n" not in str(e.value)
+  return str(e.value)
+
+
+def test_image_folder_mixed_sizes_names_both_files(tmp_path):
+  root = _write_tree(tmp_path / "imgs", ["train/a/0.png", "train/a/1.png"])
+  _write_png(root / "train" / "b" / "big.png", size=(9, 9))
+  message = _folder_error(root)
+  assert f"{str(root / 'train' / 'b' / 'big.png')!r} is 9x9" in message
+  assert f"{str(root / 'train' / 'a' / '0.png')!r} is 6x8" in message
+
+
+@pytest.mark.parametrize("mode,channels", [("RGBA", 4), ("LA", 2), ("CMYK", 4)])
+def test_image_folder_channel_count_other_than_1_or_3(tmp_path, mode, channels):
+  root = _write_tree(tmp_path / "imgs", ["train/a/0.png"])
+  path = root / "train" / "a" / ("1.jpg" if mode == "CMYK" else "1.png")
+  Image.new(mode, (6, 8)).save(path)
+  message = _folder_error(root)
+  assert f"{str(path)!r} has {channels} channels (mode {mode})" in message
+
+
+def test_image_folder_empty_split_folder(tmp_path):
+  root = _write_tree(tmp_path / "imgs", ["train/0.png"])
+  (root / "test").mkdir()
+  assert f"{str(root / 'test')!r} holds no images" in _folder_error(root)
+
+
+def test_image_folder_numbered_classes_not_0_to_c_minus_1(tmp_path):
+  root = _write_tree(tmp_path / "imgs", ["train/3/0.png", "train/7/0.png"])
+  message = _folder_error(root)
+  assert f"image_folder {str(root)!r} class folders" in message and "first missing: 0" in message
+
+
+def test_image_folder_classes_mixing_numbers_and_names(tmp_path):
+  root = _write_tree(tmp_path / "imgs", ["train/0/0.png", "train/1/0.png", "train/cat/0.png"])
+  message = _folder_error(root)
+  assert f"image_folder {str(root)!r}: class folders mix numbers and names" in message
+
+
+def test_grayscale_images_in_a_colour_folder_become_rgb_logged_once(tmp_path, caplog):
+  root = tmp_path / "imgs"
+  _write_png(root / "train" / "a" / "0.png", value=40)  # RGB (40, 0, 215)
+  _write_png(root / "train" / "a" / "1.png", mode="L", value=77)
+  _write_png(root / "train" / "b" / "2.png", mode="L", value=99)
+  with caplog.at_level(logging.INFO, logger="absl"):
+    source = datasets.open_dataset(f"image_folder:{root}")
+  assert source.info.image_shape == (8, 6, 3)
+  notes = [r.getMessage() for r in caplog.records if "grayscale images are read as RGB" in
+           r.getMessage()]
+  assert len(notes) == 1 and "2 image(s)" in notes[0] and "1.png" in notes[0]
+  pixels = sorted(tuple(e["image"][0, 0]) for e in _read_all(source, "train"))
+  assert pixels == [(40, 0, 215), (77, 77, 77), (99, 99, 99)]
+
+
+# --- slices (issue 17) ---
+
+
+def _ids_file(tmp_path, n, labels=None):
+  """npz whose pixels hold each example's index (0..n-1)."""
+  path = tmp_path / "ids.npz"
+  x = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None], (n, 2, 2)).copy()
+  np.savez(path, x=x, **({} if labels is None else {"y": labels}))
+  return datasets.open_dataset(f"npz:{path}")
+
+
+def _ids(source, split, **kwargs):
+  return [int(e["image"][0, 0, 0]) for e in _read_all(source, split, **kwargs)]
+
+
+def test_npz_slices_come_from_a_fixed_permutation(tmp_path):
+  source = _ids_file(tmp_path, 20)
+  permutation = np.random.RandomState(datasets.SLICE_SHUFFLE_SEED).permutation(20)
+  head, tail = _ids(source, "train[:90%]"), _ids(source, "train[90%:]")
+  assert head == list(permutation[:18]) and tail == list(permutation[18:])
+  assert sorted(head + tail) == list(range(20))
+  assert _ids(source, "train[2:5]") == list(permutation[2:5])
+  assert _ids(source, "train[-3:]") == list(permutation[-3:])
+  assert _ids(source, "train") == list(range(20))  # unsliced: the stored order
+  assert source.split_size("train[:90%]") == 18 and source.split_size("train[-3:]") == 3
+  # Two processes split a slice into disjoint shards that cover it.
+  shards = [_ids(source, "train[:90%]", process_index=p, process_count=2) for p in range(2)]
+  assert shards[0] + shards[1] == head
+
+
+def test_percent_slices_round_as_tfds_does(tmp_path):
+  from tensorflow_datasets.core import splits as tfds_splits  # pylint: disable=import-outside-toplevel
+  for n in (7, 10, 33):
+    info = {"train": tfds_splits.SplitInfo(name="train", shard_lengths=[n], num_bytes=0)}
+    for spec in ("train[:33%]", "train[33%:67%]", "train[50%:]", "train[:-25%]", "train[3:-2]"):
+      (absolute,) = tfds.core.ReadInstruction.from_spec(spec).to_absolute(info)
+      expected = np.arange(n)[absolute.from_:absolute.to]
+      np.testing.assert_array_equal(datasets.split_positions(spec, n, shuffled=False), expected,
+                                    err_msg=f"{spec} of {n}")
+
+
+def test_slice_of_a_class_sorted_file_is_representative(tmp_path):
+  labels = np.repeat([0, 1], 50)  # sorted by class
+  source = _ids_file(tmp_path, 100, labels)
+  held_out = [int(e["label"]) for e in _read_all(source, "train[80%:]")]
+  assert len(held_out) == 20 and 5 <= sum(held_out) <= 15
+
+
+def test_image_folder_slices_come_from_the_same_permutation(tmp_path):
+  root = _write_tree(tmp_path / "imgs", [f"train/{i:02d}.png" for i in range(10)])
+  source = datasets.open_dataset(f"image_folder:{root}")
+  permutation = np.random.RandomState(datasets.SLICE_SHUFFLE_SEED).permutation(10)
+  assert _ids(source, "train[70%:]") == [10 * i for i in permutation[7:]]
+
+
+def test_shared_examples_of_two_slices(tmp_path):
+  source = _ids_file(tmp_path, 20)
+  assert source.shared_examples("train[:90%]", "train[90%:]") == 0
+  assert source.shared_examples("train", "train[90%:]") == 2
+  assert source.shared_examples("train[:50%]", "train[40%:]") == 2
+
+
+@pytest.mark.parametrize("split,match", [
+    ("train[5:5]", r"Split 'train\[5:5\]' is empty"),
+    ("train[:120%]", r"120% is outside \[-100%, 100%\]"),
+    ("train[3:21]", r"index 21 is out of range for its 20 examples"),
+    ("train[:half]", r"slice bound 'half' is not an integer"),
+    ("train[1]", r"expected NAME or NAME\[START:STOP\]"),
+    ("valid[:10%]", r"has no split 'valid\[:10%\]'"),
+])
+def test_bad_slices(tmp_path, split, match):
+  source = _ids_file(tmp_path, 20)
+  with pytest.raises(datasets.DataError, match=match):
+    source.split_size(split)

@@ -216,6 +216,50 @@ def test_registry_runs_the_named_evaluators(tmp_path):
   assert not any(k.startswith(("reconstruction/", "fid/", "conditional")) for k in no_decoder)
 
 
+@pytest.mark.parametrize("unlabelled", [("train", "test"), ("train",), ("test",)])
+def test_registry_skips_what_needs_missing_labels_with_one_line(tmp_path, caplog, unlabelled):
+  config = ml_collections.ConfigDict()
+  config.evals = ml_collections.ConfigDict(dict(
+      names=("knn", "linear_probe", "nearest_subspace", "clustering", "structure",
+             "reconstruction", "conditional_generation", "fid"),
+      linear_probe=dict(steps=20), clustering=dict(num_restarts=2, mcr2_steps=10),
+      conditional_generation=dict(num_components=2, num_samples=3,
+                                  num_clusters_without_labels=C)))
+  data = _synthetic_data()
+  data = data._replace(y_train=None if "train" in unlabelled else data.y_train,
+                       y_test=None if "test" in unlabelled else data.y_test,
+                       num_classes=0 if len(unlabelled) == 2 else C)
+  flatten = lambda x: np.asarray(x).reshape(len(x), -1)  # noqa: E731
+  unflatten = lambda z: np.asarray(z).reshape(-1, 4, 4, 1)  # noqa: E731
+  with caplog.at_level("INFO", logger="absl"):
+    metrics = evaluators.run_all(evaluators.build(config), flatten, unflatten, data,
+                                 out_dir=str(tmp_path), batch_size=16)
+  ran = {k.split("/")[0] for k in metrics if not k.startswith("eval_seconds")}
+  # Clustering and structure score the test split only: its labels suffice.
+  expected = {"reconstruction", "conditional_generation", "fid"} | (
+      {"clustering", "structure"} if "test" not in unlabelled else set())
+  assert ran == expected
+  assert metrics["reconstruction/psnr"] == float("inf")  # label-free metrics stay
+  assert "reconstruction/consistency" not in metrics
+  assert ("conditional_generation/sample_consistency" in metrics) == ("train" not in unlabelled)
+  assert os.path.isfile(tmp_path / "conditional_generation.png")
+  if "test" not in unlabelled:
+    assert metrics["clustering/kmeans_acc"] == 100.0
+  lines = [r.getMessage() for r in caplog.records if "no labels" in r.getMessage()]
+  skipped = sorted({"knn", "linear_probe", "nearest_subspace", "clustering", "structure"}
+                   - expected)
+  assert len(lines) == 1, lines
+  assert f"no labels in the evaluation's {' and '.join(unlabelled)} split" in lines[0]
+  assert all(name in lines[0] for name in skipped) and "reconstruction" in lines[0]
+
+
+def test_reconstruction_without_labels_reports_mse_and_psnr_only():
+  x = np.zeros((3, 2, 2, 1), np.float32)
+  scores = reconstruction.evaluate(x, None, x, None, x + 0.2)
+  assert scores.keys() == {"mse", "psnr"}
+  np.testing.assert_allclose(scores["mse"], 0.04, rtol=1e-6)
+
+
 def test_registry_rejects_unknown_names_and_options():
   with pytest.raises(ValueError, match="unknown evaluator 'nope'"):
     evaluators.build(ml_collections.ConfigDict(), names=("nope",))

@@ -104,6 +104,14 @@ def test_training_shards_of_two_processes_are_disjoint_and_cover(tmp_path):
   assert sorted(seen[0]) == list(range(16)) and sorted(seen[1]) == list(range(16, 32))
 
 
+def test_training_on_a_slice_never_reads_the_held_out_part(tmp_path):
+  config = _config(_ids_npz(tmp_path, 40), batch_size=8, image_size=6)
+  batches = _batches(config, "train[:75%]", 12, training=True)  # 96 examples: 3+ epochs
+  seen = set(np.concatenate([b["label"] for b in batches]).tolist())
+  held_out = set(np.random.RandomState(datasets.SLICE_SHUFFLE_SEED).permutation(40)[30:].tolist())
+  assert seen == set(range(40)) - held_out
+
+
 def test_eval_counts_every_example_once_with_padding(tmp_path):
   # 25 examples, 3 processes (shards 8, 8, 9), per-process batch 4:
   # every process yields ceil(9 / 4) = 3 batches.

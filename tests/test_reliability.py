@@ -8,6 +8,7 @@ everything else runs in-process. A module-scoped run of 4 steps (checkpoints at 
 compilation cache keeps the many small runs cheap.
 """
 import logging
+import math
 import os
 import re
 import shutil
@@ -317,6 +318,38 @@ def test_schedule_changes_may_resume(npz_path, tmp_path):
   checkpointing.save_config(workdir, _config(npz_path))
   validation.validate_config(_config(npz_path, num_steps=100, log_every=7, checkpoint_every=9),
                              workdir, image_shape=(28, 28, 1))
+
+
+def test_resume_with_other_num_steps_under_cosine_is_refused_unless_allowed(npz_path, tmp_path,
+                                                                             caplog):
+  """The cosine schedule decays over num_steps: a resume with another num_steps would put
+  the remaining steps on another learning-rate curve. The logged */lr show the curve."""
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(_config(npz_path, schedule="cosine", num_steps=4), workdir)
+  lr = tiny.get_config().train.encoder_lr
+  assert tiny.get_config().train.decoder_lr == lr  # one curve for both players
+  # Iteration s (logged at step s) ran at state.step = s − 1.
+  cosine = lambda s, n: lr * 0.5 * (1 + math.cos(math.pi * (s - 1) / n))  # noqa: E731
+  logged = _scalars(workdir, "encoder/lr")
+  np.testing.assert_allclose([logged[s] for s in (1, 2, 3, 4)],
+                             [cosine(s, 4) for s in (1, 2, 3, 4)], rtol=1e-5, atol=1e-6 * lr)
+
+  longer = _config(npz_path, schedule="cosine", num_steps=6)
+  with pytest.raises(validation.ConfigError,
+                     match=r"config.train.num_steps = 4, this config has 6: under the cosine "
+                           r".*config.train.allow_lr_curve_change=True") as e:
+    train.train_and_evaluate(longer, workdir)
+  assert "\n" not in str(e.value)
+  longer.train.allow_lr_curve_change = True
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    state = train.train_and_evaluate(longer, workdir)
+  assert int(state.step) == 6
+  assert "num_steps = 4, this config has 6" in caplog.text
+  logged = _scalars(workdir, "decoder/lr")
+  np.testing.assert_allclose([logged[5], logged[6]], [cosine(5, 6), cosine(6, 6)], rtol=1e-5,
+                             atol=1e-6 * lr)
+  # A constant schedule does not depend on num_steps: no question asked.
+  validation.validate_config(_config(npz_path, num_steps=9), str(tmp_path / "other"))
 
 
 # ------------------------------------------------------------------ real signals

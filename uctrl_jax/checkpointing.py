@@ -38,6 +38,12 @@ _STATE = "state"
 _EXTRA = "extra"
 
 
+class RunLoadError(RuntimeError):
+  """A work directory whose run cannot be loaded: it holds no run (no ``config.json``),
+  no checkpoint (of the step asked for), or none that reads back. The message is one
+  line naming the directory; ``main.py`` prints it as ``error: ...``."""
+
+
 class Checkpointer:
   """Orbax CheckpointManager over WORKDIR/checkpoints: the whole TrainState plus a small
   JSON 'extra' dict.
@@ -151,7 +157,7 @@ class Checkpointer:
       ``(state, extra)`` of the newest readable step, or None when the directory holds
       no committed step at all (a fresh run).
     Raises:
-      RuntimeError: committed steps exist but none reads back; names each directory
+      RunLoadError: committed steps exist but none reads back; names each directory
         and moves none.
     """
     steps = self.all_steps()
@@ -176,7 +182,7 @@ class Checkpointer:
         logging.warning("resuming from step %d: moved the unreadable checkpoint %s to %s",
                         step, bad_path, self._set_aside(bad_step))
       return state, extra
-    raise RuntimeError(
+    raise RunLoadError(
         f"no readable checkpoint in {self.directory}: " +
         "; ".join(f"{path} ({reason})" for _, path, reason in failures) +
         ". Not restarting from step 0 over them: repair or remove them, or use a fresh workdir")

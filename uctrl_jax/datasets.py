@@ -1,4 +1,4 @@
-"""Image-classification datasets by name, read as per-process shards.
+"""Image datasets by name, read as per-process shards; labels are optional.
 
 Names (`config.data.name`):
 
@@ -9,27 +9,52 @@ Names (`config.data.name`):
   so an offline machine fails at once instead of retrying DNS for minutes.
   `fashion_mnist` is prepared from the Debian package `dataset-fashion-mnist`
   (SPEC §5) when it is installed: see `prepare_fashion_mnist`.
-- `image_folder:PATH`: `PATH/SPLIT/LABEL/*.{png,jpg,jpeg}`, read through
-  `tfds.folder_dataset.ImageFolder`. Every image must have the same size.
-- `npz:PATH`: a `.npz` file with arrays `x` (N, H, W[, C]) and `y` (N,) is the
-  split `train`; a directory of such files holds one split per file
-  (`train.npz`, `test.npz`, ...).
+- `image_folder:PATH`, `.png`/`.jpg`/`.jpeg` files (hidden files and folders are
+  ignored), laid out one of three ways:
+    - `PATH/*.png` (images directly in PATH): one unlabelled split `train`, every
+      image under PATH, sub-folders included (they carry no class meaning);
+    - `PATH/SPLIT/*.png` (images directly in a split folder): the unlabelled split
+      SPLIT, every image under PATH/SPLIT, sub-folders included;
+    - `PATH/SPLIT/LABEL/...` (a split folder holding only folders): the labelled
+      split SPLIT, class LABEL for every image under PATH/SPLIT/LABEL. Classes are
+      numbered in sorted order of their names over all splits; folders named by
+      numbers only must be exactly 0..C-1 and keep their number.
+  Splits may differ in layout (e.g. an unlabelled `train`, a labelled `test`).
+  Every image must have the same size and 1 or 3 channels; grayscale images in a
+  folder that also holds colour ones are read as RGB (gray copied to the three
+  channels), palette PNGs as RGB, 16-bit PNGs scaled to 8 bits, each logged once.
+- `npz:PATH`: a `.npz` file with arrays `x` (N, H, W[, C]) and, optionally, `y`
+  (N,) integer labels 0..C-1 is the split `train`; a directory of such files
+  holds one split per file (`train.npz`, `test.npz`, ...). `x` is uint8, or
+  float in [0, 1] (stored as uint8 `round(255 x)`), or integers in [0, 255].
+
+Splits may be sliced as in tfds: `train[:90%]`, `train[90%:]`, `train[100:200]`,
+`train[-1000:]` (percentages round to the nearest example; out-of-range indices
+and empty slices are errors). tfds sources slice in their stored order; `npz:`
+and `image_folder:` sources slice after a fixed shuffle, the permutation
+`numpy.random.RandomState(SLICE_SHUFFLE_SEED).permutation(n)` of the split's n
+examples (the same for every run and process), so that a file sorted by class
+gives representative held-out slices and `train[:90%]`, `train[90%:]` are
+disjoint and cover `train`.
 
 API:
 
     source = open_dataset(name, data_dir=None, download=False)
     source.info  -> DatasetInfo(name, image_shape, num_classes, num_examples,
-                                class_names)
-    source.split_size(split) -> examples in `split` (slices like "train[:10%]"
-                                for tfds sources)
+                                class_names, unlabelled_splits)
+    source.split_size(split) -> examples in `split` (slices included)
+    source.shared_examples(split_a, split_b) -> examples in both (held-out check)
     source.read(split, process_index=0, process_count=1, shuffle_seed=None)
       -> tf.data.Dataset of {"image": (H, W, C) uint8, "label": () int32},
-         this process's shard of `split` (disjoint shards covering the split).
+         this process's shard of `split` (disjoint shards covering the split);
+         label -1 in an unlabelled split.
+    has_labels(info, split) -> whether `split` carries labels
+    split_positions(split, num_examples) -> positions in the stored split
     prepare_fashion_mnist(data_dir=None, source_dir=DEBIAN_FASHION_MNIST_DIR)
     shard_bounds(num_examples, process_index, process_count) -> (start, stop)
 
-Bad input raises `DataError` (a ValueError) naming the problem, before any
-tf.data pipeline is built.
+Bad input raises `DataError` (a ValueError) with a one-line message naming the
+file (and the first bad index), before any tf.data pipeline is built.
 """
 from __future__ import annotations
 
@@ -37,8 +62,10 @@ import abc
 import dataclasses
 import gzip
 import os
-from typing import Mapping
+import re
+from typing import Mapping, Optional
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -49,8 +76,11 @@ _FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-# ImageFolder decodes only these; anything else in a class folder is an error.
+# tf.io.decode_image reads only these; anything else in an image folder is an error.
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# Seed of the fixed permutation that `npz:` and `image_folder:` slices are taken
+# from. Changing it changes every held-out split: never do.
+SLICE_SHUFFLE_SEED = 0
 
 
 class DataError(ValueError):
@@ -65,15 +95,23 @@ class DatasetInfo:
     name: the dataset name as given (`cifar10`, `npz:/data/x.npz`, ...).
     image_shape: (H, W, C) of one image as stored (`open_dataset`) or as
       batched by the input pipeline (`input_pipeline.get_dataset_info`).
-    num_classes: number of labels; labels are in [0, num_classes).
+    num_classes: number of labels; labels are in [0, num_classes). 0 when no
+      split has labels.
     num_examples: split name -> number of examples in the whole split.
     class_names: label names, `num_classes` of them.
+    unlabelled_splits: the splits without labels (their examples' label is -1).
   """
   name: str
   image_shape: tuple[int, int, int]
   num_classes: int
   num_examples: Mapping[str, int]
   class_names: tuple[str, ...]
+  unlabelled_splits: tuple[str, ...] = ()
+
+
+def has_labels(info: DatasetInfo, split: str) -> bool:
+  """Whether `split` (slices included: "train[:10%]") carries labels."""
+  return split.split("[", 1)[0] not in info.unlabelled_splits
 
 
 def shard_bounds(num_examples: int, process_index: int,
@@ -91,6 +129,62 @@ def shard_bounds(num_examples: int, process_index: int,
   return start, stop
 
 
+_SPLIT = re.compile(r"(?P<base>[^\[\]]+)(?:\[(?P<start>[^:\[\]]*):(?P<stop>[^:\[\]]*)\])?")
+_BOUND = re.compile(r"(-?\d+)(%?)")
+
+
+def _bound(text: str, n: int, split: str) -> Optional[int]:
+  """One slice bound of `split` as an index into n examples (None: open)."""
+  text = text.strip()
+  if not text:
+    return None
+  match = _BOUND.fullmatch(text)
+  if not match:
+    raise DataError(f"Bad split {split!r}: slice bound {text!r} is not an integer "
+                    "or a percentage like 90%.")
+  value = int(match.group(1))
+  if match.group(2):
+    if not -100 <= value <= 100:
+      raise DataError(f"Bad split {split!r}: {text} is outside [-100%, 100%].")
+    return int(round(value * n / 100))  # tfds's "closest" rounding
+  if not -n <= value <= n:
+    raise DataError(f"Bad split {split!r}: index {value} is out of range for its "
+                    f"{n} examples.")
+  return value
+
+
+def split_positions(split: str, num_examples: int, *,
+                    shuffled: bool = True) -> Optional[np.ndarray]:
+  """Positions in the stored split of the examples of `split`, in reading order.
+
+  Args:
+    split: "train", or a slice "train[:90%]", "train[10:20]", "train[-5%:]".
+    num_examples: n, the size of the stored split.
+    shuffled: slice the fixed permutation (`npz:`, `image_folder:`; see the
+      module docstring) or the stored order (tfds).
+  Returns:
+    (k,) int64 positions in [0, n); None when `split` is not sliced (all n, in
+    stored order).
+  Raises:
+    DataError: a malformed bound, an index out of range, or an empty slice.
+  """
+  match = _SPLIT.fullmatch(split)
+  if not match:
+    raise DataError(f"Bad split {split!r}: expected NAME or NAME[START:STOP], e.g. "
+                    "train[:90%], train[90%:], train[100:200].")
+  if match.group("start") is None:
+    return None
+  start = _bound(match.group("start"), num_examples, split)
+  stop = _bound(match.group("stop"), num_examples, split)
+  order = (np.random.RandomState(SLICE_SHUFFLE_SEED).permutation(num_examples)
+           if shuffled else np.arange(num_examples))
+  positions = order[start:stop].astype(np.int64)
+  if not len(positions):
+    raise DataError(f"Split {split!r} is empty (its split {match.group('base')!r} "
+                    f"has {num_examples} examples).")
+  return positions
+
+
 class Source(abc.ABC):
   """A dataset opened by name: its `info` and per-process shards of a split."""
 
@@ -101,15 +195,15 @@ class Source(abc.ABC):
     """This process's shard of `split`, decoded, in a fixed order.
 
     Args:
-      split: a split of `info.num_examples` (tfds sources also accept slices
-        such as "train[:10%]").
+      split: a split of `info.num_examples`, or a slice of one ("train[:10%]").
       process_index: which shard.
       process_count: number of shards.
       shuffle_seed: if set, sources stored in several files may read them in
         an order drawn from this seed (the example order is not shuffled).
 
     Returns:
-      Examples {"image": (H, W, C) uint8, "label": () int32}.
+      Examples {"image": (H, W, C) uint8, "label": () int32}; label -1 in an
+      unlabelled split.
     """
     self._check_split(split)
     shard_bounds(0, process_index, process_count)  # Validates the indices.
@@ -120,6 +214,26 @@ class Source(abc.ABC):
     """Number of examples in the whole `split` (all processes together)."""
     self._check_split(split)
     return self.info.num_examples[split]
+
+  def shared_examples(self, split_a: str, split_b: str) -> Optional[int]:
+    """How many examples `split_a` and `split_b` have in common (None: the
+    slices cannot be told apart here, e.g. a tfds expression this module does
+    not parse)."""
+    base_a, base_b = split_a.split("[", 1)[0], split_b.split("[", 1)[0]
+    if base_a != base_b:
+      return 0
+    self._check_split(split_a)
+    self._check_split(split_b)
+    n = self.info.num_examples[base_a]
+    try:
+      a, b = (split_positions(s, n, shuffled=self._SHUFFLED_SLICES)
+              for s in (split_a, split_b))
+    except DataError:
+      return None
+    return len(np.intersect1d(np.arange(n) if a is None else a,
+                              np.arange(n) if b is None else b))
+
+  _SHUFFLED_SLICES = False  # slices of the stored order (tfds)
 
   def _check_split(self, split: str) -> None:
     base = split.split("[", 1)[0]
@@ -180,55 +294,91 @@ class _TfdsSource(Source):
         read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed))
 
 
-class _ArraySource(Source):
-  """In-memory arrays, one pair (x, y) per split (the `npz:` datasets)."""
+class _IndexedSource(Source):
+  """A source whose splits are indexed in memory (`npz:`, `image_folder:`):
+  slices are taken from the fixed permutation (`split_positions`)."""
 
-  def __init__(self, name: str, arrays: Mapping[str, tuple[np.ndarray, np.ndarray]]):
+  _SHUFFLED_SLICES = True
+
+  def split_size(self, split):
+    self._check_split(split)
+    return len(self._positions(split))
+
+  def _check_split(self, split):
+    super()._check_split(split)
+    self._positions(split)  # Malformed or empty slices fail here.
+
+  def _positions(self, split) -> np.ndarray:
+    """(k,) positions of `split`'s examples in its stored split, in reading order."""
+    n = self.info.num_examples[split.split("[", 1)[0]]
+    positions = split_positions(split, n, shuffled=self._SHUFFLED_SLICES)
+    return np.arange(n) if positions is None else positions
+
+  def _read(self, split, process_index, process_count, shuffle_seed):
+    del shuffle_seed  # One in-memory index.
+    base = split.split("[", 1)[0]
+    positions = self._positions(split)
+    start, stop = shard_bounds(len(positions), process_index, process_count)
+    return self._examples(base, positions[start:stop])
+
+  @abc.abstractmethod
+  def _examples(self, split: str, positions: np.ndarray) -> tf.data.Dataset:
+    """Examples at `positions` (int64 (k,)) of the stored `split`, in that order."""
+
+
+def _unlabelled(n: int) -> np.ndarray:
+  return np.full((n,), -1, np.int32)
+
+
+class _ArraySource(_IndexedSource):
+  """In-memory arrays, one pair (x, y or None) per split (the `npz:` datasets)."""
+
+  def __init__(self, name: str,
+               arrays: Mapping[str, tuple[np.ndarray, Optional[np.ndarray]]]):
     self._arrays = arrays
     x0 = next(iter(arrays.values()))[0]
-    num_classes = int(max(y.max(initial=-1) for _, y in arrays.values())) + 1
+    num_classes = int(max((y.max() for _, y in arrays.values() if y is not None),
+                          default=-1)) + 1
     self.info = DatasetInfo(
         name=name, image_shape=tuple(x0.shape[1:]), num_classes=num_classes,
         num_examples={k: len(x) for k, (x, _) in arrays.items()},
-        class_names=tuple(str(i) for i in range(num_classes)))
+        class_names=tuple(str(i) for i in range(num_classes)),
+        unlabelled_splits=tuple(k for k, (_, y) in arrays.items() if y is None))
 
-  def _read(self, split, process_index, process_count, shuffle_seed):
-    del shuffle_seed  # One in-memory "file".
+  def _examples(self, split, positions):
     x, y = self._arrays[split]
-    start, stop = shard_bounds(len(x), process_index, process_count)
-    return tf.data.Dataset.from_tensor_slices(
-        {"image": x[start:stop], "label": y[start:stop]})
+    if len(positions) and np.array_equal(
+        positions, np.arange(positions[0], positions[0] + len(positions))):
+      positions = slice(positions[0], positions[0] + len(positions))  # A view, no copy.
+    images = x[positions]
+    labels = _unlabelled(len(images)) if y is None else y[positions]
+    return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
 
 
-class _ImageFolderSource(Source):
-  """`tfds.folder_dataset.ImageFolder`, checked up front."""
+class _ImageFolderSource(_IndexedSource):
+  """Image files listed and checked up front (`_scan_image_folder`), decoded by tf."""
 
   def __init__(self, name: str, root: str):
-    shape = _check_image_folder(root)
-    self._builder = tfds.folder_dataset.ImageFolder(root, shape=shape)
-    label = self._builder.info.features["label"]
+    self._files, class_names, self._shape = _scan_image_folder(root)
     self.info = DatasetInfo(
-        name=name, image_shape=shape, num_classes=label.num_classes,
-        num_examples={k: v.num_examples
-                      for k, v in self._builder.info.splits.items()},
-        class_names=tuple(label.names))
+        name=name, image_shape=self._shape, num_classes=len(class_names),
+        num_examples={k: len(paths) for k, (paths, _) in self._files.items()},
+        class_names=class_names,
+        unlabelled_splits=tuple(k for k, (_, y) in self._files.items() if y is None))
 
-  def _read(self, split, process_index, process_count, shuffle_seed):
-    del shuffle_seed  # ImageFolder's own file shuffle is unseeded: never use it.
-    # ImageFolder has no sub-split API: shard its (fixed) file order, and
-    # decode only this shard's images.
-    ds = self._builder.as_dataset(
-        split=split, shuffle_files=False,
-        decoders={"image": tfds.decode.SkipDecoding()})
-    start, stop = shard_bounds(self.info.num_examples[split], process_index,
-                               process_count)
-    image_feature = self._builder.info.features["image"]
+  def _examples(self, split, positions):
+    paths, labels = self._files[split]
+    paths = paths[positions]
+    labels = _unlabelled(len(paths)) if labels is None else labels[positions]
+    shape = self._shape
 
     def decode(example):
-      return {**example, "image": image_feature.decode_example(example["image"])}
+      image = tf.io.decode_image(tf.io.read_file(example["path"]), channels=shape[-1],
+                                 expand_animations=False)
+      return {"image": tf.ensure_shape(image, shape), "label": example["label"]}
 
-    return ds.skip(start).take(stop - start).map(
-        decode, num_parallel_calls=tf.data.AUTOTUNE)
+    return tf.data.Dataset.from_tensor_slices({"path": paths, "label": labels}).map(
+            decode, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def open_dataset(name: str, *, data_dir: str | None = None,
@@ -298,11 +448,29 @@ def _existing_path(path: str, name: str) -> str:
   return path
 
 
+def _check_label_ids(present, where: str) -> None:
+  """Label ids (an iterable of ints over all labelled splits) are exactly 0..C-1."""
+  present = set(int(v) for v in present)
+  if not present:
+    return
+  missing = sorted(set(range(max(present) + 1)) - present)
+  if missing:
+    raise DataError(
+        f"{where}: label ids must be 0..C-1, each used; the labels are "
+        f"{_few(sorted(present))}, so {_few(missing)} never occur (first missing: "
+        f"{missing[0]}); renumber the {len(present)} classes 0..{len(present) - 1}.")
+
+
+def _few(values, k: int = 8) -> str:
+  return ", ".join(map(str, values[:k])) + (f", … ({len(values)} in all)"
+                                            if len(values) > k else "")
+
+
 # --- npz ---
 
 
-def _load_npz(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """Split name -> (x (N, H, W, C) uint8, y (N,) int32) from `npz:PATH`."""
+def _load_npz(path: str) -> dict[str, tuple[np.ndarray, Optional[np.ndarray]]]:
+  """Split name -> (x (N, H, W, C) uint8, y (N,) int32 or None) from `npz:PATH`."""
   if os.path.isdir(path):
     files = {f[:-len(".npz")]: os.path.join(path, f)
              for f in sorted(os.listdir(path)) if f.endswith(".npz")}
@@ -316,96 +484,221 @@ def _load_npz(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   if len(set(shapes.values())) > 1:
     raise DataError(f"npz splits in {path!r} have different image shapes "
                     f"{shapes}.")
+  _check_label_ids(np.unique(np.concatenate(
+      [y for _, y in arrays.values() if y is not None] or [np.zeros(0, np.int32)])),
+                   f"npz {path!r}")
   return arrays
 
 
-def _read_npz_file(path: str) -> tuple[np.ndarray, np.ndarray]:
-  """(x (N, H, W, C) uint8, y (N,) int32) from one .npz file."""
+def _first(bad: np.ndarray) -> int:
+  """Index of the first image (axis 0) with a True anywhere in `bad`."""
+  return int(np.argmax(bad.reshape(len(bad), -1).any(axis=1)))
+
+
+def _read_npz_file(path: str) -> tuple[np.ndarray, Optional[np.ndarray]]:
+  """(x (N, H, W, C) uint8, y (N,) int32 or None) from one .npz file."""
   try:
     with np.load(path, allow_pickle=False) as npz:
       keys = set(npz.files)
-      missing = {"x", "y"} - keys
-      if missing:
+      if "x" not in keys:
         raise DataError(
-            f"npz file {path!r} lacks array(s) {sorted(missing)}: it needs "
-            f"'x' (N, H, W[, C]) images and 'y' (N,) labels; it has "
-            f"{sorted(keys)}.")
-      x, y = npz["x"], npz["y"]
+            f"npz file {path!r} lacks array(s) ['x']: it needs 'x' (N, H, W[, C]) "
+            f"images and optionally 'y' (N,) labels; it has {sorted(keys)}.")
+      x = npz["x"]
+      y = npz["y"] if "y" in keys else None
   except DataError:
     raise
   except Exception as e:  # np.load raises several types for non-npz files.
-    raise DataError(f"Cannot read {path!r} as a .npz file: {e}") from e
+    raise DataError(f"Cannot read {path!r} as a .npz file: "
+                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
   if x.ndim == 3:
     x = x[..., None]
-  if x.ndim != 4 or x.shape[-1] not in (1, 3) or len(x) == 0:
-    raise DataError(f"npz {path!r}: x has shape {x.shape}; expected "
-                    "(N, H, W), (N, H, W, 1) or (N, H, W, 3) with N > 0.")
+  if x.ndim != 4 or x.shape[-1] not in (1, 3):
+    raise DataError(f"npz {path!r}: x has shape {x.shape}; expected (N, H, W), "
+                    "(N, H, W, 1) or (N, H, W, 3) (1 or 3 channels).")
+  if len(x) == 0:
+    raise DataError(f"npz {path!r}: x holds no images (shape {x.shape}): the split "
+                    "is empty.")
   if np.issubdtype(x.dtype, np.floating):
-    if x.min() < 0 or x.max() > 1:
-      raise DataError(f"npz {path!r}: float x must lie in [0, 1] (it spans "
-                      f"[{x.min()}, {x.max()}]); or store uint8 in [0, 255].")
+    bad = ~np.isfinite(x)
+    if bad.any():
+      i = _first(bad)
+      raise DataError(f"npz {path!r}: x[{i}] holds a non-finite value "
+                      f"({x[i][bad[i]].flat[0]}); pixels must be finite, in [0, 1].")
+    bad = (x < 0) | (x > 1)
+    if bad.any():
+      i = _first(bad)
+      raise DataError(f"npz {path!r}: float x must lie in [0, 1]; x[{i}] holds "
+                      f"{x[i][bad[i]].flat[0]} (x spans [{x.min()}, {x.max()}]); or "
+                      "store uint8 in [0, 255].")
+    logging.info("npz %s: float x in [0, 1] is stored as uint8 round(255 x)", path)
     x = np.round(x * 255).astype(np.uint8)
+  elif np.issubdtype(x.dtype, np.integer) and x.dtype != np.uint8:
+    bad = (x < 0) | (x > 255)
+    if bad.any():
+      i = _first(bad)
+      raise DataError(f"npz {path!r}: integer x must lie in [0, 255]; x[{i}] holds "
+                      f"{x[i][bad[i]].flat[0]}.")
+    logging.info("npz %s: x of dtype %s (values in [0, 255]) is read as uint8", path,
+                 x.dtype)
+    x = x.astype(np.uint8)
   elif x.dtype != np.uint8:
-    raise DataError(f"npz {path!r}: x has dtype {x.dtype}; expected uint8 or "
-                    "float in [0, 1].")
+    raise DataError(f"npz {path!r}: x has dtype {x.dtype}; expected uint8, integers "
+                    "in [0, 255] or float in [0, 1].")
+  if y is None:
+    return x, None
   if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
     raise DataError(f"npz {path!r}: y has shape {y.shape} and dtype {y.dtype}; "
-                    f"expected ({len(x)},) integers.")
-  if y.min() < 0:
-    raise DataError(f"npz {path!r}: labels y must be >= 0.")
+                    f"expected ({len(x)},) integer class ids 0..C-1 (map names or "
+                    "strings to ids first).")
+  if (y < 0).any():
+    i = int(np.argmax(y < 0))
+    raise DataError(f"npz {path!r}: labels y must be >= 0; y[{i}] = {y[i]}.")
   return x, y.astype(np.int32)
 
 
 # --- image folder ---
 
+_GRAY_MODES = {"1": None, "L": None, "I;16": "16-bit", "I;16B": "16-bit",
+               "I;16L": "16-bit", "I": "16-bit"}  # mode -> conversion (None: none)
+_COLOUR_MODES = {"RGB": None, "P": "palette"}
 
-def _check_image_folder(root: str) -> tuple[int, int, int]:
-  """(H, W, C) shared by all images of `root/SPLIT/LABEL/`, or DataError.
+
+def _walk_images(folder: str) -> list[str]:
+  """Paths of the image files under `folder`, sub-folders included, sorted;
+  hidden files and folders skipped, any other file a DataError."""
+  paths = []
+  for dirpath, dirnames, filenames in os.walk(folder):
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    for f in sorted(filenames):
+      if f.startswith("."):
+        continue  # .DS_Store and the like
+      path = os.path.join(dirpath, f)
+      if not f.lower().endswith(_IMAGE_EXTENSIONS):
+        raise DataError(
+            f"image_folder: {path!r} is not an image file; image folders may hold "
+            f"only {', '.join(_IMAGE_EXTENSIONS)} files.")
+      paths.append(path)
+  return paths
+
+
+def _entries(path: str) -> tuple[list[str], bool]:
+  """(visible sub-folders, sorted; whether `path` holds visible files directly)."""
+  names = [n for n in sorted(os.listdir(path)) if not n.startswith(".")]
+  dirs = [n for n in names if os.path.isdir(os.path.join(path, n))]
+  return dirs, len(dirs) < len(names)
+
+
+def _class_ids(names: set[str], root: str) -> dict[str, int]:
+  """Class folder name -> id: numbers keep their value (and must be 0..C-1),
+  names are numbered in sorted order."""
+  if not names:
+    return {}
+  numbered = {n for n in names if n.isdigit()}
+  if numbered and numbered != names:
+    raise DataError(
+        f"image_folder {root!r}: class folders mix numbers and names "
+        f"({_few(sorted(numbered, key=int)[:3] + sorted(names - numbered)[:3])}); "
+        "name them all by number 0..C-1 or all by name.")
+  if numbered:
+    _check_label_ids((int(n) for n in names), f"image_folder {root!r} class folders")
+    return {n: int(n) for n in names}
+  ids = {n: i for i, n in enumerate(sorted(names))}
+  logging.info("image_folder %s: classes numbered by sorted name: %s", root,
+               _few([f"{i} {n}" for n, i in ids.items()]))
+  return ids
+
+
+def _scan_image_folder(root: str):
+  """Lists and checks the images of `image_folder:root` (layouts: module docstring).
 
   Reads only the image headers (PIL opens lazily), so it is cheap next to
   decoding the images.
+
+  Returns:
+    ({split: (paths (n,) str, labels (n,) int32 or None)}, class_names,
+     (H, W, C)).
   """
   from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
 
   if not os.path.isdir(root):
     raise DataError(f"image_folder {root!r} is not a directory.")
-  sizes: dict[tuple[int, int], str] = {}
-  colour = False
-  for split in _subdirs(root):
-    for label in _subdirs(os.path.join(root, split)):
-      label_dir = os.path.join(root, split, label)
-      for f in sorted(os.listdir(label_dir)):
-        path = os.path.join(label_dir, f)
-        if f.startswith(".") or os.path.isdir(path):
-          continue  # Hidden files (.DS_Store) and nested folders are ignored.
-        if not f.lower().endswith(_IMAGE_EXTENSIONS):
-          raise DataError(
-              f"image_folder: {path!r} is not an image file; class folders "
-              f"may hold only {', '.join(_IMAGE_EXTENSIONS)} files.")
+  dirs, has_files = _entries(root)
+  layout = {}  # split -> [(class name or None, image paths)]
+  if has_files:
+    layout["train"] = [(None, _walk_images(root))]
+  for split in ([] if has_files else dirs):
+    split_dir = os.path.join(root, split)
+    classes, split_has_files = _entries(split_dir)
+    if split_has_files or not classes:
+      layout[split] = [(None, _walk_images(split_dir))]
+    else:
+      layout[split] = [(c, _walk_images(os.path.join(split_dir, c))) for c in classes]
+    for label, paths in layout[split]:
+      if not paths:
+        where = split_dir if label is None else os.path.join(split_dir, label)
+        raise DataError(f"image_folder: {where!r} holds no images; expected "
+                        "PATH/SPLIT/LABEL/*.png (labelled), PATH/SPLIT/*.png or "
+                        "PATH/*.png (unlabelled).")
+  if not layout:
+    raise DataError(f"image_folder {root!r} holds no images; expected "
+                    "PATH/SPLIT/LABEL/*.png (labelled), PATH/SPLIT/*.png or "
+                    "PATH/*.png (unlabelled).")
+  ids = _class_ids({c for groups in layout.values() for c, _ in groups if c is not None},
+                   root)
+
+  first_of_size: dict[tuple[int, int], str] = {}
+  conversions: dict[str, list[str]] = {}  # kind -> paths converted
+  gray, colour = [], []
+  for groups in layout.values():
+    for _, paths in groups:
+      for path in paths:
         try:
           with Image.open(path) as img:
-            size, mode = img.size, img.mode
+            size, mode, info = img.size, img.mode, img.info
         except (UnidentifiedImageError, OSError) as e:
           raise DataError(
               f"image_folder: {path!r} is not a readable image: {e}") from e
-        sizes.setdefault(size, path)
-        colour |= mode not in ("1", "L", "I", "I;16", "F")
-  if not sizes:
-    raise DataError(f"image_folder {root!r} holds no images; expected "
-                    "PATH/SPLIT/LABEL/IMAGE.png (e.g. PATH/train/cat/1.png).")
-  if len(sizes) > 1:
-    examples = ", ".join(f"{w}x{h} ({p})" for (w, h), p in
-                         list(sizes.items())[:3])
-    raise DataError(
-        f"image_folder {root!r} mixes image sizes: {examples}; resize them to "
-        "one size first.")
-  (w, h), = sizes
-  return (h, w, 3 if colour else 1)
-
-
-def _subdirs(path: str) -> list[str]:
-  return sorted(d for d in os.listdir(path)
-                if os.path.isdir(os.path.join(path, d)) and not d.startswith("."))
+        if mode in _GRAY_MODES:
+          gray.append(path)
+          kind = _GRAY_MODES[mode]
+        elif mode in _COLOUR_MODES and "transparency" not in info:
+          colour.append(path)
+          kind = _COLOUR_MODES[mode]
+        else:
+          bands = Image.getmodebands(mode) + ("transparency" in info)
+          raise DataError(
+              f"image_folder: {path!r} has {bands} channels (mode {mode}"
+              f"{' with transparency' if 'transparency' in info else ''}); expected 1 "
+              "(grayscale) or 3 (RGB): convert it first, e.g. PIL's "
+              "Image.convert('RGB').")
+        if kind:
+          conversions.setdefault(kind, []).append(path)
+        if first_of_size and size not in first_of_size:
+          (w0, h0), first = next(iter(first_of_size.items()))
+          raise DataError(
+              f"image_folder {root!r} mixes image sizes: {path!r} is "
+              f"{size[0]}x{size[1]}, {first!r} is {w0}x{h0}; resize them to one "
+              "size first.")
+        first_of_size.setdefault(size, path)
+  if colour and gray:
+    conversions["grayscale"] = gray
+  notes = {"16-bit": "16-bit images are scaled to 8 bits",
+           "palette": "palette images are read as RGB",
+           "grayscale": "grayscale images are read as RGB (gray in all 3 channels), "
+                        "as the folder holds colour images too"}
+  for kind, paths in conversions.items():
+    logging.info("image_folder %s: %s: %d image(s), the first %s", root, notes[kind],
+                 len(paths), paths[0])
+  (w, h), = first_of_size
+  files = {}
+  for split, groups in layout.items():
+    paths = np.array([p for _, ps in groups for p in ps])
+    labels = (None if groups[0][0] is None else
+              np.concatenate([np.full(len(ps), ids[c], np.int32) for c, ps in groups]))
+    files[split] = (paths, labels)
+  class_names = tuple(sorted(ids, key=ids.get))
+  return files, class_names, (h, w, 3 if colour else 1)
 
 
 # --- offline Fashion-MNIST ---

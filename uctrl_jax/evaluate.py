@@ -30,27 +30,40 @@ import ml_collections
 import numpy as np
 
 import uctrl_jax
+from uctrl_jax import datasets
 from uctrl_jax import evaluators
 from uctrl_jax import figures
 from uctrl_jax import input_pipeline
 from uctrl_jax import models
 from uctrl_jax import train
+from uctrl_jax import validation
 
 
 def load_data(config: ml_collections.ConfigDict) -> evaluators.EvalData:
   """Both splits as arrays, preprocessed as the training batches' ``image``.
 
-  Reads ``config.evals.{train,test}_split`` and keeps the first
-  ``config.evals.max_{train,test}_examples`` (None: all) of each.
+  Reads ``config.evals.{train,test}_split`` (slices too) and keeps the first
+  ``config.evals.max_{train,test}_examples`` (None: all) of each; a split without
+  labels gives ``y`` None. Warns when the test split shares images with the reference
+  split or with ``config.data.train_split`` (not held out).
   """
   evals = config.get("evals", None) or ml_collections.ConfigDict()
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.data.cache = False  # read once; a partial read must not leave a partial cache
   info = input_pipeline.get_dataset_info(config)
+  train_split, test_split = evals.get("train_split", "train"), evals.get("test_split", "test")
+  source = input_pipeline.open_source(config)
+  for field, split in (("config.evals.train_split", train_split),
+                       ("config.data.train_split", config.data.train_split)):
+    shared = source.shared_examples(test_split, split)
+    if shared:
+      logging.warning("config.evals.test_split %r shares %d of its images with %s %r: they "
+                      "are not held out (slice one split instead, e.g. train[:90%%] and "
+                      "train[90%%:])", test_split, shared, field, split)
   arrays = []
-  for split, limit in ((evals.get("train_split", "train"), evals.get("max_train_examples", None)),
-                       (evals.get("test_split", "test"), evals.get("max_test_examples", None))):
+  for split, limit in ((train_split, evals.get("max_train_examples", None)),
+                       (test_split, evals.get("max_test_examples", None))):
     # The evaluation pipeline: every example once, in order, padding marked by `mask`.
     ds = input_pipeline.create_dataset(config, split, process_index=0, process_count=1,
                                        training=False, num_views=0)
@@ -62,8 +75,8 @@ def load_data(config: ml_collections.ConfigDict) -> evaluators.EvalData:
       count += int(keep.sum())
       if limit is not None and count >= limit:
         break
-    x, y = np.concatenate(images), np.concatenate(labels).astype(np.int64)
-    arrays += [x[:limit], y[:limit]] if limit is not None else [x, y]
+    x, y = np.concatenate(images)[:limit], np.concatenate(labels)[:limit].astype(np.int64)
+    arrays += [x, y if datasets.has_labels(info, split) else None]
   return evaluators.EvalData(*arrays, num_classes=info.num_classes)
 
 
@@ -129,6 +142,8 @@ def results_markdown(results: dict[str, Any]) -> str:
       lines.append(f"| {key} | " + " | ".join(row) + " |")
   for name in results.get("not_applicable", ()):
     lines.append(f"| {name} | n/a (encoder-only run: no decoder) |" + " |" * len(names))
+  for name in results.get("skipped_without_labels", ()):
+    lines.append(f"| {name} | skipped: no labels |" + " |" * len(names))
   lines += ["", "Accuracies (`top1`, `acc`, `consistency`) in %; NMI in [0, 1]; "
             "PSNR in dB (peak-to-peak 2); MSE on [-1, 1].", "", "## Evaluation time (s)", "",
             "| part | trained |" + "".join(f" {n} |" for n in names),
@@ -159,14 +174,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   loaded = uctrl_jax.load(workdir, step)
   run_config = loaded.config
   if config.data.name != run_config.data.name:
-    raise ValueError(f"config.data.name = {config.data.name!r}, but {workdir} was trained on "
-                     f"{run_config.data.name!r}; pass the run's config (--config=...)")
+    raise validation.ConfigError(
+        f"config.data.name = {config.data.name!r}, but {workdir} was trained on "
+        f"{run_config.data.name!r}; pass the run's config (--config=...)")
   image_shape = tuple(run_config.data.image_shape)
   evals = config.get("evals", None) or ml_collections.ConfigDict()
   data = load_data(config)
   if data.x_train.shape[1:] != image_shape:
-    raise ValueError(f"the data come as {data.x_train.shape[1:]} images, the run's models read "
-                     f"{image_shape}; set config.data.image_size as in the run")
+    raise validation.ConfigError(
+        f"the data come as {data.x_train.shape[1:]} images, the run's models read "
+        f"{image_shape}; set config.data.image_size as in the run")
   write = jax.process_index() == 0
   out_dir = os.path.join(workdir, "figures")
   batch_size = int(evals.get("batch_size", 500))
@@ -179,8 +196,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                                out_dir if write else None, None)
   metrics = evaluators.run_context(built, context)
   baselines = {}
-  classifiers = [e for e in built if e.name in evaluators.CLASSIFIERS]
-  if evals.get("baselines", True):
+  # Only those the labels allow (run_context logged which were skipped, and why).
+  runnable, _ = evaluators.without_labels(built, data)
+  skipped = [e.name for e in built if e not in runnable]
+  classifiers = [e for e in runnable if e.name in evaluators.CLASSIFIERS]
+  if evals.get("baselines", True) and classifiers:
     # The initial state train_and_evaluate starts from: what training added.
     for name, encode in (("raw_pixels", _flatten),
                          ("random_encoder", random_encoder(run_config, image_shape,
@@ -232,6 +252,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
       "compared_runs": compared,
       "metrics": metrics,
       "not_applicable": not_applicable,
+      "skipped_without_labels": skipped,
       "baselines": baselines,
       "figures": paths,
       "evals_config": evals.to_dict() if hasattr(evals, "to_dict") else dict(evals),

@@ -9,6 +9,9 @@
 - ``pca.png``: the test features on their top two principal components, by label;
 - ``training_curves.png``: every scalar the trainer logged (TensorBoard event files in
   the workdir), one panel per tag.
+
+Without test labels, ``similarity.png`` and ``spectra.png`` (both are about classes) are
+left out and ``pca.png`` has one colour.
 """
 from __future__ import annotations
 
@@ -110,9 +113,12 @@ def spectra(Z: np.ndarray, labels: np.ndarray, path: str,
   return _save(fig, path)
 
 
-def pca(Z: np.ndarray, labels: np.ndarray, path: str,
+def pca(Z: np.ndarray, labels: Optional[np.ndarray], path: str,
         class_names: Optional[Sequence[str]] = None) -> str:
-  """The features on their top two principal components, coloured by label."""
+  """The features on their top two principal components, coloured by label (None: one
+  colour)."""
+  if labels is None:
+    labels, class_names = np.zeros(len(Z), np.int64), ["all (no labels)"]
   Z, labels = _unit(Z), np.asarray(labels)
   centred = Z - Z.mean(0)
   _, _, Vt = np.linalg.svd(centred, full_matrices=False)
@@ -172,14 +178,16 @@ def training_curves(workdir: str, path: str) -> Optional[str]:
 
 
 def write_all(out_dir: str, *, x_test: np.ndarray, x_hat: Optional[np.ndarray], z_test: np.ndarray,
-              zhat_test: Optional[np.ndarray], y_test: np.ndarray, workdir: Optional[str] = None,
+              zhat_test: Optional[np.ndarray], y_test: Optional[np.ndarray],
+              workdir: Optional[str] = None,
               class_names: Optional[Sequence[str]] = None) -> Mapping[str, str]:
   """Every figure of the module docstring into ``out_dir``: ``{name: path}``."""
   paths = {}
   if x_hat is not None:
     paths["reconstructions"] = reconstructions(x_test, x_hat, os.path.join(out_dir, "reconstructions.png"))
-  paths["similarity"] = similarity(z_test, zhat_test, y_test, os.path.join(out_dir, "similarity.png"))
-  paths["spectra"] = spectra(z_test, y_test, os.path.join(out_dir, "spectra.png"), class_names)
+  if y_test is not None:
+    paths["similarity"] = similarity(z_test, zhat_test, y_test, os.path.join(out_dir, "similarity.png"))
+    paths["spectra"] = spectra(z_test, y_test, os.path.join(out_dir, "spectra.png"), class_names)
   paths["pca"] = pca(z_test, y_test, os.path.join(out_dir, "pca.png"), class_names)
   if workdir is not None:
     curves = training_curves(workdir, os.path.join(out_dir, "training_curves.png"))

@@ -4,7 +4,7 @@ API for the trainer and evaluators:
 
     info = get_dataset_info(config)
       # DatasetInfo: image_shape (S, S, C) of the batches, num_classes,
-      # num_examples {split: n}, class_names.
+      # num_examples {split: n}, class_names, unlabelled_splits.
     ds = create_dataset(config, "train", process_index=jax.process_index(),
                         process_count=jax.process_count())
     for batch in ds.as_numpy_iterator(): ...
@@ -14,7 +14,8 @@ V = config.data.num_views:
 
     "image": (B, S, S, C) float32 in [-1, 1]  the image, resized to S
     "views": (V, B, S, S, C) float32 in [-1, 1]  independent augmentations
-    "label": (B,) int32
+    "label": (B,) int32  -1 in an unlabelled split (training never reads it,
+                         except the supervised loss.mode "ctrl_multi")
     "mask":  (B,) bool  evaluation only: False marks padding (label -1)
 
 Training (default for splits named "train*"): this process's shard, shuffled,
@@ -30,6 +31,7 @@ augmentation seed fold_in(seed, k). The same config gives the same batches.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -62,10 +64,8 @@ def get_dataset_info(config: ml_collections.ConfigDict) -> datasets.DatasetInfo:
   """Dataset facts, with image_shape as batches carry it: (S, S, C)."""
   info = open_source(config).info
   size = _image_size(config, info)
-  return datasets.DatasetInfo(
-      name=info.name, image_shape=(*size, info.image_shape[-1]),
-      num_classes=info.num_classes, num_examples=dict(info.num_examples),
-      class_names=info.class_names)
+  return dataclasses.replace(info, image_shape=(*size, info.image_shape[-1]),
+                             num_examples=dict(info.num_examples))
 
 
 def per_process_batch_size(config: ml_collections.ConfigDict,
@@ -89,8 +89,8 @@ def create_dataset(config: ml_collections.ConfigDict, split: str, *,
   Args:
     config: the experiment config; reads config.seed, config.data and
       config.train.batch_size.
-    split: split name, e.g. "train", "test" (tfds slices like "train[:10%]"
-      also work for tfds datasets).
+    split: split name, e.g. "train", "test", or a slice of one ("train[:90%]";
+      see uctrl_jax/datasets.py for how npz and image-folder slices are drawn).
     process_index: this process, in [0, process_count).
     process_count: number of processes; each reads a disjoint shard.
     training: shuffle + repeat + drop the remainder (True) or one padded, masked

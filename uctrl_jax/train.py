@@ -89,10 +89,15 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, base_lr: float) ->
 def make_optimizers(config) -> Tuple[optax.GradientTransformation, optax.GradientTransformation]:
   """Adam for each player with its own learning rate and β₁ (``train.encoder_lr``,
   ``encoder_b1``; ``decoder_lr``, ``decoder_b1``) and a shared β₂ (CTRL: lr 1.5e-4,
-  β = (0.5, 0.999) for both; SPEC §3)."""
+  β = (0.5, 0.999) for both; SPEC §3).
+
+  The schedules run over iterations (``state.step``, the rate each step logs as
+  ``*/lr``), while optax counts updates: the encoder, updated ``train.encoder_steps``
+  times per iteration, reads its schedule at ``count // encoder_steps``."""
   t = config.train
-  return tuple(optax.adam(learning_rate_schedule(config, lr), b1=b1, b2=t.b2)
-               for lr, b1 in ((t.encoder_lr, t.encoder_b1), (t.decoder_lr, t.decoder_b1)))
+  encoder_lr = learning_rate_schedule(config, t.encoder_lr)
+  return (optax.adam(lambda count: encoder_lr(count // t.encoder_steps), b1=t.encoder_b1, b2=t.b2),
+          optax.adam(learning_rate_schedule(config, t.decoder_lr), b1=t.decoder_b1, b2=t.b2))
 
 
 def create_train_state(config, image_shape, rng: Array) -> TrainState:
@@ -316,12 +321,16 @@ class PeriodicEval:
     from uctrl_jax import evaluators  # pylint: disable=import-outside-toplevel
     if self._data is None:
       self._data = evaluate.load_data(self._config)
-      self._evaluators = evaluators.build(self._config, names=self.names)
+      # Those the labels allow; the one line on the others is logged here, once.
+      self._evaluators, note = evaluators.without_labels(
+          evaluators.build(self._config, names=self.names), self._data)
+      if note:
+        logging.info("in-training evaluation: %s", note)
     batch_size = int(self._config.evals.get("batch_size", 500))
     metrics = evaluators.run_all(self._evaluators, lambda x: self._encode(state, x),
                                  None if self._decode is None else lambda Z: self._decode(state, Z),
                                  self._data,
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, log_labels=False)
     return {f"eval/{k}": v for k, v in metrics.items()}
 
 
@@ -544,7 +553,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     validation.ConfigError: a bad config or workdir, before anything is compiled.
     FloatingPointError: non-finite values with ``on_nonfinite = "stop"`` (or rollbacks
       exhausted, or nothing to roll back to).
-    RuntimeError: checkpoints exist but none can be restored.
+    checkpointing.RunLoadError: checkpoints exist but none can be restored.
   """
   t = config.train
   validation.validate_config(config, workdir)
@@ -554,7 +563,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   max_rollbacks = 3 if max_rollbacks is None else int(max_rollbacks)
   fault_step = t.get("fault_inject_nan_at_step", None)
   mesh = sharding.create_mesh(mesh_config=config.get("mesh"))
-  image_shape = input_pipeline.get_dataset_info(config).image_shape
+  info = input_pipeline.get_dataset_info(config)
+  image_shape = info.image_shape
+  validation.check_training_labels(config, info)
   if config.data.get("image_size", None) is None:
     # "Keep the stored size": the shape is known only now, still before any compile.
     validation.check_image_shape(config, image_shape)
@@ -579,7 +590,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   start = int(state.step)
 
   batches = input_pipeline.create_dataset(
-      config, "train", process_index=process_index, process_count=process_count,
+      config, config.data.train_split, process_index=process_index,
+      process_count=process_count, training=True,
       skip_batches=batches_consumed).as_numpy_iterator()
   encoder_step, decoder_step = make_steps(config, image_shape)
   # Several processes: each compiles a step, then all meet, so no collective times out.
@@ -700,13 +712,37 @@ def load(workdir: str, step: Optional[int] = None) -> Loaded:
   """The encoder and decoder of the checkpoint at ``step`` (latest when None) in ``workdir``.
 
   Needs only the work directory (``config.json`` and ``checkpoints/``), not the data.
+
+  Raises:
+    checkpointing.RunLoadError: ``workdir`` holds no run, no checkpoint (of ``step``),
+      or one that cannot be read; the message is one line.
   """
-  config = checkpointing.load_config(workdir)
-  image_shape = tuple(config.data.image_shape)
+  path = os.path.join(workdir, checkpointing.CONFIG_FILENAME)
+  if not os.path.isfile(path):
+    raise checkpointing.RunLoadError(
+        f"{workdir} holds no run: no {path} (train one there with main.py "
+        f"--workdir={workdir}, or name the directory of a trained run)")
+  try:
+    config = checkpointing.load_config(workdir)
+    image_shape = tuple(config.data.image_shape)
+  except (OSError, ValueError, AttributeError, KeyError, TypeError) as e:
+    raise checkpointing.RunLoadError(
+        f"cannot read the run's config {path}: {type(e).__name__}: {_first_line(e)}") from e
   target = create_train_state(config, image_shape, jax.random.key(0))
-  with checkpointing.Checkpointer(workdir) as checkpointer:
-    state, extra = checkpointer.restore(target, step)
+  try:
+    with checkpointing.Checkpointer(workdir) as checkpointer:
+      state, extra = checkpointer.restore(target, step)
+  except FileNotFoundError as e:
+    raise checkpointing.RunLoadError(f"{workdir} holds no checkpoint to load: {e}") from e
+  except Exception as e:  # orbax/tensorstore raise many types for damaged files
+    raise checkpointing.RunLoadError(
+        f"the checkpoint in {workdir} cannot be read: {type(e).__name__}: "
+        f"{_first_line(e)}") from e
   encode, decode = (f and jax.jit(f) for f in _eval_mode_loop(config, image_shape))
   # The state is an argument, not a closed-over constant: compiles fast at any size.
   return Loaded(lambda x: encode(state, x), decode and (lambda Z: decode(state, Z)), config,
                 state, extra)
+
+
+def _first_line(e: BaseException) -> str:
+  return str(e).splitlines()[0][:300] if str(e) else ""

@@ -17,7 +17,12 @@ compile (or an hour of training) and main.py can print it without a traceback:
   ``config.json``, the same architecture, feature dimension, dataset and image shape
   (a resume would restore parameters of the wrong shapes, or continue on other data).
   Settings that only change the schedule (``num_steps``, ``log_every``, ...) may
-  change between runs; a changed seed, batch size or objective is logged as a warning.
+  change between runs; a changed seed, batch size, objective, training split or
+  learning-rate schedule is logged as a warning. A changed ``num_steps`` under the
+  ``"cosine"`` schedule (which decays over ``num_steps``) changes the learning rate of
+  the steps to come: refused unless ``train.allow_lr_curve_change``, then a warning;
+* labels: the supervised ``loss.mode = "ctrl_multi"`` needs a labelled training split
+  (``check_training_labels``, once the dataset is open).
 
 Importing this module is cheap (no TensorFlow); only a tfds dataset name imports
 tensorflow_datasets, to look the name up.
@@ -50,7 +55,9 @@ _MUST_MATCH = ("model.encoder", "model.decoder", "model.feature_dim", "model.wid
                "model.upsample", "data.name")
 # Keys whose change a resume survives but which make it a different experiment.
 _WARN_IF_CHANGED = ("seed", "train.batch_size", "loss.mode", "loss.eps_sq", "loss.lambda_aug",
-                    "loss.lambda_self", "loss.sample_distance", "data.num_views")
+                    "loss.lambda_self", "loss.sample_distance", "data.num_views",
+                    "data.train_split", "train.schedule", "train.warmup_steps",
+                    "train.encoder_lr", "train.decoder_lr", "train.scale_lr_by_batch")
 
 
 class ConfigError(ValueError):
@@ -289,6 +296,36 @@ def check_workdir_compatible(config: ml_collections.ConfigDict, workdir: str,
     if key in saved and _normal(new.get(key)) != _normal(saved.get(key)):
       logging.warning("resuming %s with config.%s = %r (was %r): the run changes course here",
                       workdir, key, new.get(key), saved.get(key))
+  _check_lr_curve_kept(config, workdir, saved, new)
+
+
+def _has_checkpoint(workdir: str) -> bool:
+  directory = os.path.join(workdir, checkpointing.CHECKPOINT_SUBDIR)
+  return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+
+
+def _check_lr_curve_kept(config, workdir: str, saved: dict, new: dict) -> None:
+  """A resume under a decaying schedule keeps ``num_steps``, the length it decays over."""
+  old_steps, new_steps = saved.get("train.num_steps"), new.get("train.num_steps")
+  decaying = "cosine" in (saved.get("train.schedule"), new.get("train.schedule"))
+  if not decaying or old_steps in (None, new_steps) or not _has_checkpoint(workdir):
+    return
+  what = (f"{workdir} holds a run of config.train.num_steps = {old_steps}, this config has "
+          f"{new_steps}: under the cosine schedule, which decays over num_steps, the resumed "
+          "steps would follow another learning-rate curve")
+  if not config.train.allow_lr_curve_change:
+    raise ConfigError(f"{what}; keep num_steps, use a fresh --workdir, or set "
+                      "config.train.allow_lr_curve_change=True")
+  logging.warning("%s (config.train.allow_lr_curve_change)", what)
+
+
+def check_training_labels(config: ml_collections.ConfigDict, info) -> None:
+  """The supervised ``loss.mode = "ctrl_multi"`` has labels in ``data.train_split``
+  (``info``: the opened dataset's ``datasets.DatasetInfo``)."""
+  from uctrl_jax import datasets  # pylint: disable=import-outside-toplevel  (TensorFlow)
+  if config.loss.mode == "ctrl_multi" and not datasets.has_labels(info, config.data.train_split):
+    raise ConfigError(f"config.loss.mode = 'ctrl_multi' is supervised, but config.data."
+                      f"train_split {config.data.train_split!r} of {info.name!r} has no labels")
 
 
 def validate_config(config: ml_collections.ConfigDict, workdir: Optional[str], *,

@@ -19,6 +19,14 @@ computing features once:
     metrics = run_all(evaluators, encode, decode, data, step, out_dir=...)
     # {"knn/top1": 87.1, "reconstruction/psnr": 15.2, ...}
 
+Labels only score a run. On data without them (``EvalData`` with ``y_train`` and/or
+``y_test`` None) the evaluators that need them (``Evaluator.needs_labels``: kNN, linear
+probe, nearest subspace, clustering, structure) are skipped with one log line saying
+why (``without_labels``); reconstruction reports MSE/PSNR without its class consistency,
+conditional generation clusters by k-means (``num_clusters``, or
+``num_clusters_without_labels`` when there are no classes) without its
+``sample_consistency``; FID needs none.
+
 ``encode(x (B, H, W, C)) -> (B, d)`` and ``decode(Z) -> x̂`` are called on batches of
 exactly ``config.evals.batch_size`` rows (padded), so jitted callables compile once.
 Options of an evaluator are ``config.evals.<name>`` (keyword arguments of its
@@ -45,12 +53,12 @@ CLASSIFIERS = ("knn", "linear_probe", "nearest_subspace", "clustering", "structu
 
 
 class EvalData(NamedTuple):
-  """Labelled images of both splits, as the input pipeline presents them."""
+  """Images of both splits, as the input pipeline presents them, and their labels."""
   x_train: np.ndarray  # (n, H, W, C) float32 in [-1, 1]
-  y_train: np.ndarray  # (n,) int
+  y_train: Optional[np.ndarray]  # (n,) int; None: the split has no labels
   x_test: np.ndarray  # (m, H, W, C) float32 in [-1, 1]
-  y_test: np.ndarray  # (m,) int
-  num_classes: int
+  y_test: Optional[np.ndarray]  # (m,) int; None: the split has no labels
+  num_classes: int  # 0 when the dataset has no labels
 
 
 class Context:
@@ -83,10 +91,12 @@ class Context:
 
 @dataclasses.dataclass(frozen=True)
 class Evaluator:
-  """A named evaluator: ``fn(context) -> {metric: float}``."""
+  """A named evaluator: ``fn(context) -> {metric: float}``; ``needs_labels`` names the
+  splits ("train", "test") whose labels all its metrics need."""
   name: str
   fn: Callable[[Context], Mapping[str, float]]
   needs_decode: bool = False
+  needs_labels: tuple[str, ...] = ()
 
 
 def _knn(m, o):
@@ -111,11 +121,12 @@ def _reconstruction(m, o):
 
 def _conditional_generation(m, o):
   use_labels, k = o.pop("use_labels", False), o.pop("num_clusters", None)
+  k_unlabelled = o.pop("num_clusters_without_labels", None)
 
   def fn(c):
     grid, metrics = m.evaluate(
         c.z_train, c.decode, labels=c.data.y_train if use_labels else None,
-        num_clusters=k or c.data.num_classes, x_train=c.data.x_train,
+        num_clusters=k or c.data.num_classes or k_unlabelled, x_train=c.data.x_train,
         y_train=c.data.y_train, num_classes=c.data.num_classes, batch_size=c.batch_size, **o)
     if c.out_dir:
       from uctrl_jax import image_grid  # pylint: disable=import-outside-toplevel
@@ -130,16 +141,19 @@ def _fid(m, o):
                               batch_size=c.batch_size, **o)
 
 
-# name -> (builder(module, options) -> fn(context), needs_decode)
+# name -> (builder(module, options) -> fn(context), needs_decode, needs_labels)
 _REGISTRY = {
-    "knn": (_knn, False),
-    "linear_probe": (_knn, False),  # same arguments as knn
-    "nearest_subspace": (_knn, False),
-    "clustering": (_clustering, False),
-    "reconstruction": (_reconstruction, True),
-    "conditional_generation": (_conditional_generation, True),
-    "fid": (_fid, True),
-    "structure": (_structure, False),
+    "knn": (_knn, False, ("train", "test")),
+    "linear_probe": (_knn, False, ("train", "test")),  # same arguments as knn
+    "nearest_subspace": (_knn, False, ("train", "test")),
+    # Clusters the test split; its labels only score the partition.
+    "clustering": (_clustering, False, ("test",)),
+    # Without labels: MSE and PSNR only.
+    "reconstruction": (_reconstruction, True, ()),
+    # Without labels: k-means clusters, no sample_consistency (use_labels needs train's).
+    "conditional_generation": (_conditional_generation, True, ()),
+    "fid": (_fid, True, ()),
+    "structure": (_structure, False, ("test",)),
 }
 
 
@@ -147,9 +161,11 @@ def build_one(name: str, options: Optional[Mapping[str, Any]] = None) -> Evaluat
   """The evaluator ``name`` with keyword ``options`` of its module's ``evaluate``."""
   if name not in _REGISTRY:
     raise ValueError(f"unknown evaluator {name!r}; known: {', '.join(ALL)}")
-  builder, needs_decode = _REGISTRY[name]
+  builder, needs_decode, needs_labels = _REGISTRY[name]
   module = importlib.import_module(f"uctrl_jax.evaluators.{name}")  # lazily: only those named
   options = dict(options or {})
+  if name == "conditional_generation" and options.get("use_labels"):
+    needs_labels = ("train",)  # its clusters are the training classes
   inner = builder(module, options)
 
   def fn(context):
@@ -157,7 +173,7 @@ def build_one(name: str, options: Optional[Mapping[str, Any]] = None) -> Evaluat
       return inner(context)
     except TypeError as e:  # most likely a misspelt option
       raise TypeError(f"evaluator {name!r} with options {options}: {e}") from e
-  return Evaluator(name, fn, needs_decode)
+  return Evaluator(name, fn, needs_decode, needs_labels)
 
 
 def build(config, names: Optional[Sequence[str]] = None) -> list[Evaluator]:
@@ -178,12 +194,38 @@ def build(config, names: Optional[Sequence[str]] = None) -> list[Evaluator]:
   return out
 
 
-def run_context(evaluators: Sequence[Evaluator], context: Context) -> dict[str, float]:
+def without_labels(evaluators: Sequence[Evaluator], data: EvalData
+                   ) -> tuple[list[Evaluator], Optional[str]]:
+  """The evaluators that ``data``'s labels allow, and one line naming the others and why
+  (None when none is skipped, or when ``data`` has every label)."""
+  missing = [s for s, y in (("train", data.y_train), ("test", data.y_test)) if y is None]
+  keep = [e for e in evaluators if not set(e.needs_labels) & set(missing)]
+  # Label-based metrics dropped by evaluators that still run.
+  partial = [e.name for e in keep if e.name == "reconstruction"
+             or (e.name == "conditional_generation" and "train" in missing)]
+  parts = []
+  if len(keep) < len(evaluators):
+    parts.append(", ".join(e.name for e in evaluators if e not in keep)
+                 + " skipped (they score with labels)")
+  if partial:
+    parts.append(", ".join(partial) + " without label-based metrics")
+  if not missing or not parts:
+    return keep, None
+  return keep, f"no labels in the evaluation's {' and '.join(missing)} split: " + "; ".join(parts)
+
+
+def run_context(evaluators: Sequence[Evaluator], context: Context, *,
+                log_labels: bool = True) -> dict[str, float]:
   """Runs ``evaluators`` on a prepared ``Context`` (``run_all`` without building one).
 
-  Skips the evaluators that need a decoder when ``context.decode`` is None. Reports
-  each evaluator's wall time as ``eval_seconds/<name>`` (the features' as ``encode``).
+  Skips the evaluators that need a decoder when ``context.decode`` is None, and those
+  that need labels the data lack (``without_labels``; its line is logged unless
+  ``log_labels`` is False, for a caller that logged it once already). Reports each
+  evaluator's wall time as ``eval_seconds/<name>`` (the features' as ``encode``).
   """
+  evaluators, note = without_labels(evaluators, context.data)
+  if note and log_labels:
+    logging.info("%s", note)
   start = time.time()
   context.z_train, context.z_test  # pylint: disable=pointless-statement  (timed apart)
   metrics = {"eval_seconds/encode": time.time() - start}
@@ -200,11 +242,12 @@ def run_context(evaluators: Sequence[Evaluator], context: Context) -> dict[str, 
 
 def run_all(evaluators: Sequence[Evaluator], encode: Callable, decode: Optional[Callable],
             data: EvalData, step: Optional[int] = None, *, out_dir: Optional[str] = None,
-            batch_size: int = 500) -> dict[str, float]:
+            batch_size: int = 500, log_labels: bool = True) -> dict[str, float]:
   """Runs ``evaluators`` on ``encode``/``decode`` and ``data``: ``{"name/metric": float}``.
 
   ``decode=None`` (raw pixels, say) skips the evaluators that need a decoder.
   ``out_dir`` receives pictures (conditional generation), suffixed with ``step`` when
   given. Features are computed once, in batches of ``batch_size``.
   """
-  return run_context(evaluators, Context(data, encode, decode, batch_size, out_dir, step))
+  return run_context(evaluators, Context(data, encode, decode, batch_size, out_dir, step),
+                     log_labels=log_labels)

@@ -8,6 +8,8 @@ Protocol:
   input (does ``g(f(x))`` stay in its class? chance is 1/C);
 - ``real_top1``: the same classifier on the real test images, the ceiling of
   ``consistency``.
+
+Without labels (``y_train`` or ``y_test`` None) only ``mse`` and ``psnr``.
 """
 from __future__ import annotations
 
@@ -32,11 +34,13 @@ def evaluate(x_train, y_train, x_test, y_test, x_hat, *, num_classes: int | None
   """Metrics of the module docstring.
 
   Args:
-    x_train, y_train: (n, H, W, C) real training images in [-1, 1], (n,) labels.
-    x_test, y_test: (m, H, W, C) real test images, (m,) labels.
+    x_train, y_train: (n, H, W, C) real training images in [-1, 1], (n,) labels or None.
+    x_test, y_test: (m, H, W, C) real test images, (m,) labels or None.
     x_hat: (m, H, W, C) reconstructions ``g(f(x_test))``.
   """
   out = mse_psnr(x_test, x_hat)
+  if y_train is None or y_test is None:
+    return out
   y_test = common.as_labels("y_test", y_test, len(x_test))
   # One classifier, two query sets: real test images, then their reconstructions.
   pred = knn.weighted_knn(x_train, y_train, np.concatenate([x_test, x_hat]),
