@@ -60,6 +60,8 @@ def get_config() -> ml_collections.ConfigDict:
   # views (half weight each) with the normalised mean of the views' features (EMP-SSL's).
   config.loss.aug_target = "image"
   config.loss.temperature = 0.2  # "simclr" only: NT-Xent's T
+  # Expansion over the views too: ½ (R(Z) + mean_v R(Z_v)) in place of R(Z) (uctrl only).
+  config.loss.rate_on_views = False
   config.loss.num_classes = 10  # ctrl_multi only (supervised)
   # Ablations only (benchmarks/ablations.py): weights of R(Z) and ΔR(Z, Ẑ) in both players'
   # objectives; 1 is the method.

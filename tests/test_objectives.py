@@ -186,3 +186,20 @@ def test_simclr_diagnostic_rate_carries_no_gradient():
   grad_with = jax.grad(lambda Z: objectives.simclr_objective(Z, 0.2, 0.5)["encoder_objective"])
   grad_loss = jax.grad(lambda Z: -objectives.nt_xent(Z, 0.2))
   np.testing.assert_allclose(grad_with(Z_views), grad_loss(Z_views), rtol=1e-6, atol=1e-7)
+
+
+def test_rate_on_views_expands_the_views_as_much_as_the_image():
+  config = tiny.get_config()
+  Z_all = _views(9, 4, 24, 8)
+  Z, Zhat, Z_aug = Z_all[0], Z_all[1], Z_all[2:]
+  labels = jnp.zeros(24, jnp.int32)
+  plain = objectives.game_terms(config, Z, Zhat, Z_aug, labels)
+  config.loss.rate_on_views = True
+  views = objectives.game_terms(config, Z, Zhat, Z_aug, labels)
+  R_views = np.mean([np_rate(Zv, config.loss.eps_sq) for Zv in Z_aug])
+  np.testing.assert_allclose(views["R_views"], R_views, rtol=1e-4)
+  for key in ("encoder_objective", "decoder_objective"):
+    np.testing.assert_allclose(views[key], plain[key] + 0.5 * (R_views - plain["R"]), rtol=1e-4)
+  # Without the views (the decoder step with running statistics) nothing is added.
+  no_views = objectives.game_terms(config, Z, Zhat, None, labels)
+  assert "R_views" not in no_views

@@ -214,7 +214,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
     other = uctrl_jax.load(path)
     if (other.config.data.name != run_config.data.name
         or tuple(other.config.data.image_shape) != image_shape):
-      raise ValueError(f"config.evals.compare_workdirs: {path} was trained on "
+      raise validation.ConfigError(f"config.evals.compare_workdirs: {path} was trained on "
                        f"{other.config.data.name!r} {tuple(other.config.data.image_shape)}, this "
                        f"run on {run_config.data.name!r} {image_shape}")
     name = f"{other.config.loss.mode}: {os.path.basename(os.path.normpath(path))}"
