@@ -102,3 +102,47 @@ def mock_cifar10(mock_metadata_dir, monkeypatch):
                               data_dir=mock_metadata_dir,
                               policy=tfds.testing.MockPolicy.USE_FILES):
     yield
+
+
+_BLOCKER = '''"""Written by tests/conftest.py: {modules} look not installed.
+
+Every finder on sys.meta_path is wrapped so that it does not find them: imports raise
+ModuleNotFoundError and importlib.util.find_spec answers None, as without the packages.
+"""
+import sys
+
+_BLOCKED = {modules!r}
+
+
+class _Hiding:
+  def __init__(self, finder):
+    self._finder = finder
+
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in _BLOCKED:
+      return None
+    return self._finder.find_spec(name, path, target)
+
+  def __getattr__(self, attr):
+    return getattr(self._finder, attr)
+
+
+sys.meta_path[:] = [_Hiding(finder) for finder in sys.meta_path]
+'''
+
+
+@pytest.fixture
+def env_without(tmp_path):
+  """``env_without(*modules)``: an environment for subprocesses in which the top-level
+  ``modules`` look not installed (imports raise ModuleNotFoundError, find_spec says None).
+
+  A ``sitecustomize.py`` on ``PYTHONPATH`` installs the blocker at start-up, so the
+  subprocesses' own children are blocked too.
+  """
+  def make(*modules):
+    site = tmp_path / "blocked_site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(_BLOCKER.format(modules=tuple(sorted(modules))))
+    path = os.pathsep.join([str(site)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    return dict(os.environ, PYTHONPATH=path)  # conftest's CPU-only settings included
+  return make
