@@ -60,6 +60,25 @@ def fashion_mnist_data_dir(tmp_path_factory):
   return str(data_dir)
 
 
+@pytest.fixture(scope="session")
+def random_npz(tmp_path_factory):
+  """``random_npz(image_shape)``: the path of an ``npz:`` file (written once per shape) of
+  64 random uint8 images ``(64, *image_shape)`` and labels in [0, 10), seed 0."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  paths = {}
+
+  def make(image_shape):
+    image_shape = tuple(image_shape)
+    if image_shape not in paths:
+      rng = np.random.default_rng(0)
+      path = tmp_path_factory.mktemp("npz") / "data.npz"
+      np.savez(path, x=rng.integers(0, 256, (64, *image_shape), dtype=np.uint8),
+               y=rng.integers(0, 10, 64))
+      paths[image_shape] = str(path)
+    return paths[image_shape]
+  return make
+
+
 MOCK_EXAMPLES = 48
 
 

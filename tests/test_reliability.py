@@ -49,12 +49,8 @@ def compilation_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def npz_path(tmp_path_factory):
-  rng = np.random.default_rng(0)
-  path = tmp_path_factory.mktemp("data") / "data.npz"
-  np.savez(path, x=rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8),
-           y=rng.integers(0, 10, 64))
-  return str(path)
+def npz_path(random_npz):
+  return random_npz((28, 28, 1))
 
 
 def _config(npz_path, **train):
