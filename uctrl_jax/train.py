@@ -50,9 +50,9 @@ from uctrl_jax import sharding
 
 # Accelerator images often lack TensorFlow, tfds, clu and ml_collections: the steps
 # (create_train_state, make_steps, train_iteration) import and run without any of them,
-# `load` without TensorFlow (tests/test_tf_free.py). So the loop's host-side pieces
-# (input_pipeline: TensorFlow; clu's writers; checkpointing and validation:
-# ml_collections; threadpoolctl) are imported where they are used.
+# `load` without TensorFlow (tests/test_tf_free.py, test_accelerator_bench.py). So the
+# loop's host-side pieces (input_pipeline: TensorFlow; clu's writers; checkpointing and
+# validation: ml_collections; threadpoolctl) are imported where they are used.
 if TYPE_CHECKING:
   import ml_collections
 
