@@ -47,11 +47,8 @@ Needs PyTorch's CPU wheel, which is kept out of the project's requirements:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import logging
 import os
-import statistics
 import sys
 import time
 
@@ -70,6 +67,7 @@ import optax  # noqa: E402
 import threadpoolctl  # noqa: E402
 
 from configs import cifar, fashion_mnist, tiny  # noqa: E402
+from jax_loop import JaxLoop, interleaved, median_ms, random_batch, timed, unit_rows  # noqa: E402
 from uctrl_jax import models  # noqa: E402
 from uctrl_jax import objectives  # noqa: E402
 from uctrl_jax import rate_reduction as rr  # noqa: E402
@@ -96,20 +94,6 @@ CASES = {
 # ----------------------------------------------------------------------------
 # Helpers.
 # ----------------------------------------------------------------------------
-
-
-def random_batch(config, image_shape, seed=0) -> dict:
-  """A host batch as ``input_pipeline`` yields it: image (B,H,W,C), views (V,B,H,W,C), label (B,)."""
-  rng = np.random.default_rng(seed)
-  B, V = config.train.batch_size, config.data.num_views
-  return {"image": rng.uniform(-1, 1, (B, *image_shape)).astype(np.float32),
-          "views": rng.uniform(-1, 1, (V, B, *image_shape)).astype(np.float32),
-          "label": (np.arange(B) % 10).astype(np.int32)}
-
-
-def unit_rows(rng, *shape):
-  Z = rng.standard_normal(shape).astype(np.float32)
-  return Z / np.linalg.norm(Z, axis=-1, keepdims=True)
 
 
 def check_objectives_agree(config, sizes=(16, 256), num_views=2, rtol=1e-4, atol=1e-4) -> float:
@@ -161,100 +145,9 @@ def with_openblas(num_threads, fn):
   return run
 
 
-@contextlib.contextmanager
-def count_compiles():
-  """Collects the names of the XLA compilations inside (``jax.log_compiles`` records)."""
-  names = []
-
-  class Handler(logging.Handler):
-    def emit(self, record):
-      message = record.getMessage()
-      if message.startswith("Finished XLA compilation of "):
-        names.append(message[len("Finished XLA compilation of "):].split(" in ")[0])
-
-  logger = logging.getLogger("jax")
-  handler, propagate = Handler(level=logging.DEBUG), logger.propagate
-  logger.addHandler(handler)
-  logger.propagate = False  # log_compiles writes WARNINGs; keep them off stderr
-  try:
-    with jax.log_compiles():
-      yield names
-  finally:
-    logger.removeHandler(handler)
-    logger.propagate = propagate
-
-
-def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
-  """Runs zero-argument callables round-robin; each returns ``{label: seconds}``.
-
-  Returns ``{name: {label: [seconds, ...]}}`` over the ``repeats`` timed rounds.
-  """
-  for _ in range(warmup):
-    for fn in fns.values():
-      fn()
-  out = {name: {} for name in fns}
-  for _ in range(repeats):
-    for name, fn in fns.items():
-      for label, seconds in fn().items():
-        out[name].setdefault(label, []).append(seconds)
-  return out
-
-
-def timed(fn):
-  """Wraps a zero-argument callable into one that returns ``{"total": seconds}``."""
-  def run():
-    start = time.perf_counter()
-    fn()
-    return {"total": time.perf_counter() - start}
-  return run
-
-
-def median_ms(seconds) -> float:
-  return 1e3 * statistics.median(seconds)
-
-
 # ----------------------------------------------------------------------------
 # The two iterations.
 # ----------------------------------------------------------------------------
-
-
-class JaxLoop:
-  """This project's state and steps on one mesh, advanced one timed iteration at a time."""
-
-  def __init__(self, config, image_shape, host_batch):
-    self.config = config
-    self.image_shape = image_shape
-    self.mesh = sharding.create_mesh(mesh_config=config.get("mesh"))
-    self.state = sharding.replicate(
-        train.create_train_state(config, image_shape, jax.random.key(config.seed)), self.mesh)
-    self.encoder_step, self.decoder_step = train.make_steps(config, image_shape)
-    self.host_batch = host_batch
-    self.batch = sharding.shard_batch(host_batch, self.mesh)
-
-  def iteration(self, batch=None) -> dict:
-    """One iteration (``train.train_iteration``'s loop), each step timed to completion."""
-    batch = self.batch if batch is None else batch
-    times = {}
-    start = time.perf_counter()
-    for _ in range(self.config.train.encoder_steps):
-      self.state, metrics = self.encoder_step(self.state, batch)
-      jax.block_until_ready((self.state, metrics))
-    mid = time.perf_counter()
-    self.state, metrics = self.decoder_step(self.state, batch)
-    jax.block_until_ready((self.state, metrics))
-    end = time.perf_counter()
-    times["encoder steps"], times["decoder step"], times["iteration"] = mid - start, end - mid, end - start
-    return times
-
-  def compile_check(self, iterations: int = 3) -> list:
-    """Compilations per iteration, each fed a freshly sharded host batch (as training is)."""
-    per_iteration = []
-    for i in range(iterations):
-      host = random_batch(self.config, self.image_shape, seed=100 + i)
-      with count_compiles() as names:
-        self.iteration(sharding.shard_batch(host, self.mesh))
-      per_iteration.append(list(names))
-    return per_iteration
 
 
 class TorchLoop:

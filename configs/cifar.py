@@ -2,8 +2,15 @@
 
     python main.py --config=configs/cifar.py --workdir=/tmp/uctrl_cifar10
 
-CTRL's CIFAR-10 setting of two encoder steps per decoder step (SPEC §3). Not yet run
-on an accelerator: expected figures come with the trainer issue's measurements.
+What is CIFAR's here: the data, the ResNet-18 pair (w = 64), CTRL's two encoder steps per
+decoder step (SPEC §3) and batch 512 (the default 2 000 iterations are about 20 epochs).
+The decoder's upsampling, the sample-wise terms and the schedule are default.py's, which
+were measured on Fashion-MNIST only.
+
+Run so far (2026-12-03): 20 iterations of this command on CPU with random CIFAR-shaped
+images (`npz:`, width 8, d = 16, batch 16: tests/test_configs.py), and the iteration's
+speed on CPU (benchmarks/train_step_bench.py, README). Not run: real CIFAR-10, the full
+width or length, any accelerator; there are no quality figures for this config.
 """
 from configs import default
 
@@ -12,7 +19,6 @@ def get_config():
   config = default.get_config()
   config.data.name = "cifar10"
   config.data.image_size = 32
-  config.data.num_views = 1
   config.model.encoder = "resnet18"
   config.model.decoder = "resnet18"
   config.train.encoder_steps = 2  # CTRL's CIFAR-10 setting (SPEC §3)

@@ -63,14 +63,10 @@ def get_config():
   config.data.name = "fashion_mnist"
   config.data.image_size = 28
   config.model.width = 32
-  config.model.upsample = "resize_conv"
-  config.loss.sample_distance = "cosine"
-  config.loss.sample_reduction = "mean"
   config.loss.lambda_aug = 10.0
   config.loss.lambda_self = 10.0
   config.train.batch_size = 128
   config.train.num_steps = 1_500
-  config.train.schedule = "cosine"
   config.train.log_every = 50
   config.train.image_every = 250
   config.train.checkpoint_every = 250

@@ -2,7 +2,8 @@
 
     python main.py --config=configs/tiny.py --workdir=/tmp/uctrl_tiny
 
-Expected: nothing useful is learned; it exercises every code path in seconds.
+Expected: nothing useful is learned; it exercises every code path in seconds. Run by
+the tests throughout (tests/test_configs.py runs this command with `npz:` data).
 """
 from configs import default
 

@@ -60,6 +60,25 @@ def fashion_mnist_data_dir(tmp_path_factory):
   return str(data_dir)
 
 
+@pytest.fixture(scope="session")
+def random_npz(tmp_path_factory):
+  """``random_npz(image_shape)``: the path of an ``npz:`` file (written once per shape) of
+  64 random uint8 images ``(64, *image_shape)`` and labels in [0, 10), seed 0."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  paths = {}
+
+  def make(image_shape):
+    image_shape = tuple(image_shape)
+    if image_shape not in paths:
+      rng = np.random.default_rng(0)
+      path = tmp_path_factory.mktemp("npz") / "data.npz"
+      np.savez(path, x=rng.integers(0, 256, (64, *image_shape), dtype=np.uint8),
+               y=rng.integers(0, 10, 64))
+      paths[image_shape] = str(path)
+    return paths[image_shape]
+  return make
+
+
 MOCK_EXAMPLES = 48
 
 
@@ -102,3 +121,47 @@ def mock_cifar10(mock_metadata_dir, monkeypatch):
                               data_dir=mock_metadata_dir,
                               policy=tfds.testing.MockPolicy.USE_FILES):
     yield
+
+
+_BLOCKER = '''"""Written by tests/conftest.py: {modules} look not installed.
+
+Every finder on sys.meta_path is wrapped so that it does not find them: imports raise
+ModuleNotFoundError and importlib.util.find_spec answers None, as without the packages.
+"""
+import sys
+
+_BLOCKED = {modules!r}
+
+
+class _Hiding:
+  def __init__(self, finder):
+    self._finder = finder
+
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in _BLOCKED:
+      return None
+    return self._finder.find_spec(name, path, target)
+
+  def __getattr__(self, attr):
+    return getattr(self._finder, attr)
+
+
+sys.meta_path[:] = [_Hiding(finder) for finder in sys.meta_path]
+'''
+
+
+@pytest.fixture
+def env_without(tmp_path):
+  """``env_without(*modules)``: an environment for subprocesses in which the top-level
+  ``modules`` look not installed (imports raise ModuleNotFoundError, find_spec says None).
+
+  A ``sitecustomize.py`` on ``PYTHONPATH`` installs the blocker at start-up, so the
+  subprocesses' own children are blocked too.
+  """
+  def make(*modules):
+    site = tmp_path / "blocked_site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(_BLOCKER.format(modules=tuple(sorted(modules))))
+    path = os.pathsep.join([str(site)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    return dict(os.environ, PYTHONPATH=path)  # conftest's CPU-only settings included
+  return make

@@ -49,12 +49,8 @@ def compilation_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def npz_path(tmp_path_factory):
-  rng = np.random.default_rng(0)
-  path = tmp_path_factory.mktemp("data") / "data.npz"
-  np.savez(path, x=rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8),
-           y=rng.integers(0, 10, 64))
-  return str(path)
+def npz_path(random_npz):
+  return random_npz((28, 28, 1))
 
 
 def _config(npz_path, **train):
@@ -64,6 +60,9 @@ def _config(npz_path, **train):
   config.train.log_every = 1
   config.train.checkpoint_every = 2
   config.train.image_every = 1000
+  # Runs here are continued with a larger num_steps; a constant rate does not depend on it
+  # (the default cosine decay would refuse: the test of that passes schedule="cosine").
+  config.train.schedule = "constant"
   for key, value in train.items():
     config.train[key] = value
   return config
@@ -361,7 +360,8 @@ class _Run:
   def __init__(self, workdir, npz_path, cache_dir, *flags):
     cmd = [sys.executable, "main.py", "--config=configs/tiny.py", f"--workdir={workdir}",
            f"--config.data.name=npz:{npz_path}", "--config.train.num_steps=100000",
-           "--config.train.log_every=1", "--config.train.image_every=100000", *flags]
+           "--config.train.log_every=1", "--config.train.image_every=100000",
+           "--config.train.schedule=constant", *flags]  # as _config: resumed with other num_steps
     env = dict(os.environ,  # conftest's 8 CPU devices included
                JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,

@@ -34,27 +34,27 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Optional, Tuple
 
 from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
-import threadpoolctl
 
-from uctrl_jax import checkpointing
 from uctrl_jax import distributed
-from uctrl_jax import image_grid
-from uctrl_jax import input_pipeline
 from uctrl_jax import models
 from uctrl_jax import objectives
 from uctrl_jax import rate_reduction as rr
 from uctrl_jax import sharding
-from uctrl_jax import validation
+
+# Accelerator images often lack TensorFlow, tfds, clu and ml_collections: the steps
+# (create_train_state, make_steps, train_iteration) import and run without any of them,
+# `load` without TensorFlow (tests/test_tf_free.py, test_accelerator_bench.py). So the
+# loop's host-side pieces (input_pipeline: TensorFlow; clu's writers; checkpointing and
+# validation: ml_collections; threadpoolctl) are imported where they are used.
+if TYPE_CHECKING:
+  import ml_collections
 
 Array = jax.Array
 Metrics = Mapping[str, Array]
@@ -272,6 +272,7 @@ def limit_host_blas(num_threads: Optional[int]):
   issue 8: 1 thread made the Fashion-MNIST iteration about 20% faster on 2 cores).
   None leaves the pools alone. Uses threadpoolctl, so it works after numpy is imported.
   """
+  import threadpoolctl  # pylint: disable=import-outside-toplevel
   if num_threads is None:
     return threadpoolctl.threadpool_limits(limits=None)
   return threadpoolctl.threadpool_limits(limits=int(num_threads), user_api="blas")
@@ -293,6 +294,7 @@ class PeriodicEval:
     self.names = tuple(during.get("names", ()))
     self.every = int(config.train.get("eval_every", 0) or 0)
     splits = [evals.get("train_split", "train"), evals.get("test_split", "test")]
+    from uctrl_jax import input_pipeline  # pylint: disable=import-outside-toplevel
     available = input_pipeline.get_dataset_info(config).num_examples
     missing = [s for s in splits if s.split("[", 1)[0] not in available]
     if self.names and self.every > 0 and missing:
@@ -555,6 +557,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       exhausted, or nothing to roll back to).
     checkpointing.RunLoadError: checkpoints exist but none can be restored.
   """
+  # pylint: disable=import-outside-toplevel
+  from clu import metric_writers, periodic_actions
+  from uctrl_jax import checkpointing, image_grid, input_pipeline, validation
+  # pylint: enable=import-outside-toplevel
   t = config.train
   validation.validate_config(config, workdir)
   process_index, process_count = jax.process_index(), jax.process_count()
@@ -717,6 +723,7 @@ def load(workdir: str, step: Optional[int] = None) -> Loaded:
     checkpointing.RunLoadError: ``workdir`` holds no run, no checkpoint (of ``step``),
       or one that cannot be read; the message is one line.
   """
+  from uctrl_jax import checkpointing  # pylint: disable=import-outside-toplevel
   path = os.path.join(workdir, checkpointing.CONFIG_FILENAME)
   if not os.path.isfile(path):
     raise checkpointing.RunLoadError(
