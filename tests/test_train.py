@@ -90,9 +90,16 @@ def test_encoder_step_reports_the_objective_of_its_features():
                        Z, train=True, mutable=["batch_stats"])[0]
   Zhat = encoder.apply({"params": before.encoder_params, "batch_stats": updates["batch_stats"]},
                        Xhat, train=False)
-  expected = rr.uctrl_objective(Z, Zhat, Z_aug, config.loss.eps_sq, config.loss.lambda_aug,
-                                config.loss.lambda_self, config.loss.sample_distance,
-                                sample_reduction=config.loss.sample_reduction)
+  expected = dict(rr.uctrl_objective(Z, Zhat, Z_aug, config.loss.eps_sq, config.loss.lambda_aug,
+                                     config.loss.lambda_self, config.loss.sample_distance,
+                                     sample_reduction=config.loss.sample_reduction,
+                                     aug_target=config.loss.aug_target))
+  if config.loss.rate_on_views:  # the default: ½ (R(Z) + mean_v R(Z_v)) in place of R(Z)
+    def rate(z):  # NumPy's slogdet, independent of the library's Gram-side closed form
+      z = np.asarray(z, np.float64)
+      n, d = z.shape
+      return 0.5 * np.linalg.slogdet(np.eye(d) + d / (n * config.loss.eps_sq) * z.T @ z)[1]
+    expected["encoder_objective"] += 0.5 * (np.mean([rate(z) for z in Z_aug]) - rate(Z))
   for key in ("R", "delta_R_z_zhat", "aug", "self", "encoder_objective"):
     np.testing.assert_allclose(metrics[f"encoder/{key}"], expected[key], rtol=1e-4, atol=1e-5,
                                err_msg=key)
@@ -181,11 +188,16 @@ def test_ablation_weights_scale_r_and_delta_r_in_both_objectives(rate_weight, de
   ablated = objectives.game_terms(config, Z, Zhat, Z_aug, labels)
   lam1, lam2 = config.loss.lambda_aug, config.loss.lambda_self
   R, delta = float(full["R"]), float(full["delta_R_z_zhat"])
+  # The expansion the weight scales: R(Z), or ½ (R(Z) + mean_v R(Z_v)) with rate_on_views.
+  assert config.loss.rate_on_views == ("R_views" in full)
+  expansion = 0.5 * (R + float(full["R_views"])) if "R_views" in full else R
   sample = lam1 * float(full["aug"]) + lam2 * float(full["self"])
+  np.testing.assert_allclose(float(full["encoder_objective"]), expansion + delta - sample,
+                             rtol=1e-5)
   np.testing.assert_allclose(float(ablated["encoder_objective"]),
-                             rate_weight * R + delta_weight * delta - sample, rtol=1e-5)
+                             rate_weight * expansion + delta_weight * delta - sample, rtol=1e-5)
   np.testing.assert_allclose(float(ablated["decoder_objective"]),
-                             rate_weight * R + delta_weight * delta + sample, rtol=1e-5)
+                             rate_weight * expansion + delta_weight * delta + sample, rtol=1e-5)
   assert float(ablated["R"]) == R  # the logged terms stay unweighted
 
 

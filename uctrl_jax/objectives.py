@@ -149,18 +149,20 @@ def game_terms(config, Z: Array, Zhat: Array, Z_aug: Array, labels: Array) -> di
   if binary:  # CTRL-Binary: only ΔR(Z, Ẑ) is played.
     terms["encoder_objective"] = terms["decoder_objective"] = terms["delta_R_z_zhat"]
     return terms
-  shift = 0.0
+  expansion, shift = terms["R"], 0.0
   if loss.rate_on_views and Z_aug is not None:
     # The expansion term over the image and its views alike (EMP-SSL expands each view):
     # ½ (R(Z) + mean_v R(Z_v)) in place of R(Z). Constant in η, so the decoder step, which
     # may not encode the views, leaves it out.
     terms["R_views"] = jnp.mean(jax.vmap(lambda Zv: rr.coding_rate(Zv, loss.eps_sq))(Z_aug))
+    expansion = 0.5 * (terms["R"] + terms["R_views"])
     shift = 0.5 * (terms["R_views"] - terms["R"])
-  # Ablation weights (benchmarks/ablations.py): 0 removes R(Z) or ΔR(Z, Ẑ) from both players.
+  # Ablation weights (benchmarks/ablations.py): 0 removes the expansion or ΔR(Z, Ẑ) from
+  # both players.
   w_rate, w_delta = loss.rate_weight, loss.delta_weight
   if (w_rate, w_delta) != (1.0, 1.0):
-    shift = shift + (w_rate - 1.0) * terms["R"] + (w_delta - 1.0) * terms["delta_R_z_zhat"]
-  if loss.rate_on_views or (w_rate, w_delta) != (1.0, 1.0):
+    shift = shift + (w_rate - 1.0) * expansion + (w_delta - 1.0) * terms["delta_R_z_zhat"]
+  if "R_views" in terms or (w_rate, w_delta) != (1.0, 1.0):
     terms["encoder_objective"] = terms["encoder_objective"] + shift
     terms["decoder_objective"] = terms["decoder_objective"] + shift
   return terms
