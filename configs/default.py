@@ -125,6 +125,14 @@ def get_config() -> ml_collections.ConfigDict:
   # at most max_rollbacks times.
   config.train.on_nonfinite = "stop"
   config.train.max_rollbacks = 3
+  # The health monitor's warnings (uctrl_jax/guards.py, docs/method.md#known-failures):
+  # collapse when R(Z) falls below collapse_fraction of its running maximum; fooling when
+  # cos(z, ẑ) > fooling_cos while the reconstruction MSE is above fooling_mse_fraction of
+  # its first value. fooling_cos 0.75: the 2026-11-29 Fashion-MNIST run drew noise at
+  # cos(z, ẑ) ≈ 0.8 (prototypes: 0.8-0.96); a faithful transcription has cos near 1 and
+  # falling MSE.
+  config.train.health = ml_collections.ConfigDict(dict(
+      collapse_fraction=0.5, fooling_cos=0.75, fooling_mse_fraction=0.9))
   # Test-only fault hook: NaN in the encoder's parameters and objective after this step.
   config.train.fault_inject_nan_at_step = ml_collections.config_dict.placeholder(int)
 
@@ -167,4 +175,5 @@ def get_config() -> ml_collections.ConfigDict:
   # A TensorFlow SavedModel of Inception-v3 pool features; None skips FID (never downloaded).
   config.evals.fid = ml_collections.ConfigDict(dict(
       inception_path=ml_collections.config_dict.placeholder(str)))
+  config.evals.structure = ml_collections.ConfigDict()  # no options
   return config

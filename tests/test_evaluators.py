@@ -7,6 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import default
 from uctrl_jax import evaluators
 from uctrl_jax.evaluators import clustering
 from uctrl_jax.evaluators import conditional_generation
@@ -189,12 +190,11 @@ def _synthetic_data():
 
 
 def test_registry_runs_the_named_evaluators(tmp_path):
-  config = ml_collections.ConfigDict()
-  config.evals = ml_collections.ConfigDict(dict(
-      names=("knn", "nearest_subspace", "clustering", "reconstruction", "conditional_generation",
-             "fid"),
-      clustering=dict(num_restarts=2, mcr2_steps=10),
-      conditional_generation=dict(num_components=2, num_samples=3)))
+  config = default.get_config()
+  config.evals.names = ("knn", "nearest_subspace", "clustering", "reconstruction",
+                        "conditional_generation", "fid")
+  config.evals.clustering.update(num_restarts=2, mcr2_steps=10)
+  config.evals.conditional_generation.update(num_components=2, num_samples=3)
   built = evaluators.build(config)
   assert [e.name for e in built] == list(config.evals.names)
   flatten = lambda x: np.asarray(x).reshape(len(x), -1)  # noqa: E731
@@ -218,13 +218,13 @@ def test_registry_runs_the_named_evaluators(tmp_path):
 
 @pytest.mark.parametrize("unlabelled", [("train", "test"), ("train",), ("test",)])
 def test_registry_skips_what_needs_missing_labels_with_one_line(tmp_path, caplog, unlabelled):
-  config = ml_collections.ConfigDict()
-  config.evals = ml_collections.ConfigDict(dict(
-      names=("knn", "linear_probe", "nearest_subspace", "clustering", "structure",
-             "reconstruction", "conditional_generation", "fid"),
-      linear_probe=dict(steps=20), clustering=dict(num_restarts=2, mcr2_steps=10),
-      conditional_generation=dict(num_components=2, num_samples=3,
-                                  num_clusters_without_labels=C)))
+  config = default.get_config()
+  config.evals.names = ("knn", "linear_probe", "nearest_subspace", "clustering", "structure",
+                        "reconstruction", "conditional_generation", "fid")
+  config.evals.linear_probe.steps = 20
+  config.evals.clustering.update(num_restarts=2, mcr2_steps=10)
+  config.evals.conditional_generation.update(num_components=2, num_samples=3,
+                                             num_clusters_without_labels=C)
   data = _synthetic_data()
   data = data._replace(y_train=None if "train" in unlabelled else data.y_train,
                        y_test=None if "test" in unlabelled else data.y_test,
@@ -262,8 +262,10 @@ def test_reconstruction_without_labels_reports_mse_and_psnr_only():
 
 def test_registry_rejects_unknown_names_and_options():
   with pytest.raises(ValueError, match="unknown evaluator 'nope'"):
-    evaluators.build(ml_collections.ConfigDict(), names=("nope",))
-  config = ml_collections.ConfigDict(dict(evals=dict(names=("knn",), knn=dict(kk=3))))
+    evaluators.build(default.get_config(), names=("nope",))
+  config = default.get_config()
+  config.evals.names = ("knn",)
+  config.evals.knn = ml_collections.ConfigDict(dict(kk=3))
   (ev,) = evaluators.build(config)
   with pytest.raises(TypeError, match="evaluator 'knn'"):
     evaluators.run_all([ev], lambda x: x.reshape(len(x), -1), None, _synthetic_data())

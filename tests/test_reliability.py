@@ -24,6 +24,7 @@ import pytest
 
 from configs import tiny
 from uctrl_jax import checkpointing
+from uctrl_jax import guards
 from uctrl_jax import train
 from uctrl_jax import validation
 
@@ -164,7 +165,7 @@ def test_injected_nan_stops_naming_term_and_keeps_last_checkpoint(npz_path, tmp_
     target = train.create_train_state(config, (28, 28, 1), jax.random.key(0))
     restored, extra = ckpt.restore(target)
   assert int(restored.step) == 2 and extra["batches_consumed"] == 2
-  assert train.nonfinite_state_leaves(restored) == []
+  assert guards.nonfinite_state_leaves(restored) == []
 
 
 def test_rollback_skips_bad_batches_and_never_saves_nan(npz_path, tmp_path, caplog):
@@ -182,17 +183,17 @@ def test_rollback_skips_bad_batches_and_never_saves_nan(npz_path, tmp_path, capl
     assert ckpt.all_steps() == [2, 3, 4]
     for step in (2, 3, 4):
       restored, extra = ckpt.restore(state, step)
-      assert train.nonfinite_state_leaves(restored) == [], step
+      assert guards.nonfinite_state_leaves(restored) == [], step
     assert extra["batches_consumed"] == 5  # step 3's first batch was skipped
 
 
 def test_check_finite_names_state_arrays():
   state = {"a": np.zeros(3, np.float32), "b": {"c": np.array([1.0, np.inf], np.float32)},
            "n": np.zeros(2, np.int32)}
-  assert train.nonfinite_state_leaves(state) == ["['b']['c']"]
-  train.check_finite(5, {"x": 1.0}, {"a": np.ones(2, np.float32)})
+  assert guards.nonfinite_state_leaves(state) == ["['b']['c']"]
+  guards.check_finite(5, {"x": 1.0}, {"a": np.ones(2, np.float32)})
   with pytest.raises(FloatingPointError, match=r"step 5: x, state \['b'\]\['c'\]; stopping"):
-    train.check_finite(5, {"x": float("nan")}, state)
+    guards.check_finite(5, {"x": float("nan")}, state)
 
 
 # ------------------------------------------------------------------ validation

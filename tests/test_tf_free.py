@@ -21,6 +21,7 @@ import json, sys, tempfile
 import jax, jax.numpy as jnp, numpy as np
 from uctrl_jax import models, objectives, rate_reduction, sharding, train
 from uctrl_jax import checkpointing
+from uctrl_jax import loading
 import uctrl_jax
 from configs import tiny
 
@@ -45,7 +46,7 @@ checkpointing.save_config(workdir, config)
 with checkpointing.Checkpointer(workdir) as ckpt:
   ckpt.save(1, state, {"step": 1})
 loaded = uctrl_jax.load(workdir)
-encode, _ = train._eval_mode_loop(config, shape)
+encode, _ = loading.eval_mode_loop(config, shape)
 x = jnp.asarray(host["image"][:4])
 Z = loaded.encode(x)
 print("RESULT " + json.dumps({

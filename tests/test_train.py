@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from uctrl_jax import guards
+from uctrl_jax import loading
 from uctrl_jax import models
 from uctrl_jax import objectives
 from uctrl_jax import rate_reduction as rr
@@ -141,7 +143,7 @@ def _health_metrics(R, cos, mse):
 
 
 def test_health_monitor_names_collapse_and_fooling():
-  monitor = train.HealthMonitor()
+  monitor = guards.HealthMonitor(**tiny.get_config().train.health)
   assert monitor.update(50, _health_metrics(60.0, 0.3, 0.80)) == []
   assert monitor.update(100, _health_metrics(62.0, 0.5, 0.70)) == []
   collapse = monitor.update(150, _health_metrics(20.0, 0.5, 0.60))
@@ -153,16 +155,16 @@ def test_health_monitor_names_collapse_and_fooling():
 
 
 def test_check_finite_names_every_bad_term():
-  train.check_finite(3, {"encoder/R": 1.0, "decoder/recon_mse": 0.5})
+  guards.check_finite(3, {"encoder/R": 1.0, "decoder/recon_mse": 0.5})
   with pytest.raises(FloatingPointError, match=r"step 7: decoder/grad_norm, encoder/R; stopping"):
-    train.check_finite(7, {"encoder/R": float("nan"), "decoder/grad_norm": float("inf"),
+    guards.check_finite(7, {"encoder/R": float("nan"), "decoder/grad_norm": float("inf"),
                            "encoder/aug": 0.1})
 
 
 def test_health_monitor_flags_the_noise_drawing_run_of_2026_11_29():
   # Logged (cos(z, ẑ), recon MSE) of configs/fashion_mnist.py at steps 50, 600, 1300:
   # its reconstructions stayed mostly noise (README, "First run of the default").
-  monitor = train.HealthMonitor()
+  monitor = guards.HealthMonitor(**tiny.get_config().train.health)
   assert monitor.update(50, _health_metrics(54.3, 0.506, 0.757)) == []
   assert monitor.update(600, _health_metrics(55.4, 0.817, 0.465)) == []
   assert "decoder fooling" in monitor.update(1300, _health_metrics(55.6, 0.794, 0.940))[0]
@@ -190,7 +192,7 @@ def test_ablation_weights_scale_r_and_delta_r_in_both_objectives(rate_weight, de
 
 
 def test_iteration_with_host_blas_limited_equals_the_plain_iteration():
-  """Issue 8's optimisation (train.limit_host_blas) changes threads, not the math."""
+  """Issue 8's optimisation (guards.limit_host_blas) changes threads, not the math."""
   import threadpoolctl  # pylint: disable=import-outside-toplevel
   config = _config(sample_distance="exact")  # the Cholesky-heavy sample terms too
   mesh, state, encoder_step, decoder_step = _setup(config, jax.devices()[:1])
@@ -199,7 +201,7 @@ def test_iteration_with_host_blas_limited_equals_the_plain_iteration():
   runs = []
   for threads in (None, 1):
     state = sharding.replicate(jax.tree.map(jnp.asarray, start), mesh)
-    with train.limit_host_blas(threads):
+    with guards.limit_host_blas(threads):
       if threads == 1:
         blas = [i["num_threads"] for i in threadpoolctl.threadpool_info()
                 if i["user_api"] == "blas"]
@@ -248,7 +250,7 @@ def test_encoder_only_modes_build_no_decoder_and_raise_their_objective(mode):
 
 def test_reconstruct_and_eval_loop_have_no_decoder_in_encoder_only_modes():
   config = _config(mode="tcr")
-  assert train.make_reconstruct(config, IMAGE_SHAPE) is None
+  assert loading.make_reconstruct(config, IMAGE_SHAPE) is None
   assert train.make_steps(config, IMAGE_SHAPE)[1] is None
 
 

@@ -8,6 +8,7 @@ from configs import tiny
 import uctrl_jax
 from uctrl_jax import checkpointing
 from uctrl_jax import figures
+from uctrl_jax import loading
 from uctrl_jax import train
 
 
@@ -81,4 +82,4 @@ def test_interrupted_run_resumes_the_same_trajectory(tmp_path):
   np.testing.assert_allclose(np.linalg.norm(Z, axis=1), 1.0, rtol=1e-5)
   xhat = loaded.decode(Z)
   assert xhat.shape == x.shape and float(np.abs(xhat).max()) <= 1.0
-  np.testing.assert_allclose(xhat, train.make_reconstruct(config, (28, 28, 1))(resumed, x), atol=1e-5)
+  np.testing.assert_allclose(xhat, loading.make_reconstruct(config, (28, 28, 1))(resumed, x), atol=1e-5)

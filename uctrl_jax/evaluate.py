@@ -1,11 +1,12 @@
-"""Evaluation of a trained run (``main.py --mode=eval``): metrics, baselines, figures.
+"""Evaluation of a trained run: ``main.py --mode=eval`` (metrics, baselines, figures) and
+the in-training evaluation (``PeriodicEval``), both over the evaluators' registry.
 
 ``evaluate(config, workdir)`` loads the checkpoint (``uctrl_jax.load``), reads the
 train/test splits as the input pipeline presents them, and runs every evaluator of
 ``config.evals.names`` (``uctrl_jax/evaluators``) on the trained encoder/decoder, and
 the feature-only ones (kNN, linear probe, nearest subspace, clustering) on two
 baselines: raw pixels, and the encoder at initialisation (the same architecture and
-seed, ``train.create_train_state``; batch-norm at its initial statistics). It writes
+seed, ``state.create_train_state``; batch-norm at its initial statistics). It writes
 to ``WORKDIR``:
 
 - ``results.json``: every metric, both baselines, step, sizes, hardware, wall time,
@@ -22,21 +23,21 @@ import json
 import os
 import platform
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 from absl import logging
 import jax
 import ml_collections
 import numpy as np
 
-import uctrl_jax
 from uctrl_jax import datasets
 from uctrl_jax import evaluators
 from uctrl_jax import figures
 from uctrl_jax import input_pipeline
+from uctrl_jax import loading
 from uctrl_jax import models
-from uctrl_jax import train
 from uctrl_jax import validation
+from uctrl_jax.state import TrainState, create_train_state
 
 
 def load_data(config: ml_collections.ConfigDict) -> evaluators.EvalData:
@@ -47,12 +48,12 @@ def load_data(config: ml_collections.ConfigDict) -> evaluators.EvalData:
   labels gives ``y`` None. Warns when the test split shares images with the reference
   split or with ``config.data.train_split`` (not held out).
   """
-  evals = config.get("evals", None) or ml_collections.ConfigDict()
+  evals = config.evals
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.data.cache = False  # read once; a partial read must not leave a partial cache
   info = input_pipeline.get_dataset_info(config)
-  train_split, test_split = evals.get("train_split", "train"), evals.get("test_split", "test")
+  train_split, test_split = evals.train_split, evals.test_split
   source = input_pipeline.open_source(config)
   for field, split in (("config.evals.train_split", train_split),
                        ("config.data.train_split", config.data.train_split)):
@@ -62,8 +63,8 @@ def load_data(config: ml_collections.ConfigDict) -> evaluators.EvalData:
                       "are not held out (slice one split instead, e.g. train[:90%%] and "
                       "train[90%%:])", test_split, shared, field, split)
   arrays = []
-  for split, limit in ((train_split, evals.get("max_train_examples", None)),
-                       (test_split, evals.get("max_test_examples", None))):
+  for split, limit in ((train_split, evals.max_train_examples),
+                       (test_split, evals.max_test_examples)):
     # The evaluation pipeline: every example once, in order, padding marked by `mask`.
     ds = input_pipeline.create_dataset(config, split, process_index=0, process_count=1,
                                        training=False, num_views=0)
@@ -80,9 +81,63 @@ def load_data(config: ml_collections.ConfigDict) -> evaluators.EvalData:
   return evaluators.EvalData(*arrays, num_classes=info.num_classes)
 
 
+class PeriodicEval:
+  """The in-training evaluation: ``config.evals.during_training`` on the current state.
+
+  ``during_training.names`` (default kNN and reconstruction) run on the first
+  ``max_train_examples`` / ``max_test_examples`` of each split, read once on first use
+  (the splits are not read at all when ``names`` is empty or ``eval_every`` is 0).
+  Every process computes the same metrics (the same images, the replicated state;
+  tested with two processes); the caller's writer logs process 0's.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, image_shape: Tuple[int, ...]):
+    evals = config.evals
+    during = evals.during_training
+    self.names = tuple(during.names)
+    self.every = int(config.train.eval_every)
+    splits = [evals.train_split, evals.test_split]
+    available = input_pipeline.get_dataset_info(config).num_examples
+    missing = [s for s in splits if s.split("[", 1)[0] not in available]
+    if self.names and self.every > 0 and missing:
+      # A single .npz file holds a train split only: train anyway, without evaluations.
+      logging.warning("in-training evaluation off: %s has no split %s (it has %s); set "
+                      "config.evals.train_split / test_split", config.data.name,
+                      " or ".join(map(repr, missing)), ", ".join(sorted(available)))
+      self.names = ()
+    self._config = config.copy_and_resolve_references()
+    if self.names:
+      with self._config.unlocked():
+        self._config.evals.max_train_examples = during.max_train_examples
+        self._config.evals.max_test_examples = during.max_test_examples
+    encode, decode = loading.eval_mode_loop(config, image_shape)
+    self._encode = jax.jit(encode)
+    self._decode = None if decode is None else jax.jit(decode)
+    self._data, self._evaluators = None, None
+
+  def due(self, step: int, last: bool) -> bool:
+    return bool(self.names) and self.every > 0 and (step % self.every == 0 or last)
+
+  def __call__(self, state: TrainState) -> dict:
+    """``{"eval/<evaluator>/<metric>": float}`` of ``state`` (eval-mode BN statistics)."""
+    if self._data is None:
+      self._data = load_data(self._config)
+      # Those the labels allow; the one line on the others is logged here, once.
+      self._evaluators, note = evaluators.without_labels(
+          evaluators.build(self._config, names=self.names), self._data)
+      if note:
+        logging.info("in-training evaluation: %s", note)
+    batch_size = int(self._config.evals.batch_size)
+    metrics = evaluators.run_all(self._evaluators, lambda x: self._encode(state, x),
+                                 None if self._decode is None else lambda Z: self._decode(state, Z),
+                                 self._data,
+                                 batch_size=batch_size, log_labels=False)
+    return {f"eval/{k}": v for k, v in metrics.items()}
+
+
 def random_encoder(config: ml_collections.ConfigDict, image_shape, seed: int):
   """``encode(x) -> Z`` of the encoder as initialised by ``train`` with ``seed`` (eval mode)."""
-  state = train.create_train_state(config, image_shape, jax.random.key(seed))
+  state = create_train_state(config, image_shape, jax.random.key(seed))
   encoder, _ = models.create_models(config, image_shape)
   apply = jax.jit(lambda variables, x: encoder.apply(variables, x, train=False))
   variables = {"params": state.encoder_params, "batch_stats": state.encoder_batch_stats}
@@ -171,14 +226,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
     ``step``, ``wall_time_s``, ``figures`` and the configs.
   """
   start = time.time()
-  loaded = uctrl_jax.load(workdir, step)
+  loaded = loading.load(workdir, step)
   run_config = loaded.config
   if config.data.name != run_config.data.name:
     raise validation.ConfigError(
         f"config.data.name = {config.data.name!r}, but {workdir} was trained on "
         f"{run_config.data.name!r}; pass the run's config (--config=...)")
   image_shape = tuple(run_config.data.image_shape)
-  evals = config.get("evals", None) or ml_collections.ConfigDict()
+  evals = config.evals
   data = load_data(config)
   if data.x_train.shape[1:] != image_shape:
     raise validation.ConfigError(
@@ -186,7 +241,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
         f"{image_shape}; set config.data.image_size as in the run")
   write = jax.process_index() == 0
   out_dir = os.path.join(workdir, "figures")
-  batch_size = int(evals.get("batch_size", 500))
+  batch_size = int(evals.batch_size)
   built = evaluators.build(config)
   step_done = int(loaded.state.step)
   logging.info("evaluating %s at step %d on %d train / %d test examples", workdir, step_done,
@@ -200,7 +255,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   runnable, _ = evaluators.without_labels(built, data)
   skipped = [e.name for e in built if e not in runnable]
   classifiers = [e for e in runnable if e.name in evaluators.CLASSIFIERS]
-  if evals.get("baselines", True) and classifiers:
+  if evals.baselines and classifiers:
     # The initial state train_and_evaluate starts from: what training added.
     for name, encode in (("raw_pixels", _flatten),
                          ("random_encoder", random_encoder(run_config, image_shape,
@@ -211,7 +266,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   # minutes): their features through the same classifiers, one column each.
   compared = {}
   for path in evals.compare_workdirs:
-    other = uctrl_jax.load(path)
+    other = loading.load(path)
     if (other.config.data.name != run_config.data.name
         or tuple(other.config.data.image_shape) != image_shape):
       raise validation.ConfigError(f"config.evals.compare_workdirs: {path} was trained on "
@@ -229,7 +284,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.info("%s: n/a, the run is encoder-only (loss.mode %r, no decoder)",
                  ", ".join(not_applicable), run_config.loss.mode)
   paths = {}
-  if write and evals.get("figures", True):
+  if write and evals.figures:
     decoded = loaded.decode is not None
     paths = dict(figures.write_all(
         out_dir, x_test=data.x_test, x_hat=context.x_hat if decoded else None,

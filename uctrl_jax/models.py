@@ -387,11 +387,9 @@ _ENCODER_CLASSES = {"dcgan": DCGANEncoder, "resnet18": ResNet18Encoder}
 _DECODER_CLASSES = {"dcgan": DCGANDecoder, "resnet18": ResNet18Decoder}
 
 
-def _choice(model_config, key: str, choices, default=None):
-  """``model_config[key]`` (``default`` if unset), checked against ``choices``."""
-  value = model_config.get(key, None)
-  if value is None:
-    value = default
+def _choice(model_config, key: str, choices):
+  """``model_config[key]``, checked against ``choices``."""
+  value = model_config[key]
   if value not in choices:
     raise ValueError(f"config.model.{key} = {value!r} is not supported; choose one of "
                      f"{tuple(choices)}")
@@ -412,9 +410,8 @@ def _check_image_shape(family: str, role: str, image_shape) -> Tuple[int, int, i
 def create_models(config, image_shape: Sequence[int]) -> Tuple[nn.Module, nn.Module]:
   """The ``(encoder, decoder)`` linen modules named by ``config.model``.
 
-  Reads ``encoder``, ``decoder``, ``feature_dim``,
-  ``upsample`` (default ``"pixel_shuffle"``), ``width`` (default 64) and ``dtype``
-  (default ``"float32"``). ``image_shape = (H, W, C)`` of the images the encoder reads
+  Reads ``encoder``, ``decoder``, ``feature_dim``, ``upsample``, ``width``,
+  ``encoder_depth`` and ``dtype`` (``configs/default.py`` holds their defaults). ``image_shape = (H, W, C)`` of the images the encoder reads
   and the decoder writes. Raises ``ValueError`` naming the bad value for an unknown
   name, upsample or dtype, a non-positive width / feature_dim, or an image size the
   family does not support (``IMAGE_SIZES``).
@@ -422,17 +419,17 @@ def create_models(config, image_shape: Sequence[int]) -> Tuple[nn.Module, nn.Mod
   m = config.model
   enc_name = _choice(m, "encoder", ENCODERS)
   dec_name = _choice(m, "decoder", DECODERS)
-  upsample = _choice(m, "upsample", UPSAMPLES, default="pixel_shuffle")
-  dtype = DTYPES[_choice(m, "dtype", tuple(DTYPES), default="float32")]
-  width = int(m.get("width", None) or 64)
-  feature_dim = m.get("feature_dim", None)
+  upsample = _choice(m, "upsample", UPSAMPLES)
+  dtype = DTYPES[_choice(m, "dtype", tuple(DTYPES))]
+  width = int(m.width)
+  feature_dim = m.feature_dim
   if feature_dim is None or int(feature_dim) < 1:
     raise ValueError(f"config.model.feature_dim must be a positive int; got {feature_dim!r}")
   if width < 1:
     raise ValueError(f"config.model.width must be a positive int; got {width!r}")
   enc_shape = _check_image_shape(enc_name, "encoder", image_shape)
   dec_shape = _check_image_shape(dec_name, "decoder", image_shape)
-  depth = int(m.get("encoder_depth", None) or 0)
+  depth = int(m.encoder_depth)
   if depth < 0 or (depth and enc_name != "dcgan"):
     raise ValueError(f"config.model.encoder_depth = {depth} must be ≥ 0, and > 0 only with "
                      f"the 'dcgan' encoder (got {enc_name!r})")

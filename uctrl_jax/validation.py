@@ -83,8 +83,8 @@ def _require_int(config, dotted: str, minimum: int) -> None:
     raise ConfigError(f"config.{dotted} must be an integer ≥ {minimum}; got {value!r}")
 
 
-def _require_choice(config, dotted: str, choices: Sequence[str], default=None) -> None:
-  value = _get(config, dotted, default)
+def _require_choice(config, dotted: str, choices: Sequence[str]) -> None:
+  value = _get(config, dotted)
   if value not in choices:
     raise ConfigError(f"config.{dotted} = {value!r} is not one of {tuple(choices)}")
 
@@ -102,16 +102,16 @@ def check_names(config: ml_collections.ConfigDict) -> None:
   """Model, objective and training names against what the code implements."""
   _require_choice(config, "model.encoder", models.ENCODERS)
   _require_choice(config, "model.decoder", models.DECODERS)
-  _require_choice(config, "model.upsample", models.UPSAMPLES, default="pixel_shuffle")
-  _require_choice(config, "model.dtype", tuple(models.DTYPES), default="float32")
+  _require_choice(config, "model.upsample", models.UPSAMPLES)
+  _require_choice(config, "model.dtype", tuple(models.DTYPES))
   _require_choice(config, "loss.mode", objectives.LOSS_MODES)
   _require_choice(config, "loss.aug_target", rr.AUG_TARGETS)
-  _require_choice(config, "loss.sample_distance", rr.SAMPLE_DISTANCES, default="exact")
-  _require_choice(config, "loss.sample_reduction", rr.SAMPLE_REDUCTIONS, default="sum")
-  _require_choice(config, "train.on_nonfinite", ON_NONFINITE, default="stop")
-  _require_choice(config, "train.encoder_bn_on_xhat", ("running", "batch"), default="running")
+  _require_choice(config, "loss.sample_distance", rr.SAMPLE_DISTANCES)
+  _require_choice(config, "loss.sample_reduction", rr.SAMPLE_REDUCTIONS)
+  _require_choice(config, "train.on_nonfinite", ON_NONFINITE)
+  _require_choice(config, "train.encoder_bn_on_xhat", ("running", "batch"))
   _require_choice(config, "train.encoder_bn_in_decoder_step", ("running", "batch"))
-  _require_choice(config, "train.schedule", ("constant", "cosine"), default="constant")
+  _require_choice(config, "train.schedule", ("constant", "cosine"))
   for name in tuple(_get(config, "evals.during_training.names", ()) or ()):
     if name not in evaluators.ALL:
       raise ConfigError(f"config.evals.during_training.names has {name!r}, not one of "
@@ -141,12 +141,10 @@ def check_numbers(config: ml_collections.ConfigDict) -> None:
   _require_number(config, "loss.lambda_aug", positive=False)
   _require_number(config, "loss.lambda_self", positive=False)
   for key in ("rate_weight", "delta_weight"):  # ablation weights of R(Z), ΔR(Z, Ẑ)
-    if _get(config, f"loss.{key}") is not None:
-      _require_number(config, f"loss.{key}", positive=False)
+    _require_number(config, f"loss.{key}", positive=False)
   if _get(config, "train.host_blas_threads") is not None:
     _require_int(config, "train.host_blas_threads", 1)
-  if _get(config, "train.eval_every") is not None:
-    _require_int(config, "train.eval_every", 0)
+  _require_int(config, "train.eval_every", 0)  # 0: no in-training evaluation
   if _get(config, "loss.mode") == "ctrl_multi":
     _require_int(config, "loss.num_classes", 1)
   if _get(config, "loss.mode") == "simclr":
@@ -161,8 +159,7 @@ def check_numbers(config: ml_collections.ConfigDict) -> None:
                         "iteration): config.train.encoder_steps must be 1; got "
                         f"{_get(config, 'train.encoder_steps')!r}")
   _require_int(config, "model.feature_dim", 1)
-  if _get(config, "model.width") is not None:
-    _require_int(config, "model.width", 1)
+  _require_int(config, "model.width", 1)
   _require_int(config, "model.encoder_depth", 0)
   if _get(config, "model.encoder_depth") and _get(config, "model.encoder") != "dcgan":
     raise ConfigError("config.model.encoder_depth > 0 needs config.model.encoder = 'dcgan'; got "

@@ -182,14 +182,14 @@ def build(config, names: Optional[Sequence[str]] = None) -> list[Evaluator]:
   ``clustering.eps_sq`` defaults to ``config.loss.eps_sq`` (the ε² the features were
   trained with).
   """
-  evals = config.get("evals", None) or {}
-  names = tuple(names if names is not None else evals.get("names", ALL))
+  evals = config.evals
+  names = tuple(names if names is not None else evals.names)
   out = []
   for name in names:
-    options = evals.get(name, None)
+    options = evals[name] if name in _REGISTRY else None  # unknown: build_one says so
     options = dict(options.to_dict() if hasattr(options, "to_dict") else (options or {}))
-    if name == "clustering" and options.get("eps_sq") is None:
-      options["eps_sq"] = float(config.get("loss", {}).get("eps_sq", 0.5))
+    if name == "clustering" and options["eps_sq"] is None:
+      options["eps_sq"] = float(config.loss.eps_sq)
     out.append(build_one(name, options))
   return out
 
