@@ -100,7 +100,7 @@ class JaxLoop:
   def __init__(self, config, image_shape, host_batch):
     self.config = config
     self.image_shape = image_shape
-    self.mesh = sharding.create_mesh(mesh_config=config.get("mesh"))
+    self.mesh = sharding.create_mesh(mesh_config=config.mesh)
     self.state = sharding.replicate(
         train.create_train_state(config, image_shape, jax.random.key(config.seed)), self.mesh)
     self.encoder_step, self.decoder_step = train.make_steps(config, image_shape)

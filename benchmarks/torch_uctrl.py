@@ -272,8 +272,8 @@ def _init(module: nn.Module, family: str) -> None:
 def create_models(config, image_shape: Sequence[int]):
   """``(encoder, decoder)`` for ``config.model`` (as ``models.create_models``), float32."""
   m = config.model
-  width, d = int(m.get("width", None) or 64), int(m.feature_dim)
-  upsample = m.get("upsample", None) or "pixel_shuffle"
+  width, d = int(m.width), int(m.feature_dim)
+  upsample = m.upsample
   enc_cls = {"dcgan": DCGANEncoder, "resnet18": ResNet18Encoder}[m.encoder]
   dec_cls = {"dcgan": DCGANDecoder, "resnet18": ResNet18Decoder}[m.decoder]
   encoder = enc_cls(image_shape, d, width)

@@ -46,7 +46,9 @@ from uctrl_jax import models
 from uctrl_jax import objectives
 from uctrl_jax import rate_reduction as rr
 from uctrl_jax import sharding
-# Re-exported: the state is part of the trainer's interface (tests, benchmarks).
+# Re-exported: the state and the BLAS cap are part of the trainer's interface (tests,
+# benchmarks/recipes.py).
+from uctrl_jax.guards import limit_host_blas  # noqa: F401
 from uctrl_jax.state import TrainState, create_train_state, learning_rate_schedule, make_optimizers  # noqa: F401
 
 # Accelerator images often lack TensorFlow, tfds, clu and ml_collections: the steps
