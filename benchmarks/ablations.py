@@ -1,7 +1,7 @@
 """What each term of the uCTRL game does (issue 9): equal-budget ablations on Fashion-MNIST.
 
     .venv/bin/python benchmarks/ablations.py --out=/tmp/uctrl_ablations --steps=500 \\
-        --readme=README.md
+        --doc=docs/ablations.md --figure=docs/ablation_heatmaps.png
 
 Each variant is ``configs/fashion_mnist.py`` with one change (``VARIANTS``), trained for
 ``--steps`` iterations with seed 0 (the full objective also with seed 1: the noise
@@ -19,7 +19,7 @@ level) in ``OUT/NAME``, then evaluated on the whole Fashion-MNIST split (60 000 
 
 Outputs: ``OUT/NAME/sweep_row.json`` per variant, ``OUT/sweep.md`` (the table, rewritten
 after each variant), ``OUT/heatmaps.png`` (``|Z Zᵀ|`` of the full run beside the
-ablation with the lowest structure score), and with ``--readme`` the table replaces the
+ablation with the lowest structure score), and with ``--doc`` the table replaces the
 block between ``<!-- ablations:begin -->`` and ``<!-- ablations:end -->`` of that file.
 An interrupted sweep resumes: finished variants are read back, an interrupted one
 resumes from its checkpoint.
@@ -140,7 +140,7 @@ def heatmaps(rows: list[dict], out: str) -> str | None:
   return figures.similarity_runs(runs, y, os.path.join(out, "heatmaps.png"))
 
 
-def update_readme(path: str, table: str) -> None:
+def update_doc(path: str, table: str) -> None:
   with open(path) as f:
     text = f.read()
   pattern = re.compile(r"(<!-- ablations:begin -->\n).*?(<!-- ablations:end -->)", re.S)
@@ -155,7 +155,8 @@ def main(argv=None):
   parser.add_argument("--out", required=True)
   parser.add_argument("--steps", type=int, default=500)
   parser.add_argument("--only", default="", help="comma-separated variant names")
-  parser.add_argument("--readme", default=None, help="file whose ablations block gets the table")
+  parser.add_argument("--doc", default=None,
+                      help="page whose ablations block gets the table (docs/ablations.md)")
   parser.add_argument("--figure", default=None, help="also copy heatmaps.png here")
   parser.add_argument("--max_train_examples", type=int, default=None, help="smoke runs")
   parser.add_argument("--max_test_examples", type=int, default=None, help="smoke runs")
@@ -180,8 +181,8 @@ def main(argv=None):
   path = heatmaps(rows, args.out)
   if path and args.figure:
     shutil.copyfile(path, args.figure)
-  if args.readme:
-    update_readme(args.readme, table)
+  if args.doc:
+    update_doc(args.doc, table)
   print(f"sweep wall time this invocation: {(time.time() - start) / 60:.1f} min "
         f"(training: {sum(r['train_seconds'] for r in rows) / 60:.1f} min over {len(rows)} runs)")
   return rows

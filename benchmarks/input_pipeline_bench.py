@@ -8,9 +8,9 @@ and prints images/s (each image with its V views) after a warm-up.
     .venv/bin/python benchmarks/input_pipeline_bench.py [--batches 30]
         [--batch_size 512] [--data_dir DIR]
 
-The trainer does not exist yet: its rate is the prototype figure from
-shared/ENVIRONMENT.md (about 0.34 uCTRL iterations/s at batch 512, 28×28 DCGAN,
-on this 2-core machine), i.e. about 174 images/s.
+The comparison column uses a prototype trainer's rate, measured before this project's
+trainer existed (about 0.34 uCTRL iterations/s at batch 512, 28×28 DCGAN, on a 2-core
+machine; docs/benchmarks.md), i.e. about 174 images/s.
 """
 import argparse
 import os
@@ -26,7 +26,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from configs import default  # pylint: disable=g-import-not-at-top
 from uctrl_jax import input_pipeline  # pylint: disable=g-import-not-at-top
 
-# Prototype figure (shared/ENVIRONMENT.md), not a measurement of a real trainer.
+# Prototype figure (docs/benchmarks.md), not a measurement of this project's trainer.
 PROTOTYPE_ITERATIONS_PER_S = 0.34
 PROTOTYPE_BATCH = 512
 
@@ -61,7 +61,7 @@ def main():
     trainer = PROTOTYPE_ITERATIONS_PER_S * PROTOTYPE_BATCH
     print(f"cpus: {os.cpu_count()}, batch {args.batch_size}, "
           f"{args.batches} timed batches after 3 warm-up batches")
-    print(f"trainer consumption (PROTOTYPE figure, shared/ENVIRONMENT.md): "
+    print(f"trainer consumption (PROTOTYPE figure, docs/benchmarks.md): "
           f"{PROTOTYPE_ITERATIONS_PER_S} it/s x {PROTOTYPE_BATCH} "
           f"= {trainer:.0f} images/s")
     print(f"{'data':28s} {'V':>2s} {'images/s':>9s} {'views/s':>9s} "

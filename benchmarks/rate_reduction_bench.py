@@ -2,7 +2,7 @@
 
 Runs, interleaved in one process (machines here are noisy, so only ratios measured
 together mean anything), forward and forward+gradient of the full uCTRL objective
-(SPEC §3, exact sample-wise terms, 1 augmented view) on unit-norm features, d = 128:
+(docs/method.md#the-game, exact sample-wise terms, 1 augmented view) on unit-norm features, d = 128:
 
 * ``jax (uctrl_jax)``: ``rate_reduction.uctrl_objective`` (closed-form pairwise terms).
 * ``jax naive``: the same objective with one d × d log-det per sample for the two

@@ -27,7 +27,7 @@ _PAD_VALUE = -1.0
 
 
 # ----------------------------------------------------------------------------
-# Objective (SPEC §2-3), the formulas of uctrl_jax/rate_reduction.py.
+# Objective (docs/method.md#coding-rates, #the-game), the formulas of uctrl_jax/rate_reduction.py.
 # ----------------------------------------------------------------------------
 
 
@@ -69,7 +69,7 @@ def cosine_distance(U: Tensor, V: Tensor) -> Tensor:
 
 
 def pairwise_rate_distance(U: Tensor, V: Tensor, eps_sq: float) -> Tensor:
-  """Exact ``ΔR(uᵢ, vᵢ)`` (SPEC §2) in the cancellation-free form of rate_reduction.py → (n,)."""
+  """Exact ``ΔR(uᵢ, vᵢ)`` (docs/method.md#sample-wise-distance) in the cancellation-free form of rate_reduction.py → (n,)."""
   a = U.shape[1] / (2.0 * eps_sq)
   uu, vv = (U * U).sum(1), (V * V).sum(1)
   plus, minus = ((U + V) ** 2).sum(1), ((U - V) ** 2).sum(1)
@@ -363,7 +363,7 @@ class TorchUCTRL:
     """X: (B, C, H, W); views: (V, B, C, H, W) → logged terms (tensors)."""
     Z, Z_aug = self._encode_images_and_views(X, views)
     with torch.no_grad(), _frozen_running_stats(self.decoder):
-      Xhat = self.decoder(Z)  # X̂ held constant (SPEC §3)
+      Xhat = self.decoder(Z)  # X̂ held constant (docs/method.md#the-game)
     with _eval_mode(self.encoder):
       Zhat = self.encoder(Xhat)
     terms = self._terms(Z, Zhat, Z_aug)

@@ -2,12 +2,12 @@
 
 The settings that decide whether the closed loop reconstructs anything hold for every
 dataset here: the resize-conv decoder, cosine sample-wise terms on batch means and a
-cosine learning-rate decay (measured on Fashion-MNIST: the README's sweep, where pixel
+cosine learning-rate decay (measured on Fashion-MNIST: the sweep of docs/experiments.md, where pixel
 shuffle, CTRL's transposed conv and the exact sample-wise ΔR reconstructed nothing).
 Dataset configs override only what is theirs: data, image size, architecture and
 width, batch, steps, encoder steps, logging intervals. Values the paper does not state
-(λ₁, λ₂, ε², number of views, d) are provisional (SPEC §3); see
-../shared/CALIBRATION.md for what prototypes showed.
+(λ₁, λ₂, ε², number of views, d) are provisional (docs/method.md#the-game); see
+docs/experiments.md for what prototypes and probes showed.
 
 As a config of its own (Fashion-MNIST at width 64, batch 512, 2 000 iterations:
 `python main.py --config=configs/default.py --workdir=DIR`) it has run only as
@@ -60,17 +60,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.encoder_depth = 0  # dcgan: extra 3×3 convs after each strided conv (CTRL: 0)
   config.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (rate terms stay float32)
 
-  # --- objective (uctrl_jax/rate_reduction.py, SPEC §2-3) ---
+  # --- objective (uctrl_jax/rate_reduction.py, docs/method.md#coding-rates, #the-game) ---
   config.loss = ml_collections.ConfigDict()
   # "uctrl" | "ctrl_binary" | "ctrl_multi"; encoder-only baselines: "tcr" (EMP-SSL) | "simclr"
   config.loss.mode = "uctrl"
   config.loss.eps_sq = 0.5  # CTRL's `eps`
   config.loss.lambda_aug = 10.0  # λ₁
   config.loss.lambda_self = 10.0  # λ₂
-  # "cosine" 1 − cos | "exact" ΔR(u, v) (SPEC §3's). With exact at λ = 10 the encoder sends ẑ
-  # orthogonal to z and nothing is reconstructed (the README's sweep: 9% consistency).
+  # "cosine" 1 − cos | "exact" ΔR(u, v) (docs/method.md#sample-wise-distance). With exact at λ = 10 the encoder sends ẑ
+  # orthogonal to z and nothing is reconstructed (the sweep of docs/experiments.md: 9% consistency).
   config.loss.sample_distance = "cosine"
-  config.loss.sample_reduction = "mean"  # "sum" (SPEC §3 Σᵢ) | "mean" (λ independent of n)
+  config.loss.sample_reduction = "mean"  # "sum" (Σᵢ, docs/method.md#the-game) | "mean" (λ independent of n)
   # The augmentation term compares: "image" each view with f(x) | "mean" the image and the
   # views (half weight each) with the normalised mean of the views' features (EMP-SSL's).
   config.loss.aug_target = "image"
@@ -136,7 +136,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Test-only fault hook: NaN in the encoder's parameters and objective after this step.
   config.train.fault_inject_nan_at_step = ml_collections.config_dict.placeholder(int)
 
-  # --- evaluation (uctrl_jax/evaluators/, uctrl_jax/evaluate.py; SPEC §4) ---
+  # --- evaluation (uctrl_jax/evaluators/, uctrl_jax/evaluate.py; docs/method.md#evaluation-protocols) ---
   # Each evaluator's block holds keyword arguments of its module's `evaluate`.
   config.evals = ml_collections.ConfigDict()
   config.evals.names = ("knn", "linear_probe", "nearest_subspace", "clustering", "reconstruction",

@@ -19,14 +19,14 @@ def _ablations():
   return module
 
 
-def test_ablation_sweep_writes_rows_table_readme_and_heatmaps(fashion_mnist_data_dir, tmp_path):
+def test_ablation_sweep_writes_rows_table_doc_and_heatmaps(fashion_mnist_data_dir, tmp_path):
   ablations = _ablations()
-  readme = tmp_path / "README.md"
-  readme.write_text("intro\n<!-- ablations:begin -->\nold\n<!-- ablations:end -->\nafter\n")
+  doc = tmp_path / "ablations.md"
+  doc.write_text("intro\n<!-- ablations:begin -->\nold\n<!-- ablations:end -->\nafter\n")
   out = tmp_path / "sweep"
   argv = [f"--out={out}", "--steps=2", "--only=full,full_seed1,no_rate",
           "--max_train_examples=600", "--max_test_examples=200",
-          f"--data_dir={fashion_mnist_data_dir}", f"--readme={readme}"]
+          f"--data_dir={fashion_mnist_data_dir}", f"--doc={doc}"]
   rows = ablations.main(argv)
   assert [r["name"] for r in rows] == ["full", "full_seed1", "no_rate"]
   for row in rows:
@@ -38,7 +38,7 @@ def test_ablation_sweep_writes_rows_table_readme_and_heatmaps(fashion_mnist_data
   full, seed1, no_rate = rows
   assert full["term/R"] != seed1["term/R"]
   assert no_rate["overrides"] == {"loss.rate_weight": 0.0}
-  text = readme.read_text()
+  text = doc.read_text()
   assert "old" not in text and text.startswith("intro\n") and text.endswith("after\n")
   assert "| without R(Z) |" in text and "noise: \\|seed 0 − seed 1\\|" in text
   assert "| *raw pixels* |" in text

@@ -1,4 +1,4 @@
-"""The shipped configs (configs/*.py): none uses a setting the README's sweep showed to
+"""The shipped configs (configs/*.py): none uses a setting the sweep of docs/experiments.md showed to
 fail without saying why, and every one trains from the command line.
 
 The CLI runs: ``main.py --config=configs/NAME.py`` for 20 iterations on random
@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
                  if not p.endswith("__init__.py"))
 
-# Settings that reconstructed nothing in the README's sweep (Fashion-MNIST, 500
+# Settings that reconstructed nothing in the sweep of docs/experiments.md (Fashion-MNIST, 500
 # iterations, class consistency of g(f(x)) against 57% for the resize-conv base):
 # pixel shuffle 16%, CTRL's transposed conv 14%, the exact sample-wise ΔR 9%.
 FAILED_IN_SWEEP = {("model", "upsample"): ("pixel_shuffle", "conv_transpose"),
@@ -47,7 +47,7 @@ def test_no_config_ships_a_setting_the_sweep_showed_to_fail(name):
       # Allowed only where the docstring names the setting and says why.
       assert value in (module.__doc__ or ""), (
           f"configs/{name}.py sets config.{group}.{key} = {value!r}, which reconstructed "
-          "nothing in the README's sweep, and its docstring does not say why")
+          "nothing in the sweep of docs/experiments.md, and its docstring does not say why")
 
 
 def test_defaults_hold_the_measured_settings():

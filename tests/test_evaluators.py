@@ -1,4 +1,4 @@
-"""Evaluators on synthetic data whose answers are known (SPEC §4)."""
+"""Evaluators on synthetic data whose answers are known (docs/method.md#evaluation-protocols)."""
 import math
 import os
 

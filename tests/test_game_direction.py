@@ -1,7 +1,7 @@
 """Which way the game's steps go (issue 17): tests that fail on a flipped sign or a
 missing stop-gradient, and on a learning rate other than the schedule's.
 
-The references are written here from SPEC §3 (``rate_reduction.uctrl_objective`` on
+The references are written here from docs/method.md#the-game (``rate_reduction.uctrl_objective`` on
 features computed with the models directly), not through ``train.make_steps``:
 
     encoder θ:  max  J_f(θ) = R(Z) + ΔR(Z, Ẑ) − λ₁ Σ ΔR(zᵢ, z_aᵢ) − λ₂ Σ ΔR(zᵢ, ẑᵢ),  X̂ constant

@@ -1,4 +1,4 @@
-"""rate_reduction against float64 NumPy `slogdet` references written from SPEC §2-3.
+"""rate_reduction against float64 NumPy `slogdet` references written from docs/method.md#coding-rates and #the-game.
 
 The references below never use the library's shortcuts (smaller Gram side, Cholesky,
 closed-form pairwise term): they transcribe the definitions with d × d `slogdet`.
@@ -17,12 +17,12 @@ EPS_SQ = 0.5
 
 
 # ----------------------------------------------------------------------------
-# Independent NumPy references (float64, definitions of SPEC §2).
+# Independent NumPy references (float64, definitions of docs/method.md#coding-rates).
 # ----------------------------------------------------------------------------
 
 
 def np_rate(Z, eps_sq=EPS_SQ, weights=None):
-  """R = ½ logdet(I_d + d/(n ε²) Zᵀ W Z), n = Σ w (SPEC §2)."""
+  """R = ½ logdet(I_d + d/(n ε²) Zᵀ W Z), n = Σ w (docs/method.md#coding-rates)."""
   Z = np.asarray(Z, np.float64)
   n, d = Z.shape
   w = np.ones(n) if weights is None else np.asarray(weights, np.float64)
@@ -228,7 +228,7 @@ def test_gradients_match_finite_differences(name, n, d):
 
 @pytest.mark.parametrize("n,d", [(12, 32), (60, 8)])
 def test_soft_membership_gradient_matches_finite_differences(n, d):
-  # Clustering (SPEC §4) differentiates ΔR(Z|Π) with respect to Π, zeros included.
+  # Clustering (docs/method.md#evaluation-protocols) differentiates ΔR(Z|Π) with respect to Π, zeros included.
   rng = np.random.default_rng(4)
   Z = sphere(rng, n, d)
   Pi = rng.uniform(size=(n, 3))

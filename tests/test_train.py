@@ -81,7 +81,7 @@ def test_encoder_step_reports_the_objective_of_its_features():
   before = _copy(state)
   _, metrics = encoder_step(state, sharding.shard_batch(host_batch, mesh))
 
-  # Recompute the features outside the step, as SPEC §3 describes them.
+  # Recompute the features outside the step, as docs/method.md#the-game describes them.
   encoder, decoder = models.create_models(config, IMAGE_SHAPE)
   enc_vars = {"params": before.encoder_params, "batch_stats": before.encoder_batch_stats}
   B, V = config.train.batch_size, config.data.num_views
@@ -163,7 +163,7 @@ def test_check_finite_names_every_bad_term():
 
 def test_health_monitor_flags_the_noise_drawing_run_of_2026_11_29():
   # Logged (cos(z, ẑ), recon MSE) of configs/fashion_mnist.py at steps 50, 600, 1300:
-  # its reconstructions stayed mostly noise (README, "First run of the default").
+  # its reconstructions stayed mostly noise (docs/experiments.md, "The default run").
   monitor = guards.HealthMonitor(**tiny.get_config().train.health)
   assert monitor.update(50, _health_metrics(54.3, 0.506, 0.757)) == []
   assert monitor.update(600, _health_metrics(55.4, 0.817, 0.465)) == []

@@ -1,4 +1,4 @@
-"""SimCLR augmentations (SPEC §1, `τ`), stateless: the same seed gives the same view.
+"""SimCLR augmentations (docs/method.md#the-closed-loop, `τ`), stateless: the same seed gives the same view.
 
 Every op takes a float32 image in [0, 1] of shape (H, W, C) and a seed of shape
 (2,) (int32 or int64, as for `tf.random.stateless_*`) and works eagerly and

@@ -8,7 +8,7 @@ Names (`config.data.name`):
   default, ~/tensorflow_datasets). Nothing is downloaded unless `download=True`,
   so an offline machine fails at once instead of retrying DNS for minutes.
   `fashion_mnist` is prepared from the Debian package `dataset-fashion-mnist`
-  (SPEC §5) when it is installed: see `prepare_fashion_mnist`.
+  (docs/method.md#data-without-network) when it is installed: see `prepare_fashion_mnist`.
 - `image_folder:PATH`, `.png`/`.jpg`/`.jpeg` files (hidden files and folders are
   ignored), laid out one of three ways:
     - `PATH/*.png` (images directly in PATH): one unlabelled split `train`, every

@@ -2,7 +2,7 @@
 
 - ``reconstructions.png``: test inputs above their reconstructions ``g(f(x))``;
 - ``similarity.png``: ``|cos|`` between test samples sorted by label, ``|Z Zᵀ|`` and
-  ``|Z Ẑᵀ|`` (SPEC §4 writes them ``|ZᵀZ|``, ``|ZᵀẐ|`` with samples as columns);
+  ``|Z Ẑᵀ|`` (docs/method.md#evaluation-protocols writes them ``|ZᵀZ|``, ``|ZᵀẐ|`` with samples as columns);
   block-diagonal = structured;
 - ``spectra.png``: singular values of each class's features (normalised by the largest);
   a few large values per class = low-dimensional class subspaces;

@@ -1,4 +1,4 @@
-"""tf.data input pipeline on the CPU: images and their augmented views (SPEC §1).
+"""tf.data input pipeline on the CPU: images and their augmented views (docs/method.md#the-closed-loop).
 
 API for the trainer and evaluators:
 

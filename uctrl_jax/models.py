@@ -1,4 +1,4 @@
-"""Encoder ``f`` and decoder ``g`` of the closed loop (SPEC §1), in Flax linen.
+"""Encoder ``f`` and decoder ``g`` of the closed loop (docs/method.md#the-closed-loop), in Flax linen.
 
 Families, chosen by config name (``config.model.encoder`` / ``config.model.decoder``):
 
@@ -21,13 +21,13 @@ Families, chosen by config name (``config.model.encoder`` / ``config.model.decod
   upsamples 2× (stages 2-4), then a 3×3 conv to ``C`` and tanh. Image sizes 32 and 96
   (STL-10; there the linear map is ``d × 12²·8w`` ≈ 9.4 M parameters at w = 64).
 
-Every encoder ends in ``l2_normalize`` of a float32 linear map (SPEC §1-2), so its rows
+Every encoder ends in ``l2_normalize`` of a float32 linear map (docs/method.md#the-closed-loop), so its rows
 are float32 unit vectors whatever the compute dtype.
 
 Upsampling (``config.model.upsample``), the decoder's only family-independent choice:
 
 * ``"conv_transpose"`` — 4×4 stride-2 transposed conv (CTRL's). Its weight gradient is
-  very slow in XLA:CPU (shared/ENVIRONMENT.md); fine on GPU/TPU. Avoid it with
+  very slow in XLA:CPU (docs/benchmarks.md); fine on GPU/TPU. Avoid it with
   ``resnet18`` on CPU: one 4×4-map 512 → 256 layer alone took 2.9 s fwd+bwd at batch 128.
 * ``"pixel_shuffle"`` — 3×3 conv to ``4·C_out`` channels, then ``depth_to_space``.
   A stride-2 4×4 transposed conv is exactly such a conv with a sparsity pattern on
@@ -224,7 +224,7 @@ class FeatureHead(nn.Module):
   """``(B, ...) -> (B, d)`` float32 unit rows: flatten, linear map, L2 normalise.
 
   The linear map runs in float32 (it is small) so the features the float32 rate terms
-  see are not rounded to bf16 (SPEC §2).
+  see are not rounded to bf16 (docs/method.md#coding-rates).
   """
   feature_dim: int
   kernel_init: Callable = nn.initializers.lecun_normal()

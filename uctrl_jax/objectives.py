@@ -121,7 +121,7 @@ def encoder_only_terms(config, Z_views: Array) -> dict:
 
 
 def game_terms(config, Z: Array, Zhat: Array, Z_aug: Array, labels: Array) -> dict:
-  """The closed-loop game's terms for ``config.loss.mode`` (docs/method.md, the game).
+  """The closed-loop game's terms for ``config.loss.mode`` (docs/method.md#the-game).
 
   Args:
     Z, Zhat: (B, d) float32 global-batch features of ``X`` and ``X̂``.

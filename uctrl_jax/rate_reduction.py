@@ -1,7 +1,7 @@
-"""Coding-rate terms of uCTRL and its CTRL relatives (SPEC §2-3).
+"""Coding-rate terms of uCTRL and its CTRL relatives (docs/method.md#coding-rates, #the-game).
 
 Pure, jit-able, differentiable functions. Features are rows: ``Z: (n, d)``.
-Everything is computed in float32 whatever the input dtype (SPEC §2), and every
+Everything is computed in float32 whatever the input dtype (docs/method.md#coding-rates), and every
 log-det is a Cholesky factorisation of ``I + c·Gram`` on the smaller side of the Gram
 matrix (``I_n + α Z Zᵀ`` when ``n < d``, else ``I_d + α ZᵀZ``), which is SPD by
 construction, so collapsed features, zero rows and ``n = 1`` give finite values and
@@ -14,7 +14,7 @@ Sharding. Two ways to run on data sharded over devices, both exact:
   batch.
 * Inside ``shard_map`` / ``pmap`` where each device sees its rows only: pass
   ``axis_name``. The per-device ``ZᵀZ``, row counts and sums are ``psum``'ed, never
-  averaged per device, so the value equals the unsharded one (SPEC §2, last bullet).
+  averaged per device, so the value equals the unsharded one (docs/method.md#closed-forms-the-code-uses).
   With ``axis_name`` the ``d × d`` side is always used, since only it is a sum over rows.
 
 Public API (names used by the trainer, evaluators and users):
@@ -138,7 +138,7 @@ def _psum(x, axis_name):
 def _logdet_i_plus(scale: Array, G: Array) -> Array:
   """``logdet(I + scale·G)`` for PSD ``G: (..., m, m)`` and ``scale: (...)`` ≥ 0.
 
-  Cholesky: ``logdet = 2 Σ log diag L``; the identity keeps the matrix SPD (SPEC §2).
+  Cholesky: ``logdet = 2 Σ log diag L``; the identity keeps the matrix SPD (docs/method.md#closed-forms-the-code-uses).
   """
   m = G.shape[-1]
   M = jnp.eye(m, dtype=jnp.float32) + scale[..., None, None] * G
@@ -156,7 +156,7 @@ def _weighted_rates(Z: Array, weights: Array, eps_sq, axis_name, row_side_ok: bo
 
   Computes, for each set ``j`` with row weights ``w_j`` (one-hot or soft membership),
   ``R_j = ½ logdet(I_d + α_j Zᵀ diag(w_j) Z)``, ``α_j = d / (n_j ε²)``, ``n_j = Σᵢ w_ji``
-  (SPEC §2, R and R_c). Empty sets (``n_j = 0``) have rate 0.
+  (docs/method.md#coding-rates, R and R_c). Empty sets (``n_j = 0``) have rate 0.
 
   Args:
     Z: (n, d) float32, local rows when ``axis_name`` is given.
@@ -182,7 +182,7 @@ def _weighted_rates(Z: Array, weights: Array, eps_sq, axis_name, row_side_ok: bo
 
 
 def _rate(Z: Array, eps_sq, axis_name) -> Array:
-  """``R(Z)`` (SPEC §2) of ``Z: (n, d)``."""
+  """``R(Z)`` (docs/method.md#coding-rates) of ``Z: (n, d)``."""
   return _weighted_rates(Z, jnp.ones((1, Z.shape[0]), jnp.float32), eps_sq, axis_name)[0]
 
 
@@ -197,7 +197,7 @@ def _coding_rate(Z, eps_sq, axis_name=None):
 
 
 def coding_rate(Z, eps_sq, *, axis_name: Optional[str] = None) -> Array:
-  """Coding rate ``R(Z) = ½ logdet(I_d + α ZᵀZ)``, ``α = d / (n ε²)`` (SPEC §2).
+  """Coding rate ``R(Z) = ½ logdet(I_d + α ZᵀZ)``, ``α = d / (n ε²)`` (docs/method.md#coding-rates).
 
   Args:
     Z: (n, d) features as rows, any float dtype (computed in float32).
@@ -224,7 +224,7 @@ def _rate_reduction(Z, membership, eps_sq, axis_name=None, soft=False):
 
 def rate_reduction(Z, labels=None, num_classes: Optional[int] = None, eps_sq=None, *,
                    membership=None, axis_name: Optional[str] = None) -> Array:
-  """MCR² rate reduction ``ΔR(Z|Π) = R(Z) − R_c(Z|Π)`` (SPEC §2).
+  """MCR² rate reduction ``ΔR(Z|Π) = R(Z) − R_c(Z|Π)`` (docs/method.md#coding-rates).
 
   ``R_c(Z|Π) = Σ_k (n_k / 2n) logdet(I_d + α_k Z_kᵀ Z_k)``, ``α_k = d / (n_k ε²)``. With a
   soft membership ``Π: (n, k)``, ``Z_kᵀ Z_k`` becomes ``Zᵀ diag(Π[:, k]) Z`` and
@@ -282,7 +282,7 @@ def _rate_distance(Z, Zhat, eps_sq, axis_name=None):
 
 
 def rate_distance(Z, Zhat, eps_sq, *, axis_name: Optional[str] = None) -> Array:
-  """Rate distance between two sets ``ΔR(Z, Ẑ) = R(Z ∪ Ẑ) − ½ (R(Z) + R(Ẑ))`` (SPEC §2).
+  """Rate distance between two sets ``ΔR(Z, Ẑ) = R(Z ∪ Ẑ) − ½ (R(Z) + R(Ẑ))`` (docs/method.md#distance-between-two-sets).
 
   Each ``R`` uses its own number of rows (``n + m`` for the union). This is
   CTRL-Binary's distance and the contested term of the uCTRL game.
@@ -320,7 +320,7 @@ def _pairwise_rate_distance(U, V, eps_sq):
 
 
 def pairwise_rate_distance(U, V, eps_sq) -> Array:
-  """Exact row-wise rate distance ``ΔR(uᵢ, vᵢ)`` of one-vector sets (SPEC §2).
+  """Exact row-wise rate distance ``ΔR(uᵢ, vᵢ)`` of one-vector sets (docs/method.md#sample-wise-distance).
 
   ``ΔR(u, v) = ½ log[(1 + a|u|²)(1 + a|v|²) − a²(uᵀv)²] − ¼ [log(1 + 2a|u|²) + log(1 + 2a|v|²)]``
   with ``a = d / (2ε²)``: the 2-column log-det of the definition in closed form, O(d)
@@ -369,7 +369,7 @@ def _sample_term(Z, Zs, eps_sq, sample_distance):
 
 
 def _aug_term(Z, Z_aug, eps_sq, sample_distance, aug_target):
-  """(n,) augmentation term per row (docs/method.md, the augmentation term).
+  """(n,) augmentation term per row (docs/method.md#the-game, the augmentation term).
 
   ``"image"``: each view against ``zᵢ``, mean over views. ``"mean"``: EMP-SSL's target,
   the normalised mean ``z̄ᵢ`` of the views' features; the image and the views weigh
@@ -405,7 +405,7 @@ def _uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self, sample_dis
       "self": self_,
       "aug_per_sample": aug_sum / n_total,
       "self_per_sample": self_sum / n_total,
-      # SPEC §3: the encoder maximises, the decoder minimises; only ΔR(Z, Ẑ) is contested.
+      # docs/method.md#the-game: the encoder maximises, the decoder minimises; only ΔR(Z, Ẑ) is contested.
       "encoder_objective": R + delta - lambda_aug * aug - lambda_self * self_,
       "decoder_objective": R + delta + lambda_aug * aug + lambda_self * self_,
   }
@@ -415,7 +415,7 @@ def uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self,
                     sample_distance: str = "exact", *, sample_reduction: str = "sum",
                     aug_target: str = "image",
                     axis_name: Optional[str] = None) -> Mapping[str, Array]:
-  """Every term of the uCTRL game and both players' objectives (SPEC §3).
+  """Every term of the uCTRL game and both players' objectives (docs/method.md#the-game).
 
       encoder θ:  max  R(Z) + ΔR(Z, Ẑ) − λ₁ Σᵢ ΔR(zᵢ, z_aᵢ) − λ₂ Σᵢ ΔR(zᵢ, ẑᵢ)
       decoder η:  min  R(Z) + ΔR(Z, Ẑ) + λ₁ Σᵢ ΔR(zᵢ, z_aᵢ) + λ₂ Σᵢ ΔR(zᵢ, ẑᵢ)
@@ -433,7 +433,7 @@ def uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self,
     lambda_self: λ₂ ≥ 0, weight of the self-consistency term.
     sample_distance: "exact" (``pairwise_rate_distance``) or "cosine"
       (``cosine_distance``, the paper's footnote).
-    sample_reduction: "sum" (SPEC §3's Σᵢ over the global batch) or "mean" (Σᵢ / n,
+    sample_reduction: "sum" (the Σᵢ of docs/method.md#the-game over the global batch) or "mean" (Σᵢ / n,
       so λ does not scale with the batch size).
     aug_target: what the views are compared with: "image" (``dist(zᵢ, z_aᵢ)``, mean
       over views) or "mean" (EMP-SSL's target, the normalised mean ``z̄ᵢ`` of the views'
@@ -483,14 +483,14 @@ def _ctrl_multi_objective(Z, Zhat, membership, eps_sq, axis_name=None):
       "delta_R_z": dr_z,
       "delta_R_zhat": dr_zhat,
       "class_distance": per_class,
-      # CTRL-Multi (SPEC §3, last bullet): the encoder maximises it, the decoder minimises.
+      # CTRL-Multi (docs/method.md#the-game, the relatives): the encoder maximises it, the decoder minimises.
       "objective": dr_z + dr_zhat + per_class,
   }
 
 
 def ctrl_multi_objective(Z, Zhat, labels, num_classes: int, eps_sq, *,
                          axis_name: Optional[str] = None) -> Mapping[str, Array]:
-  """Supervised CTRL-Multi: ``ΔR(Z|Π) + ΔR(Ẑ|Π) + Σ_k ΔR(Z_k, Ẑ_k)`` (SPEC §3).
+  """Supervised CTRL-Multi: ``ΔR(Z|Π) + ΔR(Ẑ|Π) + Σ_k ΔR(Z_k, Ẑ_k)`` (docs/method.md#the-game).
 
   Args:
     Z: (n, d) features of the images.

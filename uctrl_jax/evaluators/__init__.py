@@ -1,4 +1,4 @@
-"""Evaluators of a trained closed loop (SPEC §4), one module each, and a registry.
+"""Evaluators of a trained closed loop (docs/method.md#evaluation-protocols), one module each, and a registry.
 
 Each module has a pure ``evaluate(...)`` on arrays returning ``{metric: float}``:
 
