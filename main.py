@@ -12,12 +12,16 @@ from absl import logging  # noqa: E402
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from uctrl_jax import console  # noqa: E402
 from uctrl_jax import distributed  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and figures.")
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (and evaluate), or evaluate the "
                   "latest checkpoint in --workdir.")
+flags.DEFINE_bool("verbose", False, "Show every library's INFO logging (absl, orbax, tfds, "
+                  "clu, jax) in absl's format; by default the console shows this project's "
+                  "lines and everyone's warnings.")
 config_flags.DEFINE_config_file("config", "configs/fashion_mnist.py", "Experiment config file.",
                                 lock_config=True)
 flags.mark_flags_as_required(["workdir"])
@@ -35,9 +39,12 @@ flags.DEFINE_integer("process_id", None, "This process's index, in [0, num_proce
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.configure(verbose=FLAGS.verbose)
   # Before anything touches a device: jax.distributed must come first.
   distributed.initialize(enabled=FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
                          num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  if not FLAGS.verbose:
+    console.import_tensorflow_quietly()
   from uctrl_jax import train  # TensorFlow (data) stays off accelerators once imported.
   from uctrl_jax import checkpointing, datasets, validation  # pylint: disable=g-multiple-import
   logging.info("%s", distributed.describe())

@@ -84,9 +84,11 @@ def _start(log_path, num_devices, args, extra_env=None) -> subprocess.Popen:
          if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"))}
   env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
              JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", **(extra_env or {}))
+  # --verbose: the terms are read from clu's scalar lines (full precision), INFO logs of
+  # a library that the default console leaves out.
   with open(log_path, "w") as log:  # the child keeps its own handle
-    return subprocess.Popen([sys.executable, os.path.join(REPO, "main.py"), *args], cwd=REPO,
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, os.path.join(REPO, "main.py"), "--verbose", *args],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _wait(runs: dict) -> None:

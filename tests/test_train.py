@@ -150,8 +150,11 @@ def test_health_monitor_names_collapse_and_fooling():
   assert len(collapse) == 1 and "feature collapse" in collapse[0] and "62.00" in collapse[0]
   fooling = monitor.update(200, _health_metrics(61.0, 0.96, 0.78))
   assert len(fooling) == 1 and "decoder fooling" in fooling[0] and "0.960" in fooling[0]
+  # A lasting condition is named once; again after it cleared and came back.
+  assert monitor.update(210, _health_metrics(61.0, 0.96, 0.78)) == []
   # The same cosine with reconstructions that did improve is transcription, not fooling.
   assert monitor.update(250, _health_metrics(61.0, 0.96, 0.30)) == []
+  assert "decoder fooling" in monitor.update(260, _health_metrics(61.0, 0.96, 0.79))[0]
 
 
 def test_check_finite_names_every_bad_term():

@@ -131,7 +131,7 @@ class PeriodicEval:
     metrics = evaluators.run_all(self._evaluators, lambda x: self._encode(state, x),
                                  None if self._decode is None else lambda Z: self._decode(state, Z),
                                  self._data,
-                                 batch_size=batch_size, log_labels=False)
+                                 batch_size=batch_size, log_labels=False, log_times=False)
     return {f"eval/{k}": v for k, v in metrics.items()}
 
 

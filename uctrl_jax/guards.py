@@ -30,6 +30,7 @@ def limit_host_blas(num_threads: Optional[int]):
     return threadpoolctl.threadpool_limits(limits=None)
   return threadpoolctl.threadpool_limits(limits=int(num_threads), user_api="blas")
 
+
 class HealthMonitor:
   """Names the game's two known failures as they happen (docs/method.md#known-failures).
 
@@ -37,6 +38,9 @@ class HealthMonitor:
   * Decoder fooling: ``cos(z, ẑ)`` above ``fooling_cos`` while the reconstruction MSE
     is still above ``fooling_mse_fraction`` of its first logged value, i.e. ``f∘g ≈ id``
     without ``g∘f ≈ id``.
+
+  Each is named when it starts, and again only after it has cleared and come back: a
+  condition that lasts does not fill the console with one warning per logged step.
   """
 
   def __init__(self, collapse_fraction: float, fooling_cos: float,
@@ -46,13 +50,20 @@ class HealthMonitor:
     self.fooling_mse_fraction = fooling_mse_fraction
     self.max_rate = -math.inf
     self.first_mse: Optional[float] = None
+    self._holding: set[str] = set()
+
+  def _onset(self, name: str, holds: bool) -> bool:
+    """Whether ``name`` starts to hold now."""
+    started = holds and name not in self._holding
+    (self._holding.add if holds else self._holding.discard)(name)
+    return started
 
   def update(self, step: int, metrics: Mapping[str, float]) -> list[str]:
     """Returns the warnings for the metrics logged at ``step``."""
     warnings = []
     rate = float(metrics["encoder/R"])
     self.max_rate = max(self.max_rate, rate)
-    if rate < self.collapse_fraction * self.max_rate:
+    if self._onset("collapse", rate < self.collapse_fraction * self.max_rate):
       warnings.append(f"step {step}: feature collapse: R(Z) = {rate:.2f} fell below "
                       f"{self.collapse_fraction:.0%} of its running maximum {self.max_rate:.2f}")
     if "decoder/recon_mse" not in metrics:  # encoder-only modes: nothing to fool
@@ -60,7 +71,8 @@ class HealthMonitor:
     mse = float(metrics["decoder/recon_mse"])
     self.first_mse = mse if self.first_mse is None else self.first_mse
     cos = float(metrics["encoder/cos_z_zhat"])
-    if cos > self.fooling_cos and mse > self.fooling_mse_fraction * self.first_mse:
+    if self._onset("fooling", cos > self.fooling_cos
+                   and mse > self.fooling_mse_fraction * self.first_mse):
       warnings.append(f"step {step}: decoder fooling: cos(z, ẑ) = {cos:.3f} while the "
                       f"reconstruction MSE {mse:.3f} is still {mse / self.first_mse:.0%} of its "
                       f"first value {self.first_mse:.3f}")

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from uctrl_jax import console
 from uctrl_jax import distributed
 from uctrl_jax import guards
 from uctrl_jax import loading
@@ -183,19 +184,6 @@ def train_iteration(encoder_step, decoder_step, state: TrainState, batch,
   return state, {**enc_metrics, **dec_metrics}
 
 
-_CONSOLE_TERMS = (("R", "encoder/R"), ("ΔR(Z,Ẑ)", "encoder/delta_R_z_zhat"),
-                  ("aug", "encoder/aug_per_sample"), ("self", "encoder/self_per_sample"),
-                  ("enc", "encoder/encoder_objective"), ("dec", "decoder/decoder_objective"),
-                  ("cos(z,ẑ)", "encoder/cos_z_zhat"), ("cos(z,z_a)", "encoder/cos_z_zaug"),
-                  ("mse", "decoder/recon_mse"))
-
-
-def _console_line(step: int, num_steps: int, metrics: Mapping[str, float]) -> str:
-  terms = " ".join(f"{name} {float(metrics[key]):.4g}" for name, key in _CONSOLE_TERMS
-                   if key in metrics)
-  return f"step {step}/{num_steps} | {terms}"
-
-
 def _flat_hparams(tree: Mapping[str, Any], prefix: str = "") -> dict:
   """``{"train.batch_size": 128, ...}``; values TensorBoard cannot show become strings."""
   flat = {}
@@ -296,6 +284,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     saved_config.data.image_shape = tuple(image_shape)
   checkpointing.save_config(workdir, saved_config)
   start = int(state.step)
+  num_params = {role: sum(x.size for x in jax.tree.leaves(getattr(state, f"{role}_params")))
+                for role in ("encoder", "decoder")}
+  for line in console.startup_summary(config, info, image_shape, num_params, workdir,
+                                      start if restored is not None else None):
+    logging.info("%s", line)
 
   batches = input_pipeline.create_dataset(
       config, config.data.train_split, process_index=process_index,
@@ -322,6 +315,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   def train_seconds() -> float:
     return train_seconds_before + time.time() - loop_start - eval_seconds
+
+  # The speed behind the progress line's ETA: training seconds per step since the last
+  # progress line (the first interval includes compiling).
+  last_log = (start, train_seconds())
 
   def save(step: int, state: TrainState) -> None:
     checkpointer.save(step, state, extra={"step": step, "examples_seen": step * t.batch_size,
@@ -374,7 +371,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             continue
         if log_now:
           writer.write_scalars(step, metrics)
-          logging.info("%s", _console_line(step, t.num_steps, metrics))
+          now = train_seconds()
+          per_step = (now - last_log[1]) / (step - last_log[0]) if step > last_log[0] else None
+          last_log = (step, now)
+          logging.info("%s", console.progress_line(step, t.num_steps, metrics, per_step))
           for warning in monitor.update(step, metrics):
             logging.warning("%s", warning)
         if (step % t.image_every == 0 or last) and process_index == 0 and reconstruct:

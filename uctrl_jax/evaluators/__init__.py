@@ -215,13 +215,14 @@ def without_labels(evaluators: Sequence[Evaluator], data: EvalData
 
 
 def run_context(evaluators: Sequence[Evaluator], context: Context, *,
-                log_labels: bool = True) -> dict[str, float]:
+                log_labels: bool = True, log_times: bool = True) -> dict[str, float]:
   """Runs ``evaluators`` on a prepared ``Context`` (``run_all`` without building one).
 
   Skips the evaluators that need a decoder when ``context.decode`` is None, and those
   that need labels the data lack (``without_labels``; its line is logged unless
   ``log_labels`` is False, for a caller that logged it once already). Reports each
-  evaluator's wall time as ``eval_seconds/<name>`` (the features' as ``encode``).
+  evaluator's wall time as ``eval_seconds/<name>`` (the features' as ``encode``), and
+  logs it unless ``log_times`` is False.
   """
   evaluators, note = without_labels(evaluators, context.data)
   if note and log_labels:
@@ -236,13 +237,15 @@ def run_context(evaluators: Sequence[Evaluator], context: Context, *,
     for key, value in ev.fn(context).items():
       metrics[f"{ev.name}/{key}"] = float(value)
     metrics[f"eval_seconds/{ev.name}"] = time.time() - start
-    logging.info("evaluator %s: %.1f s", ev.name, metrics[f"eval_seconds/{ev.name}"])
+    if log_times:
+      logging.info("evaluator %s: %.1f s", ev.name, metrics[f"eval_seconds/{ev.name}"])
   return metrics
 
 
 def run_all(evaluators: Sequence[Evaluator], encode: Callable, decode: Optional[Callable],
             data: EvalData, step: Optional[int] = None, *, out_dir: Optional[str] = None,
-            batch_size: int = 500, log_labels: bool = True) -> dict[str, float]:
+            batch_size: int = 500, log_labels: bool = True,
+            log_times: bool = True) -> dict[str, float]:
   """Runs ``evaluators`` on ``encode``/``decode`` and ``data``: ``{"name/metric": float}``.
 
   ``decode=None`` (raw pixels, say) skips the evaluators that need a decoder.
@@ -250,4 +253,4 @@ def run_all(evaluators: Sequence[Evaluator], encode: Callable, decode: Optional[
   given. Features are computed once, in batches of ``batch_size``.
   """
   return run_context(evaluators, Context(data, encode, decode, batch_size, out_dir, step),
-                     log_labels=log_labels)
+                     log_labels=log_labels, log_times=log_times)
