@@ -9,7 +9,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
-import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from uctrl_jax import console  # noqa: E402

@@ -4,7 +4,6 @@ import os
 import shutil
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -143,7 +142,9 @@ def test_config_round_trip(tmp_path):
   loaded = checkpointing.load_config(str(tmp_path))
   # JSON has no tuples (crop_scale comes back as a list) and no placeholder types,
   # so compare both in JSON normal form.
-  normal = lambda d: json.dumps(d, sort_keys=True)
+  def normal(d):
+    return json.dumps(d, sort_keys=True)
+
   assert normal(loaded.to_dict()) == normal(json.loads(config.to_json_best_effort()))
   assert loaded.model.feature_dim == 16 and loaded.train.batch_size == 16
   assert list(loaded.data.augment.crop_scale) == list(config.data.augment.crop_scale)

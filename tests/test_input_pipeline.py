@@ -1,7 +1,6 @@
 """Tests of uctrl_jax/input_pipeline.py: batch format, seeds, process shards."""
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from configs import default
 from uctrl_jax import datasets
