@@ -69,7 +69,8 @@ def cosine_distance(U: Tensor, V: Tensor) -> Tensor:
 
 
 def pairwise_rate_distance(U: Tensor, V: Tensor, eps_sq: float) -> Tensor:
-  """Exact ``ΔR(uᵢ, vᵢ)`` (docs/method.md#sample-wise-distance) in the cancellation-free form of rate_reduction.py → (n,)."""
+  """Exact ``ΔR(uᵢ, vᵢ)`` (docs/method.md#sample-wise-distance) in the cancellation-free form of
+  rate_reduction.py → (n,)."""
   a = U.shape[1] / (2.0 * eps_sq)
   uu, vv = (U * U).sum(1), (V * V).sum(1)
   plus, minus = ((U + V) ** 2).sum(1), ((U - V) ** 2).sum(1)

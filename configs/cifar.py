@@ -3,8 +3,8 @@
     python main.py --config=configs/cifar.py --workdir=/tmp/uctrl_cifar10
 
 What is CIFAR's here: the data, the ResNet-18 pair (w = 64), CTRL's two encoder steps per
-decoder step (docs/method.md#the-game) and batch 512 (the default 2 000 iterations are about 20 epochs).
-The decoder's upsampling, the sample-wise terms and the schedule are default.py's, which
+decoder step (docs/method.md#the-game) and batch 512 (the default 2 000 iterations are about 20
+epochs). The decoder's upsampling, the sample-wise terms and the schedule are default.py's, which
 were measured on Fashion-MNIST only.
 
 Run so far (2026-12-03): 20 iterations of this command on CPU with random CIFAR-shaped

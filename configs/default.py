@@ -67,8 +67,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.eps_sq = 0.5  # CTRL's `eps`
   config.loss.lambda_aug = 10.0  # λ₁
   config.loss.lambda_self = 10.0  # λ₂
-  # "cosine" 1 − cos | "exact" ΔR(u, v) (docs/method.md#sample-wise-distance). With exact at λ = 10 the encoder sends ẑ
-  # orthogonal to z and nothing is reconstructed (the sweep of docs/experiments.md: 9% consistency).
+  # "cosine" 1 − cos | "exact" ΔR(u, v) (docs/method.md#sample-wise-distance). With exact at λ = 10
+  # the encoder sends ẑ orthogonal to z and nothing is reconstructed (the sweep of
+  # docs/experiments.md: 9% consistency).
   config.loss.sample_distance = "cosine"
   config.loss.sample_reduction = "mean"  # "sum" (Σᵢ, docs/method.md#the-game) | "mean" (λ independent of n)
   # The augmentation term compares: "image" each view with f(x) | "mean" the image and the
@@ -136,7 +137,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Test-only fault hook: NaN in the encoder's parameters and objective after this step.
   config.train.fault_inject_nan_at_step = ml_collections.config_dict.placeholder(int)
 
-  # --- evaluation (uctrl_jax/evaluators/, uctrl_jax/evaluate.py; docs/method.md#evaluation-protocols) ---
+  # --- evaluation (uctrl_jax/evaluators/, evaluate.py; docs/method.md#evaluation-protocols) ---
   # Each evaluator's block holds keyword arguments of its module's `evaluate`.
   config.evals = ml_collections.ConfigDict()
   config.evals.names = ("knn", "linear_probe", "nearest_subspace", "clustering", "reconstruction",

@@ -8,7 +8,8 @@ import socket
 
 import pytest
 
-# 8 host devices let the sharding tests run in-process (docs/method.md#closed-forms-the-code-uses: exact under sharding).
+# 8 host devices let the sharding tests run in-process (docs/method.md#closed-forms-the-code-uses:
+# exact under sharding).
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
   os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()

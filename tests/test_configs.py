@@ -1,5 +1,5 @@
-"""The shipped configs (configs/*.py): none uses a setting the sweep of docs/experiments.md showed to
-fail without saying why, and every one trains from the command line.
+"""The shipped configs (configs/*.py): none uses a setting the sweep of docs/experiments.md showed
+to fail without saying why, and every one trains from the command line.
 
 The CLI runs: ``main.py --config=configs/NAME.py`` for 20 iterations on random
 CIFAR-shaped images (32×32×3 uint8, ``npz:``) at width 8, d = 16, batch 16, on one CPU

@@ -1,4 +1,5 @@
-"""rate_reduction against float64 NumPy `slogdet` references written from docs/method.md#coding-rates and #the-game.
+"""rate_reduction against float64 NumPy `slogdet` references written from
+docs/method.md#coding-rates and #the-game.
 
 The references below never use the library's shortcuts (smaller Gram side, Cholesky,
 closed-form pairwise term): they transcribe the definitions with d × d `slogdet`.
@@ -228,7 +229,8 @@ def test_gradients_match_finite_differences(name, n, d):
 
 @pytest.mark.parametrize("n,d", [(12, 32), (60, 8)])
 def test_soft_membership_gradient_matches_finite_differences(n, d):
-  # Clustering (docs/method.md#evaluation-protocols) differentiates ΔR(Z|Π) with respect to Π, zeros included.
+  # Clustering (docs/method.md#evaluation-protocols) differentiates ΔR(Z|Π) with respect to Π, zeros
+  # included.
   rng = np.random.default_rng(4)
   Z = sphere(rng, n, d)
   Pi = rng.uniform(size=(n, 3))

@@ -1,4 +1,6 @@
-"""SimCLR augmentations (docs/method.md#the-closed-loop, `τ`), stateless: the same seed gives the same view.
+"""SimCLR augmentations `τ`, stateless: the same seed gives the same view.
+
+The augmentation of the closed loop (docs/method.md#the-closed-loop).
 
 Every op takes a float32 image in [0, 1] of shape (H, W, C) and a seed of shape
 (2,) (int32 or int64, as for `tf.random.stateless_*`) and works eagerly and

@@ -2,8 +2,8 @@
 
 - ``reconstructions.png``: test inputs above their reconstructions ``g(f(x))``;
 - ``similarity.png``: ``|cos|`` between test samples sorted by label, ``|Z Zᵀ|`` and
-  ``|Z Ẑᵀ|`` (docs/method.md#evaluation-protocols writes them ``|ZᵀZ|``, ``|ZᵀẐ|`` with samples as columns);
-  block-diagonal = structured;
+  ``|Z Ẑᵀ|`` (docs/method.md#evaluation-protocols writes them ``|ZᵀZ|``, ``|ZᵀẐ|`` with samples as
+  columns); block-diagonal = structured;
 - ``spectra.png``: singular values of each class's features (normalised by the largest);
   a few large values per class = low-dimensional class subspaces;
 - ``pca.png``: the test features on their top two principal components, by label;

@@ -1,4 +1,6 @@
-"""tf.data input pipeline on the CPU: images and their augmented views (docs/method.md#the-closed-loop).
+"""tf.data input pipeline on the CPU: images and their augmented views.
+
+The batches the closed loop reads (docs/method.md#the-closed-loop).
 
 API for the trainer and evaluators:
 

@@ -1,4 +1,6 @@
-"""Encoder ``f`` and decoder ``g`` of the closed loop (docs/method.md#the-closed-loop), in Flax linen.
+"""Encoder ``f`` and decoder ``g`` of the closed loop, in Flax linen.
+
+Their roles: docs/method.md#the-closed-loop.
 
 Families, chosen by config name (``config.model.encoder`` / ``config.model.decoder``):
 
@@ -21,8 +23,8 @@ Families, chosen by config name (``config.model.encoder`` / ``config.model.decod
   upsamples 2× (stages 2-4), then a 3×3 conv to ``C`` and tanh. Image sizes 32 and 96
   (STL-10; there the linear map is ``d × 12²·8w`` ≈ 9.4 M parameters at w = 64).
 
-Every encoder ends in ``l2_normalize`` of a float32 linear map (docs/method.md#the-closed-loop), so its rows
-are float32 unit vectors whatever the compute dtype.
+Every encoder ends in ``l2_normalize`` of a float32 linear map (docs/method.md#the-closed-loop), so
+its rows are float32 unit vectors whatever the compute dtype.
 
 Upsampling (``config.model.upsample``), the decoder's only family-independent choice:
 
@@ -411,10 +413,11 @@ def create_models(config, image_shape: Sequence[int]) -> Tuple[nn.Module, nn.Mod
   """The ``(encoder, decoder)`` linen modules named by ``config.model``.
 
   Reads ``encoder``, ``decoder``, ``feature_dim``, ``upsample``, ``width``,
-  ``encoder_depth`` and ``dtype`` (``configs/default.py`` holds their defaults). ``image_shape = (H, W, C)`` of the images the encoder reads
-  and the decoder writes. Raises ``ValueError`` naming the bad value for an unknown
-  name, upsample or dtype, a non-positive width / feature_dim, or an image size the
-  family does not support (``IMAGE_SIZES``).
+  ``encoder_depth`` and ``dtype`` (``configs/default.py`` holds their defaults).
+  ``image_shape = (H, W, C)`` of the images the encoder reads and the decoder writes.
+  Raises ``ValueError`` naming the bad value for an unknown name, upsample or dtype, a
+  non-positive width / feature_dim, or an image size the family does not support
+  (``IMAGE_SIZES``).
   """
   m = config.model
   enc_name = _choice(m, "encoder", ENCODERS)

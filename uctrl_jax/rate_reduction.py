@@ -14,8 +14,9 @@ Sharding. Two ways to run on data sharded over devices, both exact:
   batch.
 * Inside ``shard_map`` / ``pmap`` where each device sees its rows only: pass
   ``axis_name``. The per-device ``ZᵀZ``, row counts and sums are ``psum``'ed, never
-  averaged per device, so the value equals the unsharded one (docs/method.md#closed-forms-the-code-uses).
-  With ``axis_name`` the ``d × d`` side is always used, since only it is a sum over rows.
+  averaged per device, so the value equals the unsharded one
+  (docs/method.md#closed-forms-the-code-uses). With ``axis_name`` the ``d × d`` side is always used,
+  since only it is a sum over rows.
 
 Public API (names used by the trainer, evaluators and users):
 ``coding_rate``, ``rate_reduction``, ``rate_distance``, ``pairwise_rate_distance``,
@@ -138,7 +139,8 @@ def _psum(x, axis_name):
 def _logdet_i_plus(scale: Array, G: Array) -> Array:
   """``logdet(I + scale·G)`` for PSD ``G: (..., m, m)`` and ``scale: (...)`` ≥ 0.
 
-  Cholesky: ``logdet = 2 Σ log diag L``; the identity keeps the matrix SPD (docs/method.md#closed-forms-the-code-uses).
+  Cholesky: ``logdet = 2 Σ log diag L``; the identity keeps the matrix SPD
+  (docs/method.md#closed-forms-the-code-uses).
   """
   m = G.shape[-1]
   M = jnp.eye(m, dtype=jnp.float32) + scale[..., None, None] * G
@@ -282,7 +284,8 @@ def _rate_distance(Z, Zhat, eps_sq, axis_name=None):
 
 
 def rate_distance(Z, Zhat, eps_sq, *, axis_name: Optional[str] = None) -> Array:
-  """Rate distance between two sets ``ΔR(Z, Ẑ) = R(Z ∪ Ẑ) − ½ (R(Z) + R(Ẑ))`` (docs/method.md#distance-between-two-sets).
+  """Rate distance between two sets ``ΔR(Z, Ẑ) = R(Z ∪ Ẑ) − ½ (R(Z) + R(Ẑ))``
+  (docs/method.md#distance-between-two-sets).
 
   Each ``R`` uses its own number of rows (``n + m`` for the union). This is
   CTRL-Binary's distance and the contested term of the uCTRL game.
@@ -320,7 +323,8 @@ def _pairwise_rate_distance(U, V, eps_sq):
 
 
 def pairwise_rate_distance(U, V, eps_sq) -> Array:
-  """Exact row-wise rate distance ``ΔR(uᵢ, vᵢ)`` of one-vector sets (docs/method.md#sample-wise-distance).
+  """Exact row-wise rate distance ``ΔR(uᵢ, vᵢ)`` of one-vector sets
+  (docs/method.md#sample-wise-distance).
 
   ``ΔR(u, v) = ½ log[(1 + a|u|²)(1 + a|v|²) − a²(uᵀv)²] − ¼ [log(1 + 2a|u|²) + log(1 + 2a|v|²)]``
   with ``a = d / (2ε²)``: the 2-column log-det of the definition in closed form, O(d)
@@ -405,7 +409,8 @@ def _uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self, sample_dis
       "self": self_,
       "aug_per_sample": aug_sum / n_total,
       "self_per_sample": self_sum / n_total,
-      # docs/method.md#the-game: the encoder maximises, the decoder minimises; only ΔR(Z, Ẑ) is contested.
+      # docs/method.md#the-game: the encoder maximises, the decoder minimises; only ΔR(Z, Ẑ) is
+      # contested.
       "encoder_objective": R + delta - lambda_aug * aug - lambda_self * self_,
       "decoder_objective": R + delta + lambda_aug * aug + lambda_self * self_,
   }
@@ -433,8 +438,8 @@ def uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self,
     lambda_self: λ₂ ≥ 0, weight of the self-consistency term.
     sample_distance: "exact" (``pairwise_rate_distance``) or "cosine"
       (``cosine_distance``, the paper's footnote).
-    sample_reduction: "sum" (the Σᵢ of docs/method.md#the-game over the global batch) or "mean" (Σᵢ / n,
-      so λ does not scale with the batch size).
+    sample_reduction: "sum" (the Σᵢ of docs/method.md#the-game over the global batch) or
+      "mean" (Σᵢ / n, so λ does not scale with the batch size).
     aug_target: what the views are compared with: "image" (``dist(zᵢ, z_aᵢ)``, mean
       over views) or "mean" (EMP-SSL's target, the normalised mean ``z̄ᵢ`` of the views'
       features: ``½ dist(zᵢ, z̄ᵢ) + ½ mean_v dist(z_vᵢ, z̄ᵢ)``).
@@ -483,7 +488,8 @@ def _ctrl_multi_objective(Z, Zhat, membership, eps_sq, axis_name=None):
       "delta_R_z": dr_z,
       "delta_R_zhat": dr_zhat,
       "class_distance": per_class,
-      # CTRL-Multi (docs/method.md#the-game, the relatives): the encoder maximises it, the decoder minimises.
+      # CTRL-Multi (docs/method.md#the-game, the relatives): the encoder maximises it, the decoder
+      # minimises.
       "objective": dr_z + dr_zhat + per_class,
   }
 

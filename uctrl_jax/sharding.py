@@ -3,8 +3,8 @@
 The batch is sharded over the ``data`` axis of a mesh that spans every device of
 every process (one process per host; ``uctrl_jax/distributed.py`` joins them);
 parameters and optimizer states are replicated. Because the rate terms reduce
-``ZᵀZ`` and sums over the *global* batch inside ``jit`` (docs/method.md#closed-forms-the-code-uses), a step on 8
-devices, in one process or spread over several hosts, computes the same objective
+``ZᵀZ`` and sums over the *global* batch inside ``jit`` (docs/method.md#closed-forms-the-code-uses),
+a step on 8 devices, in one process or spread over several hosts, computes the same objective
 as on 1.
 
 The mesh has two axes, ``(data, model)``, shaped by ``config.mesh``. ``model`` is

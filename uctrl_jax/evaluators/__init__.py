@@ -1,4 +1,6 @@
-"""Evaluators of a trained closed loop (docs/method.md#evaluation-protocols), one module each, and a registry.
+"""Evaluators of a trained closed loop, one module each, and the registry that runs them.
+
+Protocols: docs/method.md#evaluation-protocols.
 
 Each module has a pure ``evaluate(...)`` on arrays returning ``{metric: float}``:
 

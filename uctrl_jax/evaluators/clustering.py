@@ -6,7 +6,8 @@ Protocol:
 - k-means: k-means++ seeding and ``num_iters`` Lloyd iterations, ``num_restarts``
   restarts (vmapped), the restart with the smallest inertia kept;
 - MCR² clustering: soft memberships ``Π = softmax(Z W + b)`` of a linear head trained
-  with Adam to maximise ``ΔR(Z|Π) = R(Z) − R_c(Z|Π)`` (docs/method.md#coding-rates, MCR²'s soft form;
+  with Adam to maximise ``ΔR(Z|Π) = R(Z) − R_c(Z|Π)`` (docs/method.md#coding-rates, MCR²'s soft
+  form;
   ``R(Z)`` is constant in ``Π``, so this minimises the coding length of the
   partition); the head starts at the k-means partition (logits
   ``−|z − c_j|² / τ``), so MCR² refines it by subspace structure rather than searching

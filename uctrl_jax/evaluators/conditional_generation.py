@@ -1,7 +1,7 @@
 """Unsupervised conditional generation: decode samples from each cluster's principal subspace.
 
-Protocol (docs/method.md#evaluation-protocols): cluster the training features (k-means, or the labels when
-given); for each cluster ``c`` with centred features ``Z_c − μ_c = U S Vᵀ`` draw
+Protocol (docs/method.md#evaluation-protocols): cluster the training features (k-means, or the
+labels when given); for each cluster ``c`` with centred features ``Z_c − μ_c = U S Vᵀ`` draw
 ``z = μ_c + Σ_{j ≤ r} a_j (s_j / √n_c) v_j``, ``a ~ N(0, I)`` (a Gaussian with the
 cluster's spread along its top ``r`` components), scale to unit norm (the encoder's
 outputs are unit rows) and decode. The grid has one row per cluster: the decoded

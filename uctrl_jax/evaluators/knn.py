@@ -1,7 +1,7 @@
 """Weighted k-nearest-neighbour classifier on frozen features (solo-learn's protocol).
 
-Protocol (solo-learn ``WeightedKNNClassifier``, docs/method.md#evaluation-protocols): train and test features are
-L2-normalised; a test sample's ``k = 20`` most cosine-similar training samples vote
+Protocol (solo-learn ``WeightedKNNClassifier``, docs/method.md#evaluation-protocols): train and test
+features are L2-normalised; a test sample's ``k = 20`` most cosine-similar training samples vote
 for their labels with weight ``exp(cos / T)``, ``T = 0.07``; the class with the largest
 total weight wins. Reported: test top-1 in %.
 """

@@ -1,8 +1,8 @@
 """Structure score: how block-diagonal ``|Z Zᵀ|`` is when samples are sorted by label.
 
-The number behind the paper's heatmaps (docs/method.md#evaluation-protocols): on the test split, the mean ``|cos|``
-of feature pairs of the same class divided by the mean ``|cos|`` of pairs of different
-classes. Orthogonal class subspaces give between-class ``|cos|`` 0 (score ∞); features
+The number behind the paper's heatmaps (docs/method.md#evaluation-protocols): on the test split, the
+mean ``|cos|`` of feature pairs of the same class divided by the mean ``|cos|`` of pairs of
+different classes. Orthogonal class subspaces give between-class ``|cos|`` 0 (score ∞); features
 that ignore the classes give 1. Pairs ``(i, i)`` are left out; labels only group the
 pairs (the features are learned without them).
 """
