@@ -12,6 +12,7 @@ images (`npz:`, width 8, d = 16, batch 16: tests/test_configs.py), and the itera
 speed on CPU (benchmarks/train_step_bench.py, docs/benchmarks.md). Not run: real CIFAR-10, the full
 width or length, any accelerator; there are no quality figures for this config.
 """
+
 from configs import default
 
 

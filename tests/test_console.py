@@ -3,6 +3,7 @@ progress line, PNG grids large enough to see, results.md tables that line up.
 
 The console line count of a real run is checked in tests/test_configs.py (tiny).
 """
+
 import logging
 import os
 
@@ -44,11 +45,23 @@ def test_png_grids_of_small_images_are_enlarged_by_whole_pixels():
 
 
 def _results(baselines):
-  return {"workdir": "/w", "step": 4, "dataset": "d", "num_train": 8, "num_test": 4,
-          "hardware": "cpu", "wall_time_s": 1.0, "training": None,
-          "metrics": {"knn/top1": 50.0, "eval_seconds/knn": 0.1},
-          "baselines": baselines, "not_applicable": ["reconstruction"],
-          "skipped_without_labels": [], "figures": {}, "evals_config": {}, "config": {}}
+  return {
+    "workdir": "/w",
+    "step": 4,
+    "dataset": "d",
+    "num_train": 8,
+    "num_test": 4,
+    "hardware": "cpu",
+    "wall_time_s": 1.0,
+    "training": None,
+    "metrics": {"knn/top1": 50.0, "eval_seconds/knn": 0.1},
+    "baselines": baselines,
+    "not_applicable": ["reconstruction"],
+    "skipped_without_labels": [],
+    "figures": {},
+    "evals_config": {},
+    "config": {},
+  }
 
 
 def test_results_md_rows_have_as_many_columns_as_the_header():

@@ -6,6 +6,7 @@ quoted in backticks exists; every ``docs/method.md#<section>`` the code cites is
 heading of docs/method.md; and nothing points outside the repository (the method's
 old external references are gone).
 """
+
 import pathlib
 import re
 
@@ -20,8 +21,9 @@ NOT_YET = {"configs/fashion_mnist.py"}
 
 _LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 _QUOTED_PATH = re.compile(
-    r"`((?:uctrl_jax|configs|tests|benchmarks|docs|scripts)/[\w./-]*|main\.py|requirements\.txt"
-    r"|pyproject\.toml)`")
+  r"`((?:uctrl_jax|configs|tests|benchmarks|docs|scripts)/[\w./-]*|main\.py|requirements\.txt"
+  r"|pyproject\.toml)`"
+)
 _METHOD_ANCHOR = re.compile(r"docs/method\.md#([\w-]+)")
 
 
@@ -39,7 +41,11 @@ def anchors(page: pathlib.Path) -> set:
 def _source_files():
   for tree in TREES:
     for path in sorted((REPO / tree).rglob("*")):
-      if path.is_file() and path.suffix in (".py", ".md", ".sh", "") and "__pycache__" not in path.parts:
+      if (
+        path.is_file()
+        and path.suffix in (".py", ".md", ".sh", "")
+        and "__pycache__" not in path.parts
+      ):
         yield path
   yield from (REPO / f for f in FILES)
 
@@ -47,7 +53,9 @@ def _source_files():
 def test_slug_matches_github():
   assert slug("Results at a glance") == "results-at-a-glance"
   assert slug("Closed forms the code uses") == "closed-forms-the-code-uses"
-  assert slug("The default run (2026-11-29, 2 CPU cores)") == "the-default-run-2026-11-29-2-cpu-cores"
+  assert (
+    slug("The default run (2026-11-29, 2 CPU cores)") == "the-default-run-2026-11-29-2-cpu-cores"
+  )
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
@@ -81,15 +89,28 @@ def test_readme_is_a_guide():
 
 def test_code_cites_existing_sections_of_the_method():
   known = anchors(REPO / "docs" / "method.md")
-  bad = [f"{p.relative_to(REPO)}: #{a}" for p in _source_files()
-         for a in _METHOD_ANCHOR.findall(p.read_text(errors="replace")) if a not in known]
+  bad = [
+    f"{p.relative_to(REPO)}: #{a}"
+    for p in _source_files()
+    for a in _METHOD_ANCHOR.findall(p.read_text(errors="replace"))
+    if a not in known
+  ]
   assert not bad, bad
 
 
 def test_nothing_points_outside_the_repository():
-  patterns = ["SPEC " + "§", "../" + "shared", "shared/" + "SPEC", "shared/" + "CALIBRATION",
-              "shared/" + "ENVIRONMENT"]
-  bad = [f"{p.relative_to(REPO)}: {pattern}" for p in _source_files()
-         if str(p.relative_to(REPO)) not in NOT_YET
-         for pattern in patterns if pattern in p.read_text(errors="replace")]
+  patterns = [
+    "SPEC " + "§",
+    "../" + "shared",
+    "shared/" + "SPEC",
+    "shared/" + "CALIBRATION",
+    "shared/" + "ENVIRONMENT",
+  ]
+  bad = [
+    f"{p.relative_to(REPO)}: {pattern}"
+    for p in _source_files()
+    if str(p.relative_to(REPO)) not in NOT_YET
+    for pattern in patterns
+    if pattern in p.read_text(errors="replace")
+  ]
   assert not bad, bad

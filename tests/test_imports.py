@@ -3,6 +3,7 @@
 Every ``import`` statement counts, at module level and inside functions alike (a
 function-level import only hides a cycle until the function runs).
 """
+
 import ast
 import pathlib
 
@@ -22,8 +23,10 @@ def _imports(path: pathlib.Path, modules: set) -> set:
       names = [alias.name for alias in node.names]
     elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
       # `from uctrl_jax import train` names a module; `from uctrl_jax.x import f` a member.
-      names = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules
-               else node.module for alias in node.names]
+      names = [
+        f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+        for alias in node.names
+      ]
     else:
       continue
     found.update(n for n in names if n in modules)
@@ -47,7 +50,7 @@ def find_cycle(graph: dict):
     state[node] = "open"
     for dep in sorted(graph.get(node, ())):
       if state.get(dep) == "open":
-        return path[path.index(dep):] + [dep]
+        return path[path.index(dep) :] + [dep]
       if dep not in state:
         cycle = visit(dep, path + [dep])
         if cycle:

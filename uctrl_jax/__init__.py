@@ -10,4 +10,5 @@ def load(workdir: str, step=None):
   Imported lazily so that ``import uctrl_jax.rate_reduction`` stays free of orbax.
   """
   from uctrl_jax import loading  # pylint: disable=import-outside-toplevel
+
   return loading.load(workdir, step)

@@ -5,6 +5,7 @@ start-up summary and the progress line of a run.
 ``main.py`` calls ``configure`` and ``import_tensorflow_quietly`` once; with
 ``--verbose`` neither, and every library logs as it comes (absl's format, INFO and up).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,11 +21,17 @@ from absl import logging as absl_logging
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 # The progress line: name shown, logged key.
-_TERMS = (("R", "encoder/R"), ("ΔR(Z,Ẑ)", "encoder/delta_R_z_zhat"),
-          ("aug", "encoder/aug_per_sample"), ("self", "encoder/self_per_sample"),
-          ("enc", "encoder/encoder_objective"), ("dec", "decoder/decoder_objective"),
-          ("cos(z,ẑ)", "encoder/cos_z_zhat"), ("cos(z,z_a)", "encoder/cos_z_zaug"),
-          ("mse", "decoder/recon_mse"))
+_TERMS = (
+  ("R", "encoder/R"),
+  ("ΔR(Z,Ẑ)", "encoder/delta_R_z_zhat"),
+  ("aug", "encoder/aug_per_sample"),
+  ("self", "encoder/self_per_sample"),
+  ("enc", "encoder/encoder_objective"),
+  ("dec", "decoder/decoder_objective"),
+  ("cos(z,ẑ)", "encoder/cos_z_zhat"),
+  ("cos(z,z_a)", "encoder/cos_z_zaug"),
+  ("mse", "decoder/recon_mse"),
+)
 
 
 def _is_project(record: logging.LogRecord) -> bool:
@@ -89,24 +96,32 @@ def _count(n: int) -> str:
   return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k" if n >= 1e3 else str(n)
 
 
-def startup_summary(config, info, image_shape, num_params: Mapping[str, int], workdir: str,
-                    resumed_step: Optional[int]) -> list[str]:
+def startup_summary(
+  config,
+  info,
+  image_shape,
+  num_params: Mapping[str, int],
+  workdir: str,
+  resumed_step: Optional[int],
+) -> list[str]:
   """The lines that open a training run: dataset, models, work directory."""
   sizes = ", ".join(f"{split} {n}" for split, n in sorted(info.num_examples.items()))
   t, m = config.train, config.model
   models = ", ".join(f"{name} {_count(n)}" for name, n in num_params.items() if n)
   return [
-      f"data {config.data.name} ({sizes}), images {tuple(image_shape)}, "
-      f"{config.data.num_views} view(s) each; batch {t.batch_size}",
-      f"models {m.encoder}/{m.decoder}, width {m.width}, d = {m.feature_dim}, "
-      f"{m.dtype}; parameters: {models}; loss {config.loss.mode}",
-      f"workdir {workdir}: " + (f"resuming at step {resumed_step}" if resumed_step
-                                else "a new run") + f", {t.num_steps} iterations",
+    f"data {config.data.name} ({sizes}), images {tuple(image_shape)}, "
+    f"{config.data.num_views} view(s) each; batch {t.batch_size}",
+    f"models {m.encoder}/{m.decoder}, width {m.width}, d = {m.feature_dim}, "
+    f"{m.dtype}; parameters: {models}; loss {config.loss.mode}",
+    f"workdir {workdir}: "
+    + (f"resuming at step {resumed_step}" if resumed_step else "a new run")
+    + f", {t.num_steps} iterations",
   ]
 
 
-def progress_line(step: int, num_steps: int, metrics: Mapping[str, Any],
-                  seconds_per_step: Optional[float]) -> str:
+def progress_line(
+  step: int, num_steps: int, metrics: Mapping[str, Any], seconds_per_step: Optional[float]
+) -> str:
   """``step 20/1500 | R 56.3 ... | 2.1 it/s, ETA 0:11:40``."""
   terms = " ".join(f"{name} {float(metrics[key]):.4g}" for name, key in _TERMS if key in metrics)
   line = f"step {step}/{num_steps} | {terms}"

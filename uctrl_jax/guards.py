@@ -2,6 +2,7 @@
 of the game's known failures, the cap on the host's BLAS threads, and the test-only NaN
 fault. Host-side and independent of the model: ``train.train_and_evaluate`` uses them.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,6 +27,7 @@ def limit_host_blas(num_threads: Optional[int]):
   None leaves the pools alone. Uses threadpoolctl, so it works after numpy is imported.
   """
   import threadpoolctl  # pylint: disable=import-outside-toplevel
+
   if num_threads is None:
     return threadpoolctl.threadpool_limits(limits=None)
   return threadpoolctl.threadpool_limits(limits=int(num_threads), user_api="blas")
@@ -43,8 +45,7 @@ class HealthMonitor:
   condition that lasts does not fill the console with one warning per logged step.
   """
 
-  def __init__(self, collapse_fraction: float, fooling_cos: float,
-               fooling_mse_fraction: float):
+  def __init__(self, collapse_fraction: float, fooling_cos: float, fooling_mse_fraction: float):
     self.collapse_fraction = collapse_fraction
     self.fooling_cos = fooling_cos
     self.fooling_mse_fraction = fooling_mse_fraction
@@ -64,18 +65,23 @@ class HealthMonitor:
     rate = float(metrics["encoder/R"])
     self.max_rate = max(self.max_rate, rate)
     if self._onset("collapse", rate < self.collapse_fraction * self.max_rate):
-      warnings.append(f"step {step}: feature collapse: R(Z) = {rate:.2f} fell below "
-                      f"{self.collapse_fraction:.0%} of its running maximum {self.max_rate:.2f}")
+      warnings.append(
+        f"step {step}: feature collapse: R(Z) = {rate:.2f} fell below "
+        f"{self.collapse_fraction:.0%} of its running maximum {self.max_rate:.2f}"
+      )
     if "decoder/recon_mse" not in metrics:  # encoder-only modes: nothing to fool
       return warnings
     mse = float(metrics["decoder/recon_mse"])
     self.first_mse = mse if self.first_mse is None else self.first_mse
     cos = float(metrics["encoder/cos_z_zhat"])
-    if self._onset("fooling", cos > self.fooling_cos
-                   and mse > self.fooling_mse_fraction * self.first_mse):
-      warnings.append(f"step {step}: decoder fooling: cos(z, ẑ) = {cos:.3f} while the "
-                      f"reconstruction MSE {mse:.3f} is still {mse / self.first_mse:.0%} of its "
-                      f"first value {self.first_mse:.3f}")
+    if self._onset(
+      "fooling", cos > self.fooling_cos and mse > self.fooling_mse_fraction * self.first_mse
+    ):
+      warnings.append(
+        f"step {step}: decoder fooling: cos(z, ẑ) = {cos:.3f} while the "
+        f"reconstruction MSE {mse:.3f} is still {mse / self.first_mse:.0%} of its "
+        f"first value {self.first_mse:.3f}"
+      )
     return warnings
 
 
@@ -88,8 +94,11 @@ def _finite_per_leaf(leaves: list) -> Array:
 def nonfinite_state_leaves(state: Any) -> list[str]:
   """Paths (``jax.tree_util.keystr``) of the floating-point arrays of ``state`` that hold
   a NaN or an infinity; [] when all are finite. One jitted reduction per call."""
-  named = [(jax.tree_util.keystr(path), x) for path, x in jax.tree_util.tree_leaves_with_path(state)
-           if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  named = [
+    (jax.tree_util.keystr(path), x)
+    for path, x in jax.tree_util.tree_leaves_with_path(state)
+    if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+  ]
   if not named:
     return []
   finite = jax.device_get(_finite_per_leaf([x for _, x in named]))
@@ -113,8 +122,11 @@ def check_finite(step: int, metrics: Mapping[str, float], state: Any = None) -> 
       more = f" and {len(leaves) - 3} more arrays" if len(leaves) > 3 else ""
       bad.append(f"state {', '.join(leaves[:3])}{more}")
   if bad:
-    raise FloatingPointError(f"non-finite values at step {step}: {', '.join(bad)}; stopping "
-                             "without writing a checkpoint of this state")
+    raise FloatingPointError(
+      f"non-finite values at step {step}: {', '.join(bad)}; stopping "
+      "without writing a checkpoint of this state"
+    )
+
 
 class StopSignals:
   """SIGTERM / SIGINT → a request to stop at the next iteration boundary.
@@ -166,6 +178,7 @@ class StopSignals:
       return self.received
     if self._sync_point_available:
       from jax.experimental import multihost_utils
+
       try:
         if multihost_utils.reached_preemption_sync_point(step):
           return "preemption notice"

@@ -1,4 +1,5 @@
 """PNG grids of images, e.g. inputs above their reconstructions ``g(f(x))``."""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,9 @@ from PIL import Image
 MIN_TILE_PX = 84
 
 
-def image_grid(rows: Sequence[np.ndarray], pad: int = 1,
-               min_tile_px: int = MIN_TILE_PX) -> np.ndarray:
+def image_grid(
+  rows: Sequence[np.ndarray], pad: int = 1, min_tile_px: int = MIN_TILE_PX
+) -> np.ndarray:
   """Tiles rows of images into one picture.
 
   Args:
@@ -27,7 +29,9 @@ def image_grid(rows: Sequence[np.ndarray], pad: int = 1,
   """
   rows = [np.asarray(r, np.float32) for r in rows]
   if not rows or any(r.shape != rows[0].shape or r.ndim != 4 for r in rows):
-    raise ValueError(f"rows must be (N, H, W, C) arrays of one shape; got {[r.shape for r in rows]}")
+    raise ValueError(
+      f"rows must be (N, H, W, C) arrays of one shape; got {[r.shape for r in rows]}"
+    )
   scale = max(1, -(-min_tile_px // rows[0].shape[1]))
   rows = [r.repeat(scale, axis=1).repeat(scale, axis=2) for r in rows]
   n, h, w, c = rows[0].shape
@@ -36,7 +40,7 @@ def image_grid(rows: Sequence[np.ndarray], pad: int = 1,
     tiles = np.round((np.clip(row, -1, 1) + 1) * 127.5).astype(np.uint8)
     for j in range(n):
       y, x = pad + i * (h + pad), pad + j * (w + pad)
-      grid[y:y + h, x:x + w] = tiles[j]
+      grid[y : y + h, x : x + w] = tiles[j]
   return grid
 
 

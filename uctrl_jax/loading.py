@@ -4,6 +4,7 @@ evaluations use too.
 
 Needs jax, flax, optax, orbax and ml_collections, not TensorFlow (tests/test_tf_free.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -31,12 +32,15 @@ def eval_mode_loop(config, image_shape) -> Tuple[Callable, Optional[Callable]]:
   encoder, decoder = models.create_models(config, image_shape)
 
   def encode(state: TrainState, x: Array) -> Array:
-    return encoder.apply({"params": state.encoder_params, "batch_stats": state.encoder_batch_stats},
-                         x, train=False)
+    return encoder.apply(
+      {"params": state.encoder_params, "batch_stats": state.encoder_batch_stats}, x, train=False
+    )
 
   def decode(state: TrainState, Z: Array) -> Array:
-    return decoder.apply({"params": state.decoder_params, "batch_stats": state.decoder_batch_stats},
-                         Z, train=False)
+    return decoder.apply(
+      {"params": state.decoder_params, "batch_stats": state.decoder_batch_stats}, Z, train=False
+    )
+
   return encode, (decode if objectives.uses_decoder(config) else None)
 
 
@@ -51,6 +55,7 @@ def make_reconstruct(config, image_shape) -> Optional[Callable]:
 
 class Loaded(NamedTuple):
   """A trained closed loop: ``encode(x) -> Z`` and ``decode(Z) -> x̂``, both jitted, eval mode."""
+
   encode: Callable[[Array], Array]  # (B, H, W, C) in [-1, 1] -> (B, d) float32 unit rows
   decode: Optional[Callable[[Array], Array]]  # (B, d) -> (B, H, W, C) in [-1, 1]; None
   # for an encoder-only run (config.loss.mode "tcr" or "simclr")
@@ -88,17 +93,20 @@ def load(workdir: str, step: Optional[int] = None) -> Loaded:
       or one that cannot be read; the message is one line.
   """
   from uctrl_jax import checkpointing  # pylint: disable=import-outside-toplevel
+
   path = os.path.join(workdir, checkpointing.CONFIG_FILENAME)
   if not os.path.isfile(path):
     raise checkpointing.RunLoadError(
-        f"{workdir} holds no run: no {path} (train one there with main.py "
-        f"--workdir={workdir}, or name the directory of a trained run)")
+      f"{workdir} holds no run: no {path} (train one there with main.py "
+      f"--workdir={workdir}, or name the directory of a trained run)"
+    )
   try:
     config = complete_config(checkpointing.load_config(workdir))
     image_shape = tuple(config.data.image_shape)
   except (OSError, ValueError, AttributeError, KeyError, TypeError) as e:
     raise checkpointing.RunLoadError(
-        f"cannot read the run's config {path}: {type(e).__name__}: {_first_line(e)}") from e
+      f"cannot read the run's config {path}: {type(e).__name__}: {_first_line(e)}"
+    ) from e
   target = create_train_state(config, image_shape, jax.random.key(0))
   try:
     with checkpointing.Checkpointer(workdir) as checkpointer:
@@ -107,12 +115,13 @@ def load(workdir: str, step: Optional[int] = None) -> Loaded:
     raise checkpointing.RunLoadError(f"{workdir} holds no checkpoint to load: {e}") from e
   except Exception as e:  # orbax/tensorstore raise many types for damaged files
     raise checkpointing.RunLoadError(
-        f"the checkpoint in {workdir} cannot be read: {type(e).__name__}: "
-        f"{_first_line(e)}") from e
+      f"the checkpoint in {workdir} cannot be read: {type(e).__name__}: {_first_line(e)}"
+    ) from e
   encode, decode = (f and jax.jit(f) for f in eval_mode_loop(config, image_shape))
   # The state is an argument, not a closed-over constant: compiles fast at any size.
-  return Loaded(lambda x: encode(state, x), decode and (lambda Z: decode(state, Z)), config,
-                state, extra)
+  return Loaded(
+    lambda x: encode(state, x), decode and (lambda Z: decode(state, Z)), config, state, extra
+  )
 
 
 def _first_line(e: BaseException) -> str:

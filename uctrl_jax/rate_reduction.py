@@ -27,6 +27,7 @@ Validation: ranks, shapes and static arguments raise ``ValueError`` at trace tim
 calls, or Python/NumPy values passed into a jitted caller); under tracing, labels
 outside ``[0, num_classes)`` are the caller's contract (they would get no class).
 """
+
 from __future__ import annotations
 
 import functools
@@ -79,16 +80,19 @@ def _check_paired(name_a: str, A, name_b: str, B) -> tuple[Array, Array]:
   """Both as float32 ``(n, d)`` features, paired row by row (so of one shape)."""
   A, B = _check_features(name_a, A), _check_features(name_b, B)
   if A.shape != B.shape:
-    raise ValueError(f"{name_b} must have the shape of {name_a} (the same shape, paired rows); "
-                     f"got {name_a}: {A.shape}, {name_b}: {B.shape}")
+    raise ValueError(
+      f"{name_b} must have the shape of {name_a} (the same shape, paired rows); "
+      f"got {name_a}: {A.shape}, {name_b}: {B.shape}"
+    )
   return A, B
 
 
 def _check_same_width(name_a: str, A: Array, name_b: str, B: Array) -> None:
   if A.shape[1] != B.shape[1]:
     raise ValueError(
-        f"{name_a} and {name_b} must have the same feature dimension d; "
-        f"got {name_a}: {A.shape}, {name_b}: {B.shape}")
+      f"{name_a} and {name_b} must have the same feature dimension d; "
+      f"got {name_a}: {A.shape}, {name_b}: {B.shape}"
+    )
 
 
 def _check_choice(name: str, value: str, choices) -> None:
@@ -104,14 +108,16 @@ def _labels_to_membership(labels, num_classes, n: int) -> Array:
   if labels.shape != (n,):
     raise ValueError(f"labels must have shape (n,) = ({n},) to match Z; got {labels.shape}")
   if not jnp.issubdtype(labels.dtype, jnp.integer):
-    raise ValueError(f"labels must be integers; got dtype {labels.dtype} "
-                     "(pass soft memberships as membership=)")
+    raise ValueError(
+      f"labels must be integers; got dtype {labels.dtype} (pass soft memberships as membership=)"
+    )
   if _is_concrete(labels):
     lo, hi = int(jnp.min(labels)), int(jnp.max(labels))
     if lo < 0 or hi >= num_classes:
       raise ValueError(
-          f"labels must lie in [0, {num_classes}) for num_classes={num_classes}; "
-          f"got values in [{lo}, {hi}]")
+        f"labels must lie in [0, {num_classes}) for num_classes={num_classes}; "
+        f"got values in [{lo}, {hi}]"
+      )
   return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
 
 
@@ -119,7 +125,8 @@ def _check_membership(membership, n: int) -> Array:
   membership = jnp.asarray(membership)
   if membership.ndim != 2 or membership.shape[0] != n:
     raise ValueError(
-        f"membership must have shape (n, k) with n = {n} rows of Z; got {membership.shape}")
+      f"membership must have shape (n, k) with n = {n} rows of Z; got {membership.shape}"
+    )
   if not jnp.issubdtype(membership.dtype, jnp.floating):
     raise ValueError(f"membership must be floating-point; got dtype {membership.dtype}")
   if _is_concrete(membership) and bool(jnp.any(membership < 0)):
@@ -224,8 +231,15 @@ def _rate_reduction(Z, membership, eps_sq, axis_name=None, soft=False):
   return rates[0] - jnp.sum(counts / n_total * rates[1:])
 
 
-def rate_reduction(Z, labels=None, num_classes: Optional[int] = None, eps_sq=None, *,
-                   membership=None, axis_name: Optional[str] = None) -> Array:
+def rate_reduction(
+  Z,
+  labels=None,
+  num_classes: Optional[int] = None,
+  eps_sq=None,
+  *,
+  membership=None,
+  axis_name: Optional[str] = None,
+) -> Array:
   """MCR² rate reduction ``ΔR(Z|Π) = R(Z) − R_c(Z|Π)`` (docs/method.md#coding-rates).
 
   ``R_c(Z|Π) = Σ_k (n_k / 2n) logdet(I_d + α_k Z_kᵀ Z_k)``, ``α_k = d / (n_k ε²)``. With a
@@ -349,6 +363,7 @@ def _cosine_distance(U, V):
   # so zero rows have finite values and gradients.
   def norm(X):
     return jnp.sqrt(jnp.maximum(jnp.sum(X * X, axis=1), 1e-16))
+
   return 1.0 - jnp.sum(U * V, axis=1) / (norm(U) * norm(V))
 
 
@@ -367,8 +382,11 @@ def cosine_distance(U, V) -> Array:
 
 def _sample_term(Z, Zs, eps_sq, sample_distance):
   """``Σᵢ dist(zᵢ, z'ᵢ)`` terms before reduction: (n,) per row, mean over views."""
-  dist = (functools.partial(_pairwise_rate_distance, eps_sq=eps_sq)
-          if sample_distance == "exact" else _cosine_distance)
+  dist = (
+    functools.partial(_pairwise_rate_distance, eps_sq=eps_sq)
+    if sample_distance == "exact"
+    else _cosine_distance
+  )
   return jnp.mean(jax.vmap(lambda Zv: dist(Z, Zv))(Zs), axis=0)
 
 
@@ -384,14 +402,27 @@ def _aug_term(Z, Z_aug, eps_sq, sample_distance, aug_target):
     return _sample_term(Z, Z_aug, eps_sq, sample_distance)
   mean = jnp.mean(Z_aug, axis=0)
   target = mean * jax.lax.rsqrt(jnp.maximum(jnp.sum(mean * mean, axis=1, keepdims=True), 1e-16))
-  return 0.5 * (_sample_term(target, Z[None], eps_sq, sample_distance)
-                + _sample_term(target, Z_aug, eps_sq, sample_distance))
+  return 0.5 * (
+    _sample_term(target, Z[None], eps_sq, sample_distance)
+    + _sample_term(target, Z_aug, eps_sq, sample_distance)
+  )
 
 
-@functools.partial(jax.jit, static_argnames=("sample_distance", "sample_reduction", "aug_target",
-                                             "axis_name"))
-def _uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self, sample_distance,
-                     sample_reduction, aug_target, axis_name):
+@functools.partial(
+  jax.jit, static_argnames=("sample_distance", "sample_reduction", "aug_target", "axis_name")
+)
+def _uctrl_objective(
+  Z,
+  Zhat,
+  Z_aug,
+  eps_sq,
+  lambda_aug,
+  lambda_self,
+  sample_distance,
+  sample_reduction,
+  aug_target,
+  axis_name,
+):
   n_total = _psum(jnp.float32(Z.shape[0]), axis_name)
   # R(Z) is one of the three rates of ΔR(Z, Ẑ): one factorisation serves both terms.
   R_union, R, R_zhat = _pair_rates(Z, Zhat, eps_sq, axis_name)
@@ -403,23 +434,32 @@ def _uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self, sample_dis
   scale = 1.0 if sample_reduction == "sum" else 1.0 / n_total
   aug, self_ = aug_sum * scale, self_sum * scale
   return {
-      "R": R,
-      "delta_R_z_zhat": delta,
-      "aug": aug,
-      "self": self_,
-      "aug_per_sample": aug_sum / n_total,
-      "self_per_sample": self_sum / n_total,
-      # docs/method.md#the-game: the encoder maximises, the decoder minimises; only ΔR(Z, Ẑ) is
-      # contested.
-      "encoder_objective": R + delta - lambda_aug * aug - lambda_self * self_,
-      "decoder_objective": R + delta + lambda_aug * aug + lambda_self * self_,
+    "R": R,
+    "delta_R_z_zhat": delta,
+    "aug": aug,
+    "self": self_,
+    "aug_per_sample": aug_sum / n_total,
+    "self_per_sample": self_sum / n_total,
+    # docs/method.md#the-game: the encoder maximises, the decoder minimises; only ΔR(Z, Ẑ) is
+    # contested.
+    "encoder_objective": R + delta - lambda_aug * aug - lambda_self * self_,
+    "decoder_objective": R + delta + lambda_aug * aug + lambda_self * self_,
   }
 
 
-def uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self,
-                    sample_distance: str = "exact", *, sample_reduction: str = "sum",
-                    aug_target: str = "image",
-                    axis_name: Optional[str] = None) -> Mapping[str, Array]:
+def uctrl_objective(
+  Z,
+  Zhat,
+  Z_aug,
+  eps_sq,
+  lambda_aug,
+  lambda_self,
+  sample_distance: str = "exact",
+  *,
+  sample_reduction: str = "sum",
+  aug_target: str = "image",
+  axis_name: Optional[str] = None,
+) -> Mapping[str, Array]:
   """Every term of the uCTRL game and both players' objectives (docs/method.md#the-game).
 
       encoder θ:  max  R(Z) + ΔR(Z, Ẑ) − λ₁ Σᵢ ΔR(zᵢ, z_aᵢ) − λ₂ Σᵢ ΔR(zᵢ, ẑᵢ)
@@ -455,8 +495,9 @@ def uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self,
   if Z_aug.ndim == 2:
     Z_aug = Z_aug[None]
   if Z_aug.ndim != 3 or Z_aug.shape[1:] != Z.shape:
-    raise ValueError(f"Z_aug must have shape (n, d) or (V, n, d) matching Z {Z.shape}; "
-                     f"got {Z_aug.shape}")
+    raise ValueError(
+      f"Z_aug must have shape (n, d) or (V, n, d) matching Z {Z.shape}; got {Z_aug.shape}"
+    )
   if not jnp.issubdtype(Z_aug.dtype, jnp.floating):
     raise ValueError(f"Z_aug must be a floating-point array; got dtype {Z_aug.dtype}")
   Z_aug = Z_aug.astype(jnp.float32)
@@ -467,9 +508,18 @@ def uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self,
   _check_choice("sample_distance", sample_distance, SAMPLE_DISTANCES)
   _check_choice("sample_reduction", sample_reduction, SAMPLE_REDUCTIONS)
   _check_choice("aug_target", aug_target, AUG_TARGETS)
-  return _uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self,
-                          sample_distance=sample_distance, sample_reduction=sample_reduction,
-                          aug_target=aug_target, axis_name=axis_name)
+  return _uctrl_objective(
+    Z,
+    Zhat,
+    Z_aug,
+    eps_sq,
+    lambda_aug,
+    lambda_self,
+    sample_distance=sample_distance,
+    sample_reduction=sample_reduction,
+    aug_target=aug_target,
+    axis_name=axis_name,
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("axis_name",))
@@ -481,21 +531,23 @@ def _ctrl_multi_objective(Z, Zhat, membership, eps_sq, axis_name=None):
   w = membership.T  # (k, n)
   R_k = _weighted_rates(Z, w, eps_sq, axis_name)
   Rhat_k = _weighted_rates(Zhat, w, eps_sq, axis_name)
-  R_union_k = _weighted_rates(jnp.concatenate([Z, Zhat]), jnp.concatenate([w, w], axis=1),
-                              eps_sq, axis_name)
+  R_union_k = _weighted_rates(
+    jnp.concatenate([Z, Zhat]), jnp.concatenate([w, w], axis=1), eps_sq, axis_name
+  )
   per_class = jnp.sum(R_union_k - 0.5 * (R_k + Rhat_k))
   return {
-      "delta_R_z": dr_z,
-      "delta_R_zhat": dr_zhat,
-      "class_distance": per_class,
-      # CTRL-Multi (docs/method.md#the-game, the relatives): the encoder maximises it, the decoder
-      # minimises.
-      "objective": dr_z + dr_zhat + per_class,
+    "delta_R_z": dr_z,
+    "delta_R_zhat": dr_zhat,
+    "class_distance": per_class,
+    # CTRL-Multi (docs/method.md#the-game, the relatives): the encoder maximises it, the decoder
+    # minimises.
+    "objective": dr_z + dr_zhat + per_class,
   }
 
 
-def ctrl_multi_objective(Z, Zhat, labels, num_classes: int, eps_sq, *,
-                         axis_name: Optional[str] = None) -> Mapping[str, Array]:
+def ctrl_multi_objective(
+  Z, Zhat, labels, num_classes: int, eps_sq, *, axis_name: Optional[str] = None
+) -> Mapping[str, Array]:
   """Supervised CTRL-Multi: ``ΔR(Z|Π) + ΔR(Ẑ|Π) + Σ_k ΔR(Z_k, Ẑ_k)`` (docs/method.md#the-game).
 
   Args:

@@ -5,6 +5,7 @@ Its own module so that the trainer (``train``), ``loading`` (the restore target 
 checkpoint) and ``evaluate`` (the encoder at initialisation) share it without importing
 one another. Needs jax, flax and optax only (no TensorFlow, clu or ml_collections).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Tuple
@@ -26,6 +27,7 @@ Array = jax.Array
 @flax.struct.dataclass
 class TrainState:
   """Everything a step reads and writes; a pytree, so it is jitted and checkpointed whole."""
+
   step: Array  # () int32, iterations completed
   encoder_params: Any
   encoder_batch_stats: Any
@@ -44,8 +46,9 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, base_lr: float) ->
   if t.schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(t.num_steps, warmup + 1))
   if warmup:
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)],
-                                [warmup])
+    return optax.join_schedules(
+      [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
+    )
   return optax.constant_schedule(lr)
 
 
@@ -59,8 +62,10 @@ def make_optimizers(config) -> Tuple[optax.GradientTransformation, optax.Gradien
   times per iteration, reads its schedule at ``count // encoder_steps``."""
   t = config.train
   encoder_lr = learning_rate_schedule(config, t.encoder_lr)
-  return (optax.adam(lambda count: encoder_lr(count // t.encoder_steps), b1=t.encoder_b1, b2=t.b2),
-          optax.adam(learning_rate_schedule(config, t.decoder_lr), b1=t.decoder_b1, b2=t.b2))
+  return (
+    optax.adam(lambda count: encoder_lr(count // t.encoder_steps), b1=t.encoder_b1, b2=t.b2),
+    optax.adam(learning_rate_schedule(config, t.decoder_lr), b1=t.decoder_b1, b2=t.b2),
+  )
 
 
 def create_train_state(config, image_shape, rng: Array) -> TrainState:
@@ -69,14 +74,16 @@ def create_train_state(config, image_shape, rng: Array) -> TrainState:
   In the encoder-only modes (``objectives.ENCODER_ONLY_MODES``) the decoder's fields are
   empty dicts: no decoder is built.
   """
-  variables = models.init_models(config, image_shape, rng,
-                                 with_decoder=objectives.uses_decoder(config))
+  variables = models.init_models(
+    config, image_shape, rng, with_decoder=objectives.uses_decoder(config)
+  )
   enc_tx, dec_tx = make_optimizers(config)
   return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      encoder_params=variables["encoder_params"],
-      encoder_batch_stats=variables["encoder_batch_stats"],
-      decoder_params=variables["decoder_params"],
-      decoder_batch_stats=variables["decoder_batch_stats"],
-      encoder_opt_state=enc_tx.init(variables["encoder_params"]),
-      decoder_opt_state=dec_tx.init(variables["decoder_params"]))
+    step=jnp.zeros((), jnp.int32),
+    encoder_params=variables["encoder_params"],
+    encoder_batch_stats=variables["encoder_batch_stats"],
+    decoder_params=variables["decoder_params"],
+    decoder_batch_stats=variables["decoder_batch_stats"],
+    encoder_opt_state=enc_tx.init(variables["encoder_params"]),
+    decoder_opt_state=dec_tx.init(variables["decoder_params"]),
+  )

@@ -27,6 +27,7 @@ Batch-norm semantics (docs/method.md#batch-norm-in-the-game):
 - the decoder runs in training mode in both steps; its running statistics update in
   decoder steps only.
 """
+
 from __future__ import annotations
 
 import functools
@@ -47,6 +48,7 @@ from uctrl_jax import models
 from uctrl_jax import objectives
 from uctrl_jax import rate_reduction as rr
 from uctrl_jax import sharding
+
 # Re-exported: the state and the BLAS cap are part of the trainer's interface (tests,
 # benchmarks/recipes.py).
 from uctrl_jax.guards import limit_host_blas  # noqa: F401
@@ -81,8 +83,11 @@ def _encode_reconstructions(encoder, config, variables, Xhat):
 
 
 def _with_grad_norm(prefix: str, terms: dict, grads, lr) -> dict:
-  return {**{f"{prefix}/{k}": v for k, v in terms.items()},
-          f"{prefix}/grad_norm": optax.tree.norm(grads), f"{prefix}/lr": lr}
+  return {
+    **{f"{prefix}/{k}": v for k, v in terms.items()},
+    f"{prefix}/grad_norm": optax.tree.norm(grads),
+    f"{prefix}/lr": lr,
+  }
 
 
 def make_steps(config, image_shape) -> Tuple[Callable, Optional[Callable]]:
@@ -106,10 +111,17 @@ def make_steps(config, image_shape) -> Tuple[Callable, Optional[Callable]]:
     enc_vars = {"params": enc_params, "batch_stats": state.encoder_batch_stats}
     Z, Z_aug, new_stats = _encode_images_and_views(encoder, enc_vars, batch)
     # The encoder step holds X̂ constant (docs/method.md#the-game): no gradient flows into g.
-    Xhat = jax.lax.stop_gradient(decoder.apply(
-        {"params": state.decoder_params, "batch_stats": state.decoder_batch_stats}, Z,
-        train=True, mutable=["batch_stats"])[0])
-    Zhat = _encode_reconstructions(encoder, config, {"params": enc_params, "batch_stats": new_stats}, Xhat)
+    Xhat = jax.lax.stop_gradient(
+      decoder.apply(
+        {"params": state.decoder_params, "batch_stats": state.decoder_batch_stats},
+        Z,
+        train=True,
+        mutable=["batch_stats"],
+      )[0]
+    )
+    Zhat = _encode_reconstructions(
+      encoder, config, {"params": enc_params, "batch_stats": new_stats}, Xhat
+    )
     terms = objectives.game_terms(config, Z, Zhat, Z_aug, batch["label"])
     terms["cos_z_zhat"] = jnp.mean(1.0 - rr.cosine_distance(Z, Zhat))
     terms["cos_z_zaug"] = jnp.mean(1.0 - jax.vmap(rr.cosine_distance, (None, 0))(Z, Z_aug))
@@ -118,14 +130,18 @@ def make_steps(config, image_shape) -> Tuple[Callable, Optional[Callable]]:
   def encoder_only_loss(enc_params, state, batch):
     views = batch["views"]
     num_views, B = views.shape[:2]
-    z, updates = encoder.apply({"params": enc_params, "batch_stats": state.encoder_batch_stats},
-                               views.reshape((num_views * B,) + views.shape[2:]), train=True,
-                               mutable=["batch_stats"])
+    z, updates = encoder.apply(
+      {"params": enc_params, "batch_stats": state.encoder_batch_stats},
+      views.reshape((num_views * B,) + views.shape[2:]),
+      train=True,
+      mutable=["batch_stats"],
+    )
     Z_views = z.reshape(num_views, B, -1)
     terms = objectives.encoder_only_terms(config, Z_views)
     # The first view against the others: the invariance the game logs as cos(z, z_a).
     terms["cos_z_zaug"] = jnp.mean(
-        1.0 - jax.vmap(rr.cosine_distance, (None, 0))(Z_views[0], Z_views[1:]))
+      1.0 - jax.vmap(rr.cosine_distance, (None, 0))(Z_views[0], Z_views[1:])
+    )
     return -terms["encoder_objective"], (terms, updates["batch_stats"])
 
   def decoder_loss(dec_params, state, batch):
@@ -136,8 +152,12 @@ def make_steps(config, image_shape) -> Tuple[Callable, Optional[Callable]]:
       Z, Z_aug = encoder.apply(enc_vars, batch["image"], train=False), None
     else:
       Z, Z_aug, _ = _encode_images_and_views(encoder, enc_vars, batch)
-    Xhat, updates = decoder.apply({"params": dec_params, "batch_stats": state.decoder_batch_stats},
-                                  Z, train=True, mutable=["batch_stats"])
+    Xhat, updates = decoder.apply(
+      {"params": dec_params, "batch_stats": state.decoder_batch_stats},
+      Z,
+      train=True,
+      mutable=["batch_stats"],
+    )
     # Gradients flow through f into η; only η is updated (only dec_params are differentiated).
     Zhat = _encode_reconstructions(encoder, config, enc_vars, Xhat)
     terms = objectives.game_terms(config, Z, Zhat, Z_aug, batch["label"])
@@ -150,25 +170,34 @@ def make_steps(config, image_shape) -> Tuple[Callable, Optional[Callable]]:
     loss = encoder_loss if game else encoder_only_loss
     grads, (terms, new_stats) = jax.grad(loss, has_aux=True)(state.encoder_params, state, batch)
     updates, opt_state = enc_tx.update(grads, state.encoder_opt_state, state.encoder_params)
-    new_state = state.replace(encoder_params=optax.apply_updates(state.encoder_params, updates),
-                              encoder_batch_stats=new_stats, encoder_opt_state=opt_state,
-                              step=state.step + (0 if game else 1))
+    new_state = state.replace(
+      encoder_params=optax.apply_updates(state.encoder_params, updates),
+      encoder_batch_stats=new_stats,
+      encoder_opt_state=opt_state,
+      step=state.step + (0 if game else 1),
+    )
     return new_state, _with_grad_norm("encoder", terms, grads, enc_lr(state.step))
 
   @functools.partial(jax.jit, donate_argnums=0)
   def decoder_step(state: TrainState, batch) -> Tuple[TrainState, Metrics]:
-    grads, (terms, new_stats) = jax.grad(decoder_loss, has_aux=True)(state.decoder_params, state, batch)
+    grads, (terms, new_stats) = jax.grad(decoder_loss, has_aux=True)(
+      state.decoder_params, state, batch
+    )
     updates, opt_state = dec_tx.update(grads, state.decoder_opt_state, state.decoder_params)
-    new_state = state.replace(decoder_params=optax.apply_updates(state.decoder_params, updates),
-                              decoder_batch_stats=new_stats, decoder_opt_state=opt_state,
-                              step=state.step + 1)
+    new_state = state.replace(
+      decoder_params=optax.apply_updates(state.decoder_params, updates),
+      decoder_batch_stats=new_stats,
+      decoder_opt_state=opt_state,
+      step=state.step + 1,
+    )
     return new_state, _with_grad_norm("decoder", terms, grads, dec_lr(state.step))
 
   return encoder_step, (decoder_step if game else None)
 
 
-def train_iteration(encoder_step, decoder_step, state: TrainState, batch,
-                    encoder_steps: int) -> Tuple[TrainState, dict]:
+def train_iteration(
+  encoder_step, decoder_step, state: TrainState, batch, encoder_steps: int
+) -> Tuple[TrainState, dict]:
   """One iteration on one batch: ``encoder_steps`` encoder updates, then one decoder update
   (none when ``decoder_step`` is None: an encoder-only mode, one encoder update).
 
@@ -252,6 +281,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   # pylint: disable=import-outside-toplevel
   from clu import metric_writers, periodic_actions
   from uctrl_jax import checkpointing, evaluate, image_grid, input_pipeline, validation
+
   # pylint: enable=import-outside-toplevel
   t = config.train
   validation.validate_config(config, workdir)
@@ -266,12 +296,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     # "Keep the stored size": the shape is known only now, still before any compile.
     validation.check_image_shape(config, image_shape)
     validation.check_workdir_compatible(config, workdir, image_shape)
-  state = sharding.replicate(create_train_state(config, image_shape, jax.random.key(config.seed)),
-                             mesh)
+  state = sharding.replicate(
+    create_train_state(config, image_shape, jax.random.key(config.seed)), mesh
+  )
   checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=t.max_to_keep)
   batches_consumed, train_seconds_before = 0, 0.0
   restored = checkpointer.restore_latest_readable(
-      state, check=lambda s: guards.check_finite(int(s.step), {}, s))
+    state, check=lambda s: guards.check_finite(int(s.step), {}, s)
+  )
   if restored is not None:
     state, extra = restored
     # Checkpoints written before `batches_consumed` existed read step batches.
@@ -284,16 +316,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     saved_config.data.image_shape = tuple(image_shape)
   checkpointing.save_config(workdir, saved_config)
   start = int(state.step)
-  num_params = {role: sum(x.size for x in jax.tree.leaves(getattr(state, f"{role}_params")))
-                for role in ("encoder", "decoder")}
-  for line in console.startup_summary(config, info, image_shape, num_params, workdir,
-                                      start if restored is not None else None):
+  num_params = {
+    role: sum(x.size for x in jax.tree.leaves(getattr(state, f"{role}_params")))
+    for role in ("encoder", "decoder")
+  }
+  for line in console.startup_summary(
+    config, info, image_shape, num_params, workdir, start if restored is not None else None
+  ):
     logging.info("%s", line)
 
   batches = input_pipeline.create_dataset(
-      config, config.data.train_split, process_index=process_index,
-      process_count=process_count, training=True,
-      skip_batches=batches_consumed).as_numpy_iterator()
+    config,
+    config.data.train_split,
+    process_index=process_index,
+    process_count=process_count,
+    training=True,
+    skip_batches=batches_consumed,
+  ).as_numpy_iterator()
   encoder_step, decoder_step = make_steps(config, image_shape)
   # Several processes: each compiles a step, then all meet, so no collective times out.
   encoder_step = distributed.meet_before_first_run(encoder_step, "encoder_step")
@@ -303,7 +342,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   periodic_eval = evaluate.PeriodicEval(config, image_shape)
   writer = metric_writers.create_default_writer(workdir, just_logging=process_index > 0)
   new_progress = lambda: periodic_actions.ReportProgress(  # noqa: E731
-      num_train_steps=t.num_steps, writer=writer, every_steps=t.log_every)
+    num_train_steps=t.num_steps, writer=writer, every_steps=t.log_every
+  )
   progress = new_progress()
   monitor = guards.HealthMonitor(**t.health)
   if start == 0:
@@ -321,9 +361,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   last_log = (start, train_seconds())
 
   def save(step: int, state: TrainState) -> None:
-    checkpointer.save(step, state, extra={"step": step, "examples_seen": step * t.batch_size,
-                                          "batches_consumed": batches_consumed,
-                                          "train_seconds": train_seconds()})
+    checkpointer.save(
+      step,
+      state,
+      extra={
+        "step": step,
+        "examples_seen": step * t.batch_size,
+        "batches_consumed": batches_consumed,
+        "train_seconds": train_seconds(),
+      },
+    )
 
   rollbacks, injected, step, stop = 0, False, start, None
   try:
@@ -331,8 +378,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       while step < t.num_steps:
         host_batch = next(batches)
         batches_consumed += 1
-        state, metrics = train_iteration(encoder_step, decoder_step, state,
-                                         sharding.shard_batch(host_batch, mesh), t.encoder_steps)
+        state, metrics = train_iteration(
+          encoder_step, decoder_step, state, sharding.shard_batch(host_batch, mesh), t.encoder_steps
+        )
         step += 1  # iterations done
         if step == fault_step and not injected:
           injected = True  # once per call, so that a rollback can get past it
@@ -353,19 +401,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           except FloatingPointError as e:
             last_good = checkpointer.latest_step()
             if on_nonfinite != "rollback" or last_good is None or rollbacks >= max_rollbacks:
-              why = ("" if on_nonfinite != "rollback" else
-                     "; no checkpoint to roll back to" if last_good is None else
-                     f"; {rollbacks} rollbacks done already")
-              kept = ("no checkpoint was written" if last_good is None else
-                      f"the last checkpoint, step {last_good} in {checkpointer.directory}, is "
-                      "intact")
+              why = (
+                ""
+                if on_nonfinite != "rollback"
+                else "; no checkpoint to roll back to"
+                if last_good is None
+                else f"; {rollbacks} rollbacks done already"
+              )
+              kept = (
+                "no checkpoint was written"
+                if last_good is None
+                else f"the last checkpoint, step {last_good} in {checkpointer.directory}, is intact"
+              )
               raise FloatingPointError(f"{e}{why}; {kept}") from None
             rollbacks += 1
             state, _ = checkpointer.restore(state, last_good)  # `state` gives shapes only
-            logging.warning("%s; rolled back to the checkpoint of step %d (rollback %d of %d); "
-                            "the data stream goes on at batch %d, skipping the batches of "
-                            "steps %d-%d", str(e).split("; stopping")[0], last_good, rollbacks,
-                            max_rollbacks, batches_consumed, last_good + 1, step)
+            logging.warning(
+              "%s; rolled back to the checkpoint of step %d (rollback %d of %d); "
+              "the data stream goes on at batch %d, skipping the batches of "
+              "steps %d-%d",
+              str(e).split("; stopping")[0],
+              last_good,
+              rollbacks,
+              max_rollbacks,
+              batches_consumed,
+              last_good + 1,
+              step,
+            )
             step = last_good
             progress = new_progress()  # it insists on consecutive steps
             continue
@@ -380,10 +442,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         if (step % t.image_every == 0 or last) and process_index == 0 and reconstruct:
           # Two rows of inputs over reconstructions.
           k = min(8, host_batch["image"].shape[0] // 2)
-          x = host_batch["image"][:2 * k]
+          x = host_batch["image"][: 2 * k]
           xhat = jax.device_get(reconstruct(state, x))
-          image_grid.save_png(os.path.join(workdir, "reconstructions", f"step_{step:07d}.png"),
-                              image_grid.image_grid([x[:k], xhat[:k], x[k:], xhat[k:]]))
+          image_grid.save_png(
+            os.path.join(workdir, "reconstructions", f"step_{step:07d}.png"),
+            image_grid.image_grid([x[:k], xhat[:k], x[k:], xhat[k:]]),
+          )
         if save_now or stop:
           save(step, state)
         if periodic_eval.due(step, last) and not stop:  # after the save: a failure loses nothing
@@ -391,16 +455,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           eval_metrics = periodic_eval(state)
           eval_seconds += time.time() - eval_start
           writer.write_scalars(step, eval_metrics)
-          logging.info("step %d/%d | %s", step, t.num_steps, " ".join(
-              f"{k[5:]} {v:.4g}" for k, v in eval_metrics.items() if "seconds" not in k))
+          logging.info(
+            "step %d/%d | %s",
+            step,
+            t.num_steps,
+            " ".join(f"{k[5:]} {v:.4g}" for k, v in eval_metrics.items() if "seconds" not in k),
+          )
         if stop:
-          logging.warning("%s received: saved the checkpoint of step %d in %s and stopped; "
-                          "run the same command again to resume", stop, step,
-                          checkpointer.directory)
+          logging.warning(
+            "%s received: saved the checkpoint of step %d in %s and stopped; "
+            "run the same command again to resume",
+            stop,
+            step,
+            checkpointer.directory,
+          )
           break
   finally:
     writer.flush()
     checkpointer.close()
-  logging.info("step %d/%d: %.1f min of training in all (evaluations excluded)", step,
-               t.num_steps, train_seconds() / 60)
+  logging.info(
+    "step %d/%d: %.1f min of training in all (evaluations excluded)",
+    step,
+    t.num_steps,
+    train_seconds() / 60,
+  )
   return state
