@@ -100,9 +100,10 @@ def test_evaluate_writes_results_and_figures(tmp_path):
   ):
     path = os.path.join(workdir, "figures", f"{name}.png")
     assert results["figures"][name] == path and os.path.isfile(path), name
-  # One row per cluster (3), the mean and 10 samples per row, 28 × 28 tiles, 1 px padding.
+  # One row per cluster (3), the mean and 10 samples per row, 28 × 28 images enlarged 3× to
+  # 84 px tiles, 1 px padding.
   with Image.open(results["figures"]["conditional_generation"]) as grid:
-    assert grid.size == (11 * 29 + 1, 3 * 29 + 1)
+    assert grid.size == (11 * 85 + 1, 3 * 85 + 1)
 
 
 def test_encoder_only_run_is_evaluated_and_compared_beside_a_game_run(tmp_path):

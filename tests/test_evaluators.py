@@ -178,7 +178,8 @@ def test_conditional_generation_samples_unit_rows_near_each_cluster(features):
   grid, metrics = conditional_generation.evaluate(
     ztr, identity, num_clusters=C, num_components=P, num_samples=5, x_train=images, y_train=ytr
   )
-  assert grid.shape == (C * 5 + 1, 6 * 5 + 1, 1) and grid.dtype == np.uint8
+  # 4 × 4 images enlarged 21× to 84 px tiles (image_grid.MIN_TILE_PX), 1 px padding.
+  assert grid.shape == (C * 85 + 1, 6 * 85 + 1, 1) and grid.dtype == np.uint8
   assert metrics["explained_variance"] == pytest.approx(1.0)
   assert metrics["sample_consistency"] == 100.0
   collapsed = lambda z: np.broadcast_to(images[:1], (len(z), 4, 4, 1))  # noqa: E731
