@@ -4,6 +4,8 @@ A key added after a run was saved takes today's default, except the few whose va
 then was another (``model.upsample``: pixel shuffle); keys the run did save are kept.
 """
 
+import sys
+
 from configs import default
 from uctrl_jax import loading
 
@@ -22,3 +24,10 @@ def test_an_old_config_gets_the_keys_added_since():
   assert "structure" in config.evals
   assert config.model.width == 8 and tuple(config.data.image_shape) == (28, 28, 1)
   assert "upsample" not in saved.model  # the saved config itself is left alone
+
+
+def test_the_defaults_are_found_without_the_configs_package(monkeypatch):
+  # As after `pip install -e .` in another directory: `import configs` fails.
+  monkeypatch.setitem(sys.modules, "configs", None)
+  config = loading.complete_config(default.get_config())
+  assert config.model.upsample == default.get_config().model.upsample

@@ -7,6 +7,7 @@ Needs jax, flax, optax, orbax and ml_collections, not TensorFlow (tests/test_tf_
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import TYPE_CHECKING, Callable, NamedTuple, Optional, Tuple
 
@@ -20,6 +21,12 @@ if TYPE_CHECKING:
   import ml_collections
 
 Array = jax.Array
+
+# The defaults, read by path: `uctrl_jax.load` works from any directory, also where the
+# repository root (the `configs` package) is not on sys.path, as after `pip install -e .`.
+_DEFAULT_CONFIG = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py"
+)
 
 # Settings whose value, for a run saved before the setting existed, is not today's
 # default: what the code did then. Every other missing key takes today's default.
@@ -69,7 +76,10 @@ def complete_config(saved: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   where an old ``config.json`` meets today's code (``configs/default.py``'s values, or
   ``_BEFORE_THE_KEY_EXISTED``'s)."""
   import ml_collections  # pylint: disable=import-outside-toplevel,redefined-outer-name
-  from configs import default  # pylint: disable=import-outside-toplevel
+
+  spec = importlib.util.spec_from_file_location("uctrl_jax_default_config", _DEFAULT_CONFIG)
+  default = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(default)
 
   def fill(node, reference, path):
     for key, value in reference.items():
