@@ -1,7 +1,7 @@
 """What each term of the uCTRL game does (issue 9): equal-budget ablations on Fashion-MNIST.
 
     .venv/bin/python benchmarks/ablations.py --out=/tmp/uctrl_ablations --steps=500 \\
-        --readme=README.md
+        --doc=docs/ablations.md --figure=docs/ablation_heatmaps.png
 
 Each variant is ``configs/fashion_mnist.py`` with one change (``VARIANTS``), trained for
 ``--steps`` iterations with seed 0 (the full objective also with seed 1: the noise
@@ -19,11 +19,12 @@ level) in ``OUT/NAME``, then evaluated on the whole Fashion-MNIST split (60 000 
 
 Outputs: ``OUT/NAME/sweep_row.json`` per variant, ``OUT/sweep.md`` (the table, rewritten
 after each variant), ``OUT/heatmaps.png`` (``|Z Zᵀ|`` of the full run beside the
-ablation with the lowest structure score), and with ``--readme`` the table replaces the
+ablation with the lowest structure score), and with ``--doc`` the table replaces the
 block between ``<!-- ablations:begin -->`` and ``<!-- ablations:end -->`` of that file.
 An interrupted sweep resumes: finished variants are read back, an interrupted one
 resumes from its checkpoint.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,34 +47,36 @@ from uctrl_jax import figures  # noqa: E402
 
 # name -> (label in the table, overrides of configs/fashion_mnist.py).
 VARIANTS = {
-    "full": ("full objective (seed 0)", {}),
-    "full_seed1": ("full objective (seed 1)", {"seed": 1}),
-    "no_rate": ("without R(Z)", {"loss.rate_weight": 0.0}),
-    "no_delta": ("without ΔR(Z,Ẑ)", {"loss.delta_weight": 0.0}),
-    "no_aug": ("λ₁ = 0 (no invariance)", {"loss.lambda_aug": 0.0}),
-    "no_self": ("λ₂ = 0 (no self-consistency)", {"loss.lambda_self": 0.0}),
-    "exact": ("exact ΔR(zᵢ, z'ᵢ) sample terms", {"loss.sample_distance": "exact"}),
-    "ctrl_binary": ("ctrl_binary (ΔR(Z,Ẑ) only)", {"loss.mode": "ctrl_binary"}),
-    "eps_sq_0.1": ("ε² = 0.1", {"loss.eps_sq": 0.1}),
-    "eps_sq_2": ("ε² = 2", {"loss.eps_sq": 2.0}),
-    "d_64": ("d = 64", {"model.feature_dim": 64}),
-    "d_256": ("d = 256", {"model.feature_dim": 256}),
+  "full": ("full objective (seed 0)", {}),
+  "full_seed1": ("full objective (seed 1)", {"seed": 1}),
+  "no_rate": ("without R(Z)", {"loss.rate_weight": 0.0}),
+  "no_delta": ("without ΔR(Z,Ẑ)", {"loss.delta_weight": 0.0}),
+  "no_aug": ("λ₁ = 0 (no invariance)", {"loss.lambda_aug": 0.0}),
+  "no_self": ("λ₂ = 0 (no self-consistency)", {"loss.lambda_self": 0.0}),
+  "exact": ("exact ΔR(zᵢ, z'ᵢ) sample terms", {"loss.sample_distance": "exact"}),
+  "ctrl_binary": ("ctrl_binary (ΔR(Z,Ẑ) only)", {"loss.mode": "ctrl_binary"}),
+  "eps_sq_0.1": ("ε² = 0.1", {"loss.eps_sq": 0.1}),
+  "eps_sq_2": ("ε² = 2", {"loss.eps_sq": 2.0}),
+  "d_64": ("d = 64", {"model.feature_dim": 64}),
+  "d_256": ("d = 256", {"model.feature_dim": 256}),
 }
 EVALUATORS = ("knn", "linear_probe", "clustering", "reconstruction", "structure")
 # (column, row key, format) of the table.
-COLUMNS = (("kNN", "knn/top1", "{:.2f}"),
-           ("linear", "linear_probe/top1", "{:.2f}"),
-           ("k-means ACC", "clustering/kmeans_acc", "{:.1f}"),
-           ("k-means NMI", "clustering/kmeans_nmi", "{:.3f}"),
-           ("MCR² ACC", "clustering/mcr2_acc", "{:.1f}"),
-           ("PSNR", "reconstruction/psnr", "{:.2f}"),
-           ("consistency", "reconstruction/consistency", "{:.1f}"),
-           ("structure", "structure/score", "{:.2f}"),
-           ("R(Z)", "term/R", "{:.1f}"),
-           ("ΔR(Z,Ẑ)", "term/delta_R_z_zhat", "{:.2f}"),
-           ("aug", "term/aug", "{:.3f}"),
-           ("self", "term/self", "{:.3f}"),
-           ("train min", "train_seconds", "{:.1f}"))
+COLUMNS = (
+  ("kNN", "knn/top1", "{:.2f}"),
+  ("linear", "linear_probe/top1", "{:.2f}"),
+  ("k-means ACC", "clustering/kmeans_acc", "{:.1f}"),
+  ("k-means NMI", "clustering/kmeans_nmi", "{:.3f}"),
+  ("MCR² ACC", "clustering/mcr2_acc", "{:.1f}"),
+  ("PSNR", "reconstruction/psnr", "{:.2f}"),
+  ("consistency", "reconstruction/consistency", "{:.1f}"),
+  ("structure", "structure/score", "{:.2f}"),
+  ("R(Z)", "term/R", "{:.1f}"),
+  ("ΔR(Z,Ẑ)", "term/delta_R_z_zhat", "{:.2f}"),
+  ("aug", "term/aug", "{:.3f}"),
+  ("self", "term/self", "{:.3f}"),
+  ("train min", "train_seconds", "{:.1f}"),
+)
 TERMS = ("R", "delta_R_z_zhat", "aug", "self")
 HEATMAP_FEATURES = "structure_features.npz"  # per run: a balanced subset of test features
 
@@ -81,8 +84,9 @@ HEATMAP_FEATURES = "structure_features.npz"  # per run: a balanced subset of tes
 def final_terms(workdir: str) -> dict:
   """The last logged value of each term of the game (decoder step)."""
   scalars = figures.read_scalars(workdir)
-  return {f"term/{t}": float(scalars[f"decoder/{t}"][1][-1]) for t in TERMS
-          if f"decoder/{t}" in scalars}
+  return {
+    f"term/{t}": float(scalars[f"decoder/{t}"][1][-1]) for t in TERMS if f"decoder/{t}" in scalars
+  }
 
 
 def run(name: str, overrides: dict, workdir: str, steps: int, data) -> dict:
@@ -106,23 +110,36 @@ def _cell(row: dict, key: str, fmt: str) -> str:
 
 def markdown(rows: list[dict], steps: int, raw: dict, data) -> str:
   """The table; the last line gives |seed 0 − seed 1| of the full objective."""
-  lines = ["| variant | " + " | ".join(c for c, _, _ in COLUMNS) + " |",
-           "|---|" + "---:|" * len(COLUMNS)]
+  lines = [
+    "| variant | " + " | ".join(c for c, _, _ in COLUMNS) + " |",
+    "|---|" + "---:|" * len(COLUMNS),
+  ]
   for row in rows:
-    lines.append(f"| {row['label']} | " + " | ".join(_cell(row, k, f) for _, k, f in COLUMNS)
-                 + " |")
+    lines.append(
+      f"| {row['label']} | " + " | ".join(_cell(row, k, f) for _, k, f in COLUMNS) + " |"
+    )
   by_name = {r["name"]: r for r in rows}
   if "full" in by_name and "full_seed1" in by_name:
     a, b = by_name["full"], by_name["full_seed1"]
     diff = {k: abs(a[k] - b[k]) for _, k, _ in COLUMNS if k in a and k in b}
-    lines.append("| *noise: \\|seed 0 − seed 1\\|* | " + " | ".join(
-        _cell(diff, k, f) if k != "train_seconds" else "" for _, k, f in COLUMNS) + " |")
+    lines.append(
+      "| *noise: \\|seed 0 − seed 1\\|* | "
+      + " | ".join(_cell(diff, k, f) if k != "train_seconds" else "" for _, k, f in COLUMNS)
+      + " |"
+    )
   # The feature-only evaluators on raw pixels; the other columns stay empty.
-  lines.append("| *raw pixels* | " + " | ".join(_cell(raw, k, f) if k in raw else ""
-                                                for _, k, f in COLUMNS) + " |")
-  return (f"{steps} iterations each (batch 128), Fashion-MNIST, evaluated on "
-          f"{len(data.x_train)} train / {len(data.x_test)} test images. Accuracies and "
-          "consistency in %, PSNR in dB; terms as logged at the last decoder step.\n\n" + "\n".join(lines) + "\n")
+  lines.append(
+    "| *raw pixels* | "
+    + " | ".join(_cell(raw, k, f) if k in raw else "" for _, k, f in COLUMNS)
+    + " |"
+  )
+  return (
+    f"{steps} iterations each (batch 128), Fashion-MNIST, evaluated on "
+    f"{len(data.x_train)} train / {len(data.x_test)} test images. Accuracies and "
+    "consistency in %, PSNR in dB; terms as logged at the last decoder step.\n\n"
+    + "\n".join(lines)
+    + "\n"
+  )
 
 
 def heatmaps(rows: list[dict], out: str) -> str | None:
@@ -140,7 +157,7 @@ def heatmaps(rows: list[dict], out: str) -> str | None:
   return figures.similarity_runs(runs, y, os.path.join(out, "heatmaps.png"))
 
 
-def update_readme(path: str, table: str) -> None:
+def update_doc(path: str, table: str) -> None:
   with open(path) as f:
     text = f.read()
   pattern = re.compile(r"(<!-- ablations:begin -->\n).*?(<!-- ablations:end -->)", re.S)
@@ -155,7 +172,9 @@ def main(argv=None):
   parser.add_argument("--out", required=True)
   parser.add_argument("--steps", type=int, default=500)
   parser.add_argument("--only", default="", help="comma-separated variant names")
-  parser.add_argument("--readme", default=None, help="file whose ablations block gets the table")
+  parser.add_argument(
+    "--doc", default=None, help="page whose ablations block gets the table (docs/ablations.md)"
+  )
   parser.add_argument("--figure", default=None, help="also copy heatmaps.png here")
   parser.add_argument("--max_train_examples", type=int, default=None, help="smoke runs")
   parser.add_argument("--max_test_examples", type=int, default=None, help="smoke runs")
@@ -168,22 +187,32 @@ def main(argv=None):
   base.evals.max_train_examples = args.max_train_examples
   base.evals.max_test_examples = args.max_test_examples
   data = evaluate.load_data(base)
-  raw = evaluators.run_all(evaluators.build(base, names=("knn", "linear_probe", "clustering",
-                                                         "structure")),
-                           lambda x: x.reshape(len(x), -1), None, data)
+  raw = evaluators.run_all(
+    evaluators.build(base, names=("knn", "linear_probe", "clustering", "structure")),
+    lambda x: x.reshape(len(x), -1),
+    None,
+    data,
+  )
   names = [n for n in args.only.split(",") if n] or list(VARIANTS)
   overrides = {name: {**v[1], **data_dir} for name, v in VARIANTS.items()}
-  rows = sweep.run_sweep(overrides, names, args.out, args.steps,
-                         lambda name, o, workdir: run(name, o, workdir, args.steps, data),
-                         lambda rows: markdown(rows, args.steps, raw, data))
+  rows = sweep.run_sweep(
+    overrides,
+    names,
+    args.out,
+    args.steps,
+    lambda name, o, workdir: run(name, o, workdir, args.steps, data),
+    lambda rows: markdown(rows, args.steps, raw, data),
+  )
   table = markdown(rows, args.steps, raw, data)
   path = heatmaps(rows, args.out)
   if path and args.figure:
     shutil.copyfile(path, args.figure)
-  if args.readme:
-    update_readme(args.readme, table)
-  print(f"sweep wall time this invocation: {(time.time() - start) / 60:.1f} min "
-        f"(training: {sum(r['train_seconds'] for r in rows) / 60:.1f} min over {len(rows)} runs)")
+  if args.doc:
+    update_doc(args.doc, table)
+  print(
+    f"sweep wall time this invocation: {(time.time() - start) / 60:.1f} min "
+    f"(training: {sum(r['train_seconds'] for r in rows) / 60:.1f} min over {len(rows)} runs)"
+  )
   return rows
 
 

@@ -35,6 +35,7 @@ Usage:
 ``--quick`` stops starting cases once ``--budget_s`` (270 s) is spent and stops a case
 still running then, so that the whole run stays under five minutes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -138,9 +139,14 @@ def _seconds_per_call(fn, calls: int) -> float:
 def describe_devices() -> dict:
   """The backend this process sees (the driver asks a child: it must not hold a device)."""
   import jax  # pylint: disable=import-outside-toplevel
+
   device = jax.local_devices()[0]
-  return {"jax": jax.__version__, "platform": device.platform, "device_kind": device.device_kind,
-          "devices": jax.device_count()}
+  return {
+    "jax": jax.__version__,
+    "platform": device.platform,
+    "device_kind": device.device_kind,
+    "devices": jax.device_count(),
+  }
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -155,13 +161,21 @@ def measure(pair, dtype, batch_size, *, rounds, iterations, width=None, feature_
   from uctrl_jax import models  # pylint: disable=import-outside-toplevel
 
   config = case_config(pair, dtype, batch_size, width, feature_dim)
-  row = {"pair": pair, "dtype": dtype, "batch": batch_size, "devices": jax.device_count(),
-         "encoder_steps": config.train.encoder_steps}
+  row = {
+    "pair": pair,
+    "dtype": dtype,
+    "batch": batch_size,
+    "devices": jax.device_count(),
+    "encoder_steps": config.train.encoder_steps,
+  }
   try:
-    loop = jax_loop.JaxLoop(config, IMAGE_SHAPE,
-                            jax_loop.random_batch(config, IMAGE_SHAPE, seed=config.seed))
-    row["params"] = {"encoder": models.count_params(loop.state.encoder_params),
-                     "decoder": models.count_params(loop.state.decoder_params)}
+    loop = jax_loop.JaxLoop(
+      config, IMAGE_SHAPE, jax_loop.random_batch(config, IMAGE_SHAPE, seed=config.seed)
+    )
+    row["params"] = {
+      "encoder": models.count_params(loop.state.encoder_params),
+      "decoder": models.count_params(loop.state.decoder_params),
+    }
     row["first_iteration_s"] = loop.run(1)  # both steps compile here
     with jax_loop.count_compiles() as compiles:
       loop.run(2)  # warm-up
@@ -177,10 +191,15 @@ def measure(pair, dtype, batch_size, *, rounds, iterations, width=None, feature_
     raise AssertionError(f"the timed iterations compiled {compiles}: timings would include it")
   iteration_ms = jax_loop.median_ms(per_iteration)
   rate_ms = (config.train.encoder_steps + 1) * jax_loop.median_ms(rate_seconds)
-  return {**row, "status": "ok", "iteration_ms": iteration_ms,
-          "images_per_s": batch_size * 1e3 / iteration_ms, "rate_terms_ms": rate_ms,
-          "rate_share": rate_ms / iteration_ms,
-          "peak_memory_bytes": peak_memory_bytes(jax.local_devices())}
+  return {
+    **row,
+    "status": "ok",
+    "iteration_ms": iteration_ms,
+    "images_per_s": batch_size * 1e3 / iteration_ms,
+    "rate_terms_ms": rate_ms,
+    "rate_share": rate_ms / iteration_ms,
+    "peak_memory_bytes": peak_memory_bytes(jax.local_devices()),
+  }
 
 
 # ----------------------------------------------------------------------------
@@ -194,26 +213,34 @@ def _fmt_row(r: dict) -> str:
     return head + f" {r['status']} | | | | | |"
   peak = r["peak_memory_bytes"]
   peak = "n/a" if peak is None else f"{peak / 2**30:.2f}"
-  return (head + f" {r['iteration_ms']:.1f} | {r['images_per_s']:,.0f} | {r['rate_terms_ms']:.2f} "
-          f"| {100 * r['rate_share']:.1f}% | {r['first_iteration_s']:.1f} | {peak} |")
+  return (
+    head + f" {r['iteration_ms']:.1f} | {r['images_per_s']:,.0f} | {r['rate_terms_ms']:.2f} "
+    f"| {100 * r['rate_share']:.1f}% | {r['first_iteration_s']:.1f} | {peak} |"
+  )
 
 
-TABLE_HEADER = ("| pair | dtype | global batch | iteration ms | images/s | rate terms ms / iteration "
-                "| rate terms' share | first iteration s (compiles) | peak memory GiB / device |\n"
-                "|---|---|---|---|---|---|---|---|---|")
+TABLE_HEADER = (
+  "| pair | dtype | global batch | iteration ms | images/s | rate terms ms / iteration "
+  "| rate terms' share | first iteration s (compiles) | peak memory GiB / device |\n"
+  "|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def run_child(flags, timeout_s):
   """Runs this script with ``flags`` in a child process: ``(result dict or None, why)``,
   ``why`` saying why there is no result (the time budget, or the child's last stderr line)."""
   try:
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)] + flags,
-                          capture_output=True, text=True, timeout=timeout_s)
+    proc = subprocess.run(
+      [sys.executable, os.path.abspath(__file__)] + flags,
+      capture_output=True,
+      text=True,
+      timeout=timeout_s,
+    )
   except subprocess.TimeoutExpired:
     return None, f"stopped: the time budget ran out ({timeout_s:.0f} s were left at its start)"
   for line in proc.stdout.splitlines():
     if line.startswith(_RESULT):
-      return json.loads(line[len(_RESULT):]), None
+      return json.loads(line[len(_RESULT) :]), None
   last = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
   return None, f"failed (exit {proc.returncode}): {last}"
 
@@ -221,8 +248,14 @@ def run_child(flags, timeout_s):
 def run_case_process(case, args, timeout_s) -> dict:
   """One case's row, measured in a child process (this script with ``--case``)."""
   pair, dtype, batch = case
-  flags = ["--case", f"{pair},{dtype},{batch}", "--rounds", str(args.rounds),
-           "--iterations", str(args.iterations)]
+  flags = [
+    "--case",
+    f"{pair},{dtype},{batch}",
+    "--rounds",
+    str(args.rounds),
+    "--iterations",
+    str(args.iterations),
+  ]
   for flag in ("width", "feature_dim"):
     if getattr(args, flag) is not None:
       flags += [f"--{flag}", str(getattr(args, flag))]
@@ -232,33 +265,65 @@ def run_case_process(case, args, timeout_s) -> dict:
 
 def main(argv=None) -> list:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="batch 512 only, fewer rounds, a 270 s budget: < 5 min on an H200")
-  parser.add_argument("--ci", action="store_true",
-                      help="one tiny case (DCGAN, float32, batch 16, w = 8, d = 16): the CPU test")
+  parser.add_argument(
+    "--quick",
+    action="store_true",
+    help="batch 512 only, fewer rounds, a 270 s budget: < 5 min on an H200",
+  )
+  parser.add_argument(
+    "--ci",
+    action="store_true",
+    help="one tiny case (DCGAN, float32, batch 16, w = 8, d = 16): the CPU test",
+  )
   parser.add_argument("--pairs", default=None, help=f"comma-separated, from {PAIRS}")
   parser.add_argument("--dtypes", default=None, help=f"comma-separated, from {DTYPES}")
   parser.add_argument("--batches", default=None, help="comma-separated global batch sizes")
   parser.add_argument("--width", type=int, default=None, help="override config.model.width")
-  parser.add_argument("--feature_dim", type=int, default=None,
-                      help="override config.model.feature_dim")
+  parser.add_argument(
+    "--feature_dim", type=int, default=None, help="override config.model.feature_dim"
+  )
   parser.add_argument("--rounds", type=int, default=None, help="timed rounds (median)")
   parser.add_argument("--iterations", type=int, default=None, help="iterations per round")
-  parser.add_argument("--budget_s", type=float, default=None,
-                      help="start no case after this many seconds (--quick: 270)")
+  parser.add_argument(
+    "--budget_s",
+    type=float,
+    default=None,
+    help="start no case after this many seconds (--quick: 270)",
+  )
   parser.add_argument("--json", default=None, help="also write the rows here")
   # A child's work: one case (PAIR,DTYPE,BATCH), or the devices it sees.
   parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--describe", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   mode = "ci" if args.ci else "quick" if args.quick else "full"
-  defaults = {"ci": dict(pairs="dcgan", dtypes="float32", batches="16", width=8, feature_dim=16,
-                         rounds=2, iterations=1, budget_s=None),
-              "quick": dict(pairs=",".join(PAIRS), dtypes=",".join(DTYPES), batches="512",
-                            rounds=3, iterations=5, budget_s=270.0),
-              "full": dict(pairs=",".join(PAIRS), dtypes=",".join(DTYPES),
-                           batches=",".join(map(str, BATCHES)), rounds=5, iterations=10,
-                           budget_s=None)}[mode]
+  defaults = {
+    "ci": dict(
+      pairs="dcgan",
+      dtypes="float32",
+      batches="16",
+      width=8,
+      feature_dim=16,
+      rounds=2,
+      iterations=1,
+      budget_s=None,
+    ),
+    "quick": dict(
+      pairs=",".join(PAIRS),
+      dtypes=",".join(DTYPES),
+      batches="512",
+      rounds=3,
+      iterations=5,
+      budget_s=270.0,
+    ),
+    "full": dict(
+      pairs=",".join(PAIRS),
+      dtypes=",".join(DTYPES),
+      batches=",".join(map(str, BATCHES)),
+      rounds=5,
+      iterations=10,
+      budget_s=None,
+    ),
+  }[mode]
   for key, value in defaults.items():
     if getattr(args, key) is None:
       setattr(args, key, value)
@@ -268,15 +333,26 @@ def main(argv=None) -> list:
       row = describe_devices()
     else:
       pair, dtype, batch = args.case.split(",")
-      row = measure(pair, dtype, int(batch), rounds=args.rounds, iterations=args.iterations,
-                    width=args.width, feature_dim=args.feature_dim)
+      row = measure(
+        pair,
+        dtype,
+        int(batch),
+        rounds=args.rounds,
+        iterations=args.iterations,
+        width=args.width,
+        feature_dim=args.feature_dim,
+      )
     print(_RESULT + json.dumps(row), flush=True)
     return [row]
 
   # This process never touches a device: on a GPU it would hold memory the cases need.
   start = time.monotonic()
-  cases = [(p, d, int(b)) for p in args.pairs.split(",") for d in args.dtypes.split(",")
-           for b in args.batches.split(",")]
+  cases = [
+    (p, d, int(b))
+    for p in args.pairs.split(",")
+    for d in args.dtypes.split(",")
+    for b in args.batches.split(",")
+  ]
   unknown = [c for c in cases if c[0] not in PAIRS or c[1] not in DTYPES]
   if unknown:
     parser.error(f"unknown pair or dtype in {unknown}; pairs {PAIRS}, dtypes {DTYPES}")
@@ -284,17 +360,27 @@ def main(argv=None) -> list:
   if info is None:
     raise SystemExit(f"cannot see the devices: {why}")
   width = args.width or case_config("dcgan", "float32", 128).model.width
-  print(f"# uCTRL iteration on {info['devices']} × {info['device_kind']} ({info['platform']}), "
-        f"jax {info['jax']}, {datetime.date.today().isoformat()}, mode {mode}\n", flush=True)
-  print(f"configs/cifar.py, 32×32×3 synthetic batches, w = {width}; median of {args.rounds} "
-        f"rounds of {args.iterations} iterations\n", flush=True)
+  print(
+    f"# uCTRL iteration on {info['devices']} × {info['device_kind']} ({info['platform']}), "
+    f"jax {info['jax']}, {datetime.date.today().isoformat()}, mode {mode}\n",
+    flush=True,
+  )
+  print(
+    f"configs/cifar.py, 32×32×3 synthetic batches, w = {width}; median of {args.rounds} "
+    f"rounds of {args.iterations} iterations\n",
+    flush=True,
+  )
   print(TABLE_HEADER, flush=True)
   rows = []
   for case in cases:
     left = None if args.budget_s is None else args.budget_s - (time.monotonic() - start)
     if left is not None and left < _MIN_CASE_S:
-      row = {"pair": case[0], "dtype": case[1], "batch": case[2],
-             "status": "not run: time budget spent"}
+      row = {
+        "pair": case[0],
+        "dtype": case[1],
+        "batch": case[2],
+        "status": "not run: time budget spent",
+      }
     else:
       row = run_case_process(case, args, left)
     rows.append(row)

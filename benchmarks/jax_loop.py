@@ -12,6 +12,7 @@ adds PyTorch beside it.
   random features of the steps' shapes and sharding.
 * ``count_compiles``, ``interleaved``, ``timed``, ``median_ms``: timing helpers.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,9 +32,11 @@ def random_batch(config, image_shape, seed=0) -> dict:
   """A host batch as ``input_pipeline`` yields it: image (B,H,W,C), views (V,B,H,W,C), label (B,)."""
   rng = np.random.default_rng(seed)
   B, V = config.train.batch_size, config.data.num_views
-  return {"image": rng.uniform(-1, 1, (B, *image_shape)).astype(np.float32),
-          "views": rng.uniform(-1, 1, (V, B, *image_shape)).astype(np.float32),
-          "label": (np.arange(B) % 10).astype(np.int32)}
+  return {
+    "image": rng.uniform(-1, 1, (B, *image_shape)).astype(np.float32),
+    "views": rng.uniform(-1, 1, (V, B, *image_shape)).astype(np.float32),
+    "label": (np.arange(B) % 10).astype(np.int32),
+  }
 
 
 def unit_rows(rng, *shape):
@@ -50,7 +53,7 @@ def count_compiles():
     def emit(self, record):
       message = record.getMessage()
       if message.startswith("Finished XLA compilation of "):
-        names.append(message[len("Finished XLA compilation of "):].split(" in ")[0])
+        names.append(message[len("Finished XLA compilation of ") :].split(" in ")[0])
 
   logger = logging.getLogger("jax")
   handler, propagate = Handler(level=logging.DEBUG), logger.propagate
@@ -82,16 +85,17 @@ def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
 
 def timed(fn):
   """Wraps a zero-argument callable into one that returns ``{"total": seconds}``."""
+
   def run():
     start = time.perf_counter()
     fn()
     return {"total": time.perf_counter() - start}
+
   return run
 
 
 def median_ms(seconds) -> float:
   return 1e3 * statistics.median(seconds)
-
 
 
 class JaxLoop:
@@ -100,9 +104,10 @@ class JaxLoop:
   def __init__(self, config, image_shape, host_batch):
     self.config = config
     self.image_shape = image_shape
-    self.mesh = sharding.create_mesh(mesh_config=config.get("mesh"))
+    self.mesh = sharding.create_mesh(mesh_config=config.mesh)
     self.state = sharding.replicate(
-        train.create_train_state(config, image_shape, jax.random.key(config.seed)), self.mesh)
+      train.create_train_state(config, image_shape, jax.random.key(config.seed)), self.mesh
+    )
     self.encoder_step, self.decoder_step = train.make_steps(config, image_shape)
     self.host_batch = host_batch
     self.batch = sharding.shard_batch(host_batch, self.mesh)
@@ -119,7 +124,11 @@ class JaxLoop:
     self.state, metrics = self.decoder_step(self.state, batch)
     jax.block_until_ready((self.state, metrics))
     end = time.perf_counter()
-    times["encoder steps"], times["decoder step"], times["iteration"] = mid - start, end - mid, end - start
+    times["encoder steps"], times["decoder step"], times["iteration"] = (
+      mid - start,
+      end - mid,
+      end - start,
+    )
     return times
 
   def run(self, iterations: int) -> float:
@@ -127,8 +136,13 @@ class JaxLoop:
     the trainer runs them), blocked only at the end: throughput, no host sync per step."""
     start = time.perf_counter()
     for _ in range(iterations):
-      self.state, metrics = train.train_iteration(self.encoder_step, self.decoder_step, self.state,
-                                                  self.batch, self.config.train.encoder_steps)
+      self.state, metrics = train.train_iteration(
+        self.encoder_step,
+        self.decoder_step,
+        self.state,
+        self.batch,
+        self.config.train.encoder_steps,
+      )
     jax.block_until_ready((self.state, metrics))
     return time.perf_counter() - start
 
@@ -156,9 +170,15 @@ def rate_terms_fwdgrad(config, mesh, batch_size: int, seed: int = 0):
   rng = np.random.default_rng(seed)
   B, V, d = batch_size, config.data.num_views, config.model.feature_dim
   Z = unit_rows(rng, B, d)
-  feats = sharding.shard_batch({"z": Z, "zhat": unit_rows(rng, B, d) + 2 * Z,
-                                "views": unit_rows(rng, V, B, d) + 2 * Z,
-                                "label": (np.arange(B) % 10).astype(np.int32)}, mesh)
+  feats = sharding.shard_batch(
+    {
+      "z": Z,
+      "zhat": unit_rows(rng, B, d) + 2 * Z,
+      "views": unit_rows(rng, V, B, d) + 2 * Z,
+      "label": (np.arange(B) % 10).astype(np.int32),
+    },
+    mesh,
+  )
 
   def objective(Z, Zhat, Z_aug, labels):
     return objectives.game_terms(config, Z, Zhat, Z_aug, labels)["encoder_objective"]

@@ -2,7 +2,7 @@
 
 Runs, interleaved in one process (machines here are noisy, so only ratios measured
 together mean anything), forward and forward+gradient of the full uCTRL objective
-(SPEC §3, exact sample-wise terms, 1 augmented view) on unit-norm features, d = 128:
+(docs/method.md#the-game, exact sample-wise terms, 1 augmented view) on unit-norm features, d = 128:
 
 * ``jax (uctrl_jax)``: ``rate_reduction.uctrl_objective`` (closed-form pairwise terms).
 * ``jax naive``: the same objective with one d × d log-det per sample for the two
@@ -21,6 +21,7 @@ Needs PyTorch's CPU wheel, which is kept out of the runtime requirements:
 Usage:
   .venv/bin/python benchmarks/rate_reduction_bench.py [--sizes 1024,4096] [--repeats 15]
 """
+
 import argparse
 import os
 import statistics
@@ -63,8 +64,12 @@ def naive_pairwise(U, V):
 
 
 def naive_encoder_objective(Z, Zhat, Z_aug):
-  return (_naive_rate(Z) + _naive_distance(Z, Zhat) - LAMBDA_AUG * jnp.sum(naive_pairwise(Z, Z_aug))
-          - LAMBDA_SELF * jnp.sum(naive_pairwise(Z, Zhat)))
+  return (
+    _naive_rate(Z)
+    + _naive_distance(Z, Zhat)
+    - LAMBDA_AUG * jnp.sum(naive_pairwise(Z, Z_aug))
+    - LAMBDA_SELF * jnp.sum(naive_pairwise(Z, Zhat))
+  )
 
 
 def project_encoder_objective(Z, Zhat, Z_aug):
@@ -113,15 +118,25 @@ def torch_objectives():
     plus, minus = ((U + V) ** 2).sum(1), ((U - V) ** 2).sum(1)
     cross = torch.clamp(0.25 * (plus * minus - (uu - vv) ** 2), min=0.0)
     return 0.5 * torch.log1p(a * (uu + vv) + a * a * cross) - 0.25 * (
-        torch.log1p(2 * a * uu) + torch.log1p(2 * a * vv))
+      torch.log1p(2 * a * uu) + torch.log1p(2 * a * vv)
+    )
 
   def make(rate, distance, pairwise):
     def objective(Z, Zhat, Z_aug):
-      return (rate(Z) + distance(Z, Zhat) - LAMBDA_AUG * pairwise(Z, Z_aug).sum()
-              - LAMBDA_SELF * pairwise(Z, Zhat).sum())
+      return (
+        rate(Z)
+        + distance(Z, Zhat)
+        - LAMBDA_AUG * pairwise(Z, Z_aug).sum()
+        - LAMBDA_SELF * pairwise(Z, Zhat).sum()
+      )
+
     return objective
 
-  return torch, make(rate_ctrl, distance_ctrl, pairwise_ctrl), make(rate_closed, distance_closed, pairwise_closed)
+  return (
+    torch,
+    make(rate_ctrl, distance_ctrl, pairwise_ctrl),
+    make(rate_closed, distance_closed, pairwise_closed),
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -159,8 +174,7 @@ def case_callables(n, d, with_naive):
   def jax_pair(objective):
     fwd = jax.jit(objective)
     grad = jax.jit(jax.value_and_grad(objective, argnums=(0, 1, 2)))
-    return (lambda: jax.block_until_ready(fwd(*args)),
-            lambda: jax.block_until_ready(grad(*args)))
+    return (lambda: jax.block_until_ready(fwd(*args)), lambda: jax.block_until_ready(grad(*args)))
 
   fns["jax (uctrl_jax)"] = jax_pair(project_encoder_objective)
   if with_naive:
@@ -178,6 +192,7 @@ def case_callables(n, d, with_naive):
       leaves = [a.clone().requires_grad_(True) for a in targs]
       objective(*leaves).backward()
       return leaves[0].grad
+
     return fwd, grad
 
   if with_naive:
@@ -186,8 +201,11 @@ def case_callables(n, d, with_naive):
 
   # Agreement check before timing: every implementation computes the same number.
   reference = float(project_encoder_objective(*args))
-  for name, objective in [("jax naive", naive_encoder_objective), ("torch (CTRL style)", torch_ctrl),
-                          ("torch closed form", torch_closed)]:
+  for name, objective in [
+    ("jax naive", naive_encoder_objective),
+    ("torch (CTRL style)", torch_ctrl),
+    ("torch closed form", torch_closed),
+  ]:
     if name in fns:
       value = float(objective(*(targs if name.startswith("torch") else args)))
       if not np.isclose(value, reference, rtol=1e-3, atol=1e-2):
@@ -200,13 +218,21 @@ def main():
   parser.add_argument("--sizes", default="1024,4096", help="comma-separated batch sizes n")
   parser.add_argument("--dim", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=15)
-  parser.add_argument("--naive-max-n", type=int, default=1024,
-                      help="skip the per-sample log-det variants above this n")
+  parser.add_argument(
+    "--naive-max-n",
+    type=int,
+    default=1024,
+    help="skip the per-sample log-det variants above this n",
+  )
   args = parser.parse_args()
 
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs; "
-        f"d = {args.dim}, ε² = {EPS_SQ}, medians of {args.repeats} interleaved runs\n")
-  print("| n | implementation | forward (ms) | fwd+grad (ms) | fwd ratio to uctrl_jax | grad ratio to uctrl_jax |")
+  print(
+    f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs; "
+    f"d = {args.dim}, ε² = {EPS_SQ}, medians of {args.repeats} interleaved runs\n"
+  )
+  print(
+    "| n | implementation | forward (ms) | fwd+grad (ms) | fwd ratio to uctrl_jax | grad ratio to uctrl_jax |"
+  )
   print("|---|---|---|---|---|---|")
   for n in [int(s) for s in args.sizes.split(",")]:
     fns, jargs = case_callables(n, args.dim, with_naive=n <= args.naive_max_n)
@@ -218,17 +244,26 @@ def main():
     base_f, base_g = med[("jax (uctrl_jax)", "fwd")], med[("jax (uctrl_jax)", "grad")]
     for name in fns:
       f, g = med[(name, "fwd")], med[(name, "grad")]
-      print(f"| {n} | {name} | {1e3 * f:.2f} | {1e3 * g:.2f} | {f / base_f:.2f} | {g / base_g:.2f} |")
+      print(
+        f"| {n} | {name} | {1e3 * f:.2f} | {1e3 * g:.2f} | {f / base_f:.2f} | {g / base_g:.2f} |"
+      )
 
     if n <= args.naive_max_n:
       U, V = jargs[0], jargs[2]
       closed = jax.jit(lambda U, V: rr.pairwise_rate_distance(U, V, EPS_SQ))
       naive = jax.jit(naive_pairwise)
       np.testing.assert_allclose(closed(U, V), naive(U, V), rtol=1e-3, atol=1e-4)
-      pm = interleaved_medians({"closed": lambda: jax.block_until_ready(closed(U, V)),
-                                "naive": lambda: jax.block_until_ready(naive(U, V))}, args.repeats)
-      print(f"| {n} | pairwise term alone: closed form {1e3 * pm['closed']:.3f} ms vs one log-det "
-            f"per sample {1e3 * pm['naive']:.1f} ms | | | **{pm['naive'] / pm['closed']:.0f}× faster** | |")
+      pm = interleaved_medians(
+        {
+          "closed": lambda: jax.block_until_ready(closed(U, V)),
+          "naive": lambda: jax.block_until_ready(naive(U, V)),
+        },
+        args.repeats,
+      )
+      print(
+        f"| {n} | pairwise term alone: closed form {1e3 * pm['closed']:.3f} ms vs one log-det "
+        f"per sample {1e3 * pm['naive']:.1f} ms | | | **{pm['naive'] / pm['closed']:.0f}× faster** | |"
+      )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One screening run (issue 14's recipe search, docs/experiments.md): trains
+# One screening run (issue 14's recipe search, docs/recipes.md): trains
 # configs/fashion_mnist.py with the given overrides in OUT/NAME, then scores the last
 # checkpoint on the full Fashion-MNIST split with kNN, the linear probe and (for the
 # game) reconstruction; appends one line to OUT/screens.md.

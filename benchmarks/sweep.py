@@ -14,6 +14,7 @@ and the whole table to ``OUT/sweep.md`` after each variant.
 Interrupted sweeps resume: finished variants are skipped, and an interrupted variant
 resumes from its latest checkpoint (``train.train_and_evaluate`` does that).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,19 +38,19 @@ from uctrl_jax import train  # noqa: E402
 
 # name -> overrides of configs/fashion_mnist.py ("section.key": value).
 SWEEPS = {
-    # The settings behind configs/fashion_mnist.py (the trainer issue): each row
-    # changes one of them.
-    "defaults": {
-        "base": {},
-        "pixel_shuffle": {"model.upsample": "pixel_shuffle"},
-        "conv_transpose": {"model.upsample": "conv_transpose"},
-        "exact": {"loss.sample_distance": "exact"},
-        "lambda_aug=2": {"loss.lambda_aug": 2.0},
-        "lambda_self=2": {"loss.lambda_self": 2.0},
-        "eps_sq=0.1": {"loss.eps_sq": 0.1},
-        "encoder_steps=2": {"train.encoder_steps": 2},
-        "lr=5e-4": {"train.encoder_lr": 5e-4, "train.decoder_lr": 5e-4},
-    },
+  # The settings behind configs/fashion_mnist.py (the trainer issue): each row
+  # changes one of them.
+  "defaults": {
+    "base": {},
+    "pixel_shuffle": {"model.upsample": "pixel_shuffle"},
+    "conv_transpose": {"model.upsample": "conv_transpose"},
+    "exact": {"loss.sample_distance": "exact"},
+    "lambda_aug=2": {"loss.lambda_aug": 2.0},
+    "lambda_self=2": {"loss.lambda_self": 2.0},
+    "eps_sq=0.1": {"loss.eps_sq": 0.1},
+    "encoder_steps=2": {"train.encoder_steps": 2},
+    "lr=5e-4": {"train.encoder_lr": 5e-4, "train.decoder_lr": 5e-4},
+  },
 }
 # Terms reported from the last training iteration (decoder step's view of the game).
 TERMS = ("R", "delta_R_z_zhat", "aug", "self")
@@ -72,8 +73,9 @@ def variant_config(overrides: dict, steps: int):
   return config
 
 
-def run_variant(name: str, overrides: dict, steps: int, workdir: str, data,
-                names=("knn", "reconstruction")) -> tuple[dict, "evaluators.Context"]:
+def run_variant(
+  name: str, overrides: dict, steps: int, workdir: str, data, names=("knn", "reconstruction")
+) -> tuple[dict, "evaluators.Context"]:
   """Trains (or resumes) one variant and evaluates it: its row and the evaluation context."""
   config = variant_config(overrides, steps)
   start = time.time()
@@ -83,14 +85,28 @@ def run_variant(name: str, overrides: dict, steps: int, workdir: str, data,
   # One context: the terms below reuse the features and reconstructions the evaluators made.
   context = evaluators.Context(data, loop.encode, loop.decode)
   metrics = evaluators.run_context(evaluators.build(config, names=names), context)
-  row = {"name": name, "overrides": overrides, "steps": int(state.step),
-         "train_seconds": seconds, **{k: v for k, v in metrics.items() if "seconds" not in k}}
+  row = {
+    "name": name,
+    "overrides": overrides,
+    "steps": int(state.step),
+    "train_seconds": seconds,
+    **{k: v for k, v in metrics.items() if "seconds" not in k},
+  }
   row.update(_final_terms(context, config.loss.eps_sq))
   return row, context
 
 
-def run_sweep(variants: dict, names: list, out: str, steps, run, table, *,
-              row_file: str = "sweep_row.json", table_file: str = "sweep.md") -> list[dict]:
+def run_sweep(
+  variants: dict,
+  names: list,
+  out: str,
+  steps,
+  run,
+  table,
+  *,
+  row_file: str = "sweep_row.json",
+  table_file: str = "sweep.md",
+) -> list[dict]:
   """Runs ``run(name, overrides, workdir) -> row`` for each of ``names`` not yet done.
 
   A finished variant's row is ``OUT/NAME/<row_file>`` (read back instead of rerun);
@@ -108,8 +124,9 @@ def run_sweep(variants: dict, names: list, out: str, steps, run, table, *,
       with open(row_path) as f:
         row = json.load(f)
     else:
-      print(f"--- {name}: {variants[name]}" + (f" ({steps} iterations)" if steps else ""),
-            flush=True)
+      print(
+        f"--- {name}: {variants[name]}" + (f" ({steps} iterations)" if steps else ""), flush=True
+      )
       row = run(name, variants[name], workdir)
       with open(row_path, "w") as f:
         json.dump(row, f, indent=1)
@@ -124,21 +141,27 @@ def run_sweep(variants: dict, names: list, out: str, steps, run, table, *,
 def _final_terms(context, eps_sq: float, n: int = 512) -> dict:
   """R(Z), ΔR(Z, Ẑ) and cos(z, ẑ) on the first ``n`` test images, eval mode."""
   Z, Zhat = context.z_test[:n], context.zhat_test[:n]
-  return {"test/R": float(rr.coding_rate(Z, eps_sq)),
-          "test/delta_R_z_zhat": float(rr.rate_distance(Z, Zhat, eps_sq)),
-          "test/cos_z_zhat": float(np.mean(np.sum(Z * Zhat, axis=1)))}
+  return {
+    "test/R": float(rr.coding_rate(Z, eps_sq)),
+    "test/delta_R_z_zhat": float(rr.rate_distance(Z, Zhat, eps_sq)),
+    "test/cos_z_zhat": float(np.mean(np.sum(Z * Zhat, axis=1))),
+  }
 
 
 def markdown(rows: list[dict], raw_knn: float) -> str:
-  lines = [f"raw-pixel kNN top-1 (same protocol): {raw_knn:.2f}", "",
-           "| variant | iters | train min | kNN | consistency | MSE | PSNR | R(Z) | ΔR(Z,Ẑ) | cos(z,ẑ) |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+    f"raw-pixel kNN top-1 (same protocol): {raw_knn:.2f}",
+    "",
+    "| variant | iters | train min | kNN | consistency | MSE | PSNR | R(Z) | ΔR(Z,Ẑ) | cos(z,ẑ) |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for r in rows:
     lines.append(
-        f"| {r['name']} | {r['steps']} | {r['train_seconds'] / 60:.1f} | {r['knn/top1']:.2f} | "
-        f"{r['reconstruction/consistency']:.2f} | {r['reconstruction/mse']:.3f} | "
-        f"{r['reconstruction/psnr']:.2f} | {r['test/R']:.1f} | {r['test/delta_R_z_zhat']:.2f} | "
-        f"{r['test/cos_z_zhat']:.3f} |")
+      f"| {r['name']} | {r['steps']} | {r['train_seconds'] / 60:.1f} | {r['knn/top1']:.2f} | "
+      f"{r['reconstruction/consistency']:.2f} | {r['reconstruction/mse']:.3f} | "
+      f"{r['reconstruction/psnr']:.2f} | {r['test/R']:.1f} | {r['test/delta_R_z_zhat']:.2f} | "
+      f"{r['test/cos_z_zhat']:.3f} |"
+    )
   return "\n".join(lines) + "\n"
 
 
@@ -153,13 +176,17 @@ def main():
   variants = SWEEPS[args.sweep]
   base = variant_config({}, args.steps)
   data = evaluate.load_data(base)
-  raw = evaluators.run_all(evaluators.build(base, names=("knn",)),
-                           lambda x: x.reshape(len(x), -1), None, data)
-  run_sweep(variants, [n for n in args.only.split(",") if n] or list(variants), args.out,
-            args.steps,
-            lambda name, overrides, workdir: run_variant(name, overrides, args.steps, workdir,
-                                                         data)[0],
-            lambda rows: markdown(rows, raw["knn/top1"]))
+  raw = evaluators.run_all(
+    evaluators.build(base, names=("knn",)), lambda x: x.reshape(len(x), -1), None, data
+  )
+  run_sweep(
+    variants,
+    [n for n in args.only.split(",") if n] or list(variants),
+    args.out,
+    args.steps,
+    lambda name, overrides, workdir: run_variant(name, overrides, args.steps, workdir, data)[0],
+    lambda rows: markdown(rows, raw["knn/top1"]),
+  )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Parameter initialisation follows the JAX models' families (N(0, 0.02) for DCGAN,
 He fan-out for ResNet) but not their random streams: the two sides never share
 weights, only shapes, which is what a timing comparison needs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,7 +28,7 @@ _PAD_VALUE = -1.0
 
 
 # ----------------------------------------------------------------------------
-# Objective (SPEC §2-3), the formulas of uctrl_jax/rate_reduction.py.
+# Objective (docs/method.md#coding-rates, #the-game), the formulas of uctrl_jax/rate_reduction.py.
 # ----------------------------------------------------------------------------
 
 
@@ -54,8 +55,11 @@ def pair_rates(Z: Tensor, Zhat: Tensor, eps_sq: float):
     U = torch.cat([Z, Zhat])
     K = U @ U.T
     alpha = d / (counts * eps_sq)
-    return (0.5 * _logdet_i_plus(alpha[0], K), 0.5 * _logdet_i_plus(alpha[1], K[:n, :n]),
-            0.5 * _logdet_i_plus(alpha[2], K[n:, n:]))
+    return (
+      0.5 * _logdet_i_plus(alpha[0], K),
+      0.5 * _logdet_i_plus(alpha[1], K[:n, :n]),
+      0.5 * _logdet_i_plus(alpha[2], K[n:, n:]),
+    )
   # d side: the union's Gram is ZᵀZ + ẐᵀẐ; one batched factorisation for all three.
   G, Ghat = Z.T @ Z, Zhat.T @ Zhat
   rates = 0.5 * _logdet_i_plus(d / (counts * eps_sq), torch.stack([G + Ghat, G, Ghat]))
@@ -69,18 +73,27 @@ def cosine_distance(U: Tensor, V: Tensor) -> Tensor:
 
 
 def pairwise_rate_distance(U: Tensor, V: Tensor, eps_sq: float) -> Tensor:
-  """Exact ``ΔR(uᵢ, vᵢ)`` (SPEC §2) in the cancellation-free form of rate_reduction.py → (n,)."""
+  """Exact ``ΔR(uᵢ, vᵢ)`` (docs/method.md#sample-wise-distance) in the cancellation-free form of
+  rate_reduction.py → (n,)."""
   a = U.shape[1] / (2.0 * eps_sq)
   uu, vv = (U * U).sum(1), (V * V).sum(1)
   plus, minus = ((U + V) ** 2).sum(1), ((U - V) ** 2).sum(1)
   cross = torch.clamp(0.25 * (plus * minus - (uu - vv) ** 2), min=0.0)
-  return (0.5 * torch.log1p(a * (uu + vv) + a * a * cross)
-          - 0.25 * (torch.log1p(2 * a * uu) + torch.log1p(2 * a * vv)))
+  return 0.5 * torch.log1p(a * (uu + vv) + a * a * cross) - 0.25 * (
+    torch.log1p(2 * a * uu) + torch.log1p(2 * a * vv)
+  )
 
 
-def uctrl_objective(Z: Tensor, Zhat: Tensor, Z_aug: Tensor, eps_sq: float, lambda_aug: float,
-                    lambda_self: float, sample_distance: str = "exact",
-                    sample_reduction: str = "sum") -> dict:
+def uctrl_objective(
+  Z: Tensor,
+  Zhat: Tensor,
+  Z_aug: Tensor,
+  eps_sq: float,
+  lambda_aug: float,
+  lambda_self: float,
+  sample_distance: str = "exact",
+  sample_reduction: str = "sum",
+) -> dict:
   """``rate_reduction.uctrl_objective`` in PyTorch (same keys, same values).
 
   Args:
@@ -104,10 +117,16 @@ def uctrl_objective(Z: Tensor, Zhat: Tensor, Z_aug: Tensor, eps_sq: float, lambd
   self_sum = dist(Z, Zhat).sum()
   scale = 1.0 if sample_reduction == "sum" else 1.0 / n
   aug, self_ = aug_sum * scale, self_sum * scale
-  return {"R": R, "delta_R_z_zhat": delta, "aug": aug, "self": self_,
-          "aug_per_sample": aug_sum / n, "self_per_sample": self_sum / n,
-          "encoder_objective": R + delta - lambda_aug * aug - lambda_self * self_,
-          "decoder_objective": R + delta + lambda_aug * aug + lambda_self * self_}
+  return {
+    "R": R,
+    "delta_R_z_zhat": delta,
+    "aug": aug,
+    "self": self_,
+    "aug_per_sample": aug_sum / n,
+    "self_per_sample": self_sum / n,
+    "encoder_objective": R + delta - lambda_aug * aug - lambda_self * self_,
+    "decoder_objective": R + delta + lambda_aug * aug + lambda_self * self_,
+  }
 
 
 # ----------------------------------------------------------------------------
@@ -133,8 +152,9 @@ class Upsample2x(nn.Module):
     elif method == "conv_transpose":
       self.op = nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=bias)
     elif method == "resize_conv":
-      self.op = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
-                              nn.Conv2d(cin, cout, 3, padding=1, bias=bias))
+      self.op = nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, padding=1, bias=bias)
+      )
     else:
       raise ValueError(f"unknown upsample {method!r}")
 
@@ -151,9 +171,15 @@ class DCGANEncoder(nn.Module):
     self.pad = _DCGAN_SIZE - s
     w = width
     self.body = nn.Sequential(
-        nn.Conv2d(c, w, 4, 2, 1, bias=True), nn.LeakyReLU(0.2),
-        nn.Conv2d(w, 2 * w, 4, 2, 1, bias=False), _bn(2 * w), nn.LeakyReLU(0.2),
-        nn.Conv2d(2 * w, 4 * w, 4, 2, 1, bias=False), _bn(4 * w), nn.LeakyReLU(0.2))
+      nn.Conv2d(c, w, 4, 2, 1, bias=True),
+      nn.LeakyReLU(0.2),
+      nn.Conv2d(w, 2 * w, 4, 2, 1, bias=False),
+      _bn(2 * w),
+      nn.LeakyReLU(0.2),
+      nn.Conv2d(2 * w, 4 * w, 4, 2, 1, bias=False),
+      _bn(4 * w),
+      nn.LeakyReLU(0.2),
+    )
     self.head = nn.Linear(4 * 4 * 4 * w, feature_dim)
 
   def forward(self, x: Tensor) -> Tensor:
@@ -185,15 +211,21 @@ class DCGANDecoder(nn.Module):
     self.size, _, c = image_shape
     w = width
     self.body = nn.Sequential(
-        FeatureStem(feature_dim, _DCGAN_SIZE // 8, 4 * w),
-        Upsample2x(4 * w, 2 * w, upsample), _bn(2 * w), nn.ReLU(),
-        Upsample2x(2 * w, w, upsample), _bn(w), nn.ReLU(),
-        Upsample2x(w, c, upsample, bias=True), nn.Tanh())
+      FeatureStem(feature_dim, _DCGAN_SIZE // 8, 4 * w),
+      Upsample2x(4 * w, 2 * w, upsample),
+      _bn(2 * w),
+      nn.ReLU(),
+      Upsample2x(2 * w, w, upsample),
+      _bn(w),
+      nn.ReLU(),
+      Upsample2x(w, c, upsample, bias=True),
+      nn.Tanh(),
+    )
 
   def forward(self, z: Tensor) -> Tensor:
     x = self.body(z)
     top = (x.shape[-1] - self.size) // 2
-    return x[:, :, top:top + self.size, top:top + self.size]
+    return x[:, :, top : top + self.size, top : top + self.size]
 
 
 class ResBlock(nn.Module):
@@ -202,9 +234,16 @@ class ResBlock(nn.Module):
   def __init__(self, cin: int, cout: int, resample=None, upsample: str = "pixel_shuffle"):
     super().__init__()
     stride = 2 if resample == "down" else 1
-    self.conv1 = (Upsample2x(cin, cout, upsample) if resample == "up"
-                  else nn.Conv2d(cin, cout, 3, stride, 1, bias=False))
-    self.bn1, self.conv2, self.bn2 = _bn(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False), _bn(cout)
+    self.conv1 = (
+      Upsample2x(cin, cout, upsample)
+      if resample == "up"
+      else nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+    )
+    self.bn1, self.conv2, self.bn2 = (
+      _bn(cout),
+      nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+      _bn(cout),
+    )
     self.shortcut = None
     if resample is not None or cin != cout:
       layers = [nn.Upsample(scale_factor=2, mode="nearest")] if resample == "up" else []
@@ -247,8 +286,9 @@ class ResNet18Decoder(nn.Module):
     layers = [FeatureStem(feature_dim, s // 2 ** (len(_STAGES) - 1), cin)]
     for stage, mult in enumerate(reversed(_STAGES)):
       for block in range(2):
-        layers.append(ResBlock(cin, width * mult, "up" if stage > 0 and block == 0 else None,
-                               upsample))
+        layers.append(
+          ResBlock(cin, width * mult, "up" if stage > 0 and block == 0 else None, upsample)
+        )
         cin = width * mult
     layers += [nn.Conv2d(cin, c, 3, 1, 1, bias=True), nn.Tanh()]
     self.body = nn.Sequential(*layers)
@@ -272,8 +312,8 @@ def _init(module: nn.Module, family: str) -> None:
 def create_models(config, image_shape: Sequence[int]):
   """``(encoder, decoder)`` for ``config.model`` (as ``models.create_models``), float32."""
   m = config.model
-  width, d = int(m.get("width", None) or 64), int(m.feature_dim)
-  upsample = m.get("upsample", None) or "pixel_shuffle"
+  width, d = int(m.width), int(m.feature_dim)
+  upsample = m.upsample
   enc_cls = {"dcgan": DCGANEncoder, "resnet18": ResNet18Encoder}[m.encoder]
   dec_cls = {"dcgan": DCGANDecoder, "resnet18": ResNet18Decoder}[m.decoder]
   encoder = enc_cls(image_shape, d, width)
@@ -346,13 +386,25 @@ class TorchUCTRL:
     self.encoder.train()
     self.decoder.train()
     t = config.train
-    self.enc_opt = torch.optim.Adam(self.encoder.parameters(), lr=t.encoder_lr, betas=(t.encoder_b1, t.b2))
-    self.dec_opt = torch.optim.Adam(self.decoder.parameters(), lr=t.decoder_lr, betas=(t.decoder_b1, t.b2))
+    self.enc_opt = torch.optim.Adam(
+      self.encoder.parameters(), lr=t.encoder_lr, betas=(t.encoder_b1, t.b2)
+    )
+    self.dec_opt = torch.optim.Adam(
+      self.decoder.parameters(), lr=t.decoder_lr, betas=(t.decoder_b1, t.b2)
+    )
 
   def _terms(self, Z, Zhat, Z_aug) -> dict:
     loss = self.config.loss
-    return uctrl_objective(Z, Zhat, Z_aug, loss.eps_sq, loss.lambda_aug, loss.lambda_self,
-                           loss.sample_distance, loss.get("sample_reduction", "sum"))
+    return uctrl_objective(
+      Z,
+      Zhat,
+      Z_aug,
+      loss.eps_sq,
+      loss.lambda_aug,
+      loss.lambda_self,
+      loss.sample_distance,
+      loss.get("sample_reduction", "sum"),
+    )
 
   def _encode_images_and_views(self, X: Tensor, views: Tensor):
     B = X.shape[0]
@@ -363,7 +415,7 @@ class TorchUCTRL:
     """X: (B, C, H, W); views: (V, B, C, H, W) → logged terms (tensors)."""
     Z, Z_aug = self._encode_images_and_views(X, views)
     with torch.no_grad(), _frozen_running_stats(self.decoder):
-      Xhat = self.decoder(Z)  # X̂ held constant (SPEC §3)
+      Xhat = self.decoder(Z)  # X̂ held constant (docs/method.md#the-game)
     with _eval_mode(self.encoder):
       Zhat = self.encoder(Xhat)
     terms = self._terms(Z, Zhat, Z_aug)
@@ -401,5 +453,7 @@ class TorchUCTRL:
     for _ in range(self.config.train.encoder_steps):
       enc = self.encoder_step(X, views)
     dec = self.decoder_step(X, views)
-    return {**{f"encoder/{k}": v for k, v in enc.items()},
-            **{f"decoder/{k}": v for k, v in dec.items()}}
+    return {
+      **{f"encoder/{k}": v for k, v in enc.items()},
+      **{f"decoder/{k}": v for k, v in dec.items()},
+    }

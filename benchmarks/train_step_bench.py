@@ -20,7 +20,7 @@ Cases (``--cases``, comma-separated):
 
 The JAX column is the iteration as ``train.train_and_evaluate`` runs it: scipy's
 OpenBLAS (the LAPACK behind jaxlib's CPU Cholesky and triangular solves) limited to
-``config.train.host_blas_threads`` (1) by ``train.limit_host_blas``. Side by side, a
+``config.train.host_blas_threads`` (1) by ``guards.limit_host_blas``. Side by side, a
 third column runs it with OpenBLAS's threads as found (the project before issue 8):
 they contend with XLA's pool and make the rate terms' gradient slow (see the
 breakdown's reference rows).
@@ -44,6 +44,7 @@ Usage:
 Needs PyTorch's CPU wheel, which is kept out of the project's requirements:
 ``.venv/bin/pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,6 +69,7 @@ import threadpoolctl  # noqa: E402
 
 from configs import cifar, fashion_mnist, tiny  # noqa: E402
 from jax_loop import JaxLoop, interleaved, median_ms, random_batch, timed, unit_rows  # noqa: E402
+from uctrl_jax import guards  # noqa: E402
 from uctrl_jax import models  # noqa: E402
 from uctrl_jax import objectives  # noqa: E402
 from uctrl_jax import rate_reduction as rr  # noqa: E402
@@ -84,10 +86,10 @@ def _case_config(get_config, batch_size=None):
 
 # name -> (config factory, image shape (H, W, C)).
 CASES = {
-    "fashion_mnist_b128": (lambda: _case_config(fashion_mnist.get_config), (28, 28, 1)),
-    "fashion_mnist_b512": (lambda: _case_config(fashion_mnist.get_config, 512), (28, 28, 1)),
-    "cifar_resnet18_b128": (lambda: _case_config(cifar.get_config, 128), (32, 32, 3)),
-    "tiny": (lambda: _case_config(tiny.get_config), (28, 28, 1)),
+  "fashion_mnist_b128": (lambda: _case_config(fashion_mnist.get_config), (28, 28, 1)),
+  "fashion_mnist_b512": (lambda: _case_config(fashion_mnist.get_config, 512), (28, 28, 1)),
+  "cifar_resnet18_b128": (lambda: _case_config(cifar.get_config, 128), (32, 32, 3)),
+  "tiny": (lambda: _case_config(tiny.get_config), (28, 28, 1)),
 }
 
 
@@ -105,6 +107,7 @@ def check_objectives_agree(config, sizes=(16, 256), num_views=2, rtol=1e-4, atol
   """
   import torch
   import torch_uctrl
+
   loss, d = config.loss, config.model.feature_dim
   worst = 0.0
   for n in sizes:
@@ -113,15 +116,21 @@ def check_objectives_agree(config, sizes=(16, 256), num_views=2, rtol=1e-4, atol
     # Correlated with Z, as the loop's features are: the terms are then far from trivial.
     Zhat = unit_rows(rng, n, d) + 2 * Z
     Z_aug = unit_rows(rng, num_views, n, d) + 2 * Z
-    args = dict(eps_sq=loss.eps_sq, lambda_aug=loss.lambda_aug, lambda_self=loss.lambda_self,
-                sample_distance=loss.sample_distance,
-                sample_reduction=loss.get("sample_reduction", "sum"))
+    args = dict(
+      eps_sq=loss.eps_sq,
+      lambda_aug=loss.lambda_aug,
+      lambda_self=loss.lambda_self,
+      sample_distance=loss.sample_distance,
+      sample_reduction=loss.get("sample_reduction", "sum"),
+    )
     ref = jax.device_get(rr.uctrl_objective(Z, Zhat, Z_aug, **args))
     got = torch_uctrl.uctrl_objective(*(torch.from_numpy(a) for a in (Z, Zhat, Z_aug)), **args)
     for key, value in ref.items():
       other = float(got[key])
       if not np.isclose(other, float(value), rtol=rtol, atol=atol):
-        raise AssertionError(f"objective term {key!r} at n = {n}: torch {other}, jax {float(value)}")
+        raise AssertionError(
+          f"objective term {key!r} at n = {n}: torch {other}, jax {float(value)}"
+        )
       worst = max(worst, abs(other - float(value)) / max(abs(float(value)), 1e-6))
   return worst
 
@@ -129,8 +138,12 @@ def check_objectives_agree(config, sizes=(16, 256), num_views=2, rtol=1e-4, atol
 def openblas_threads():
   """Threads of scipy's OpenBLAS (the LAPACK of JAX on CPU), or None if not loaded."""
   import scipy.linalg.cython_lapack  # noqa: F401  pylint: disable=import-outside-toplevel
-  counts = [i["num_threads"] for i in threadpoolctl.threadpool_info()
-            if i["internal_api"] == "openblas" and "scipy.libs" in i["filepath"]]
+
+  counts = [
+    i["num_threads"]
+    for i in threadpoolctl.threadpool_info()
+    if i["internal_api"] == "openblas" and "scipy.libs" in i["filepath"]
+  ]
   return counts[0] if counts else None
 
 
@@ -138,10 +151,12 @@ BLAS_AS_FOUND = openblas_threads()
 
 
 def with_openblas(num_threads, fn):
-  """``fn`` wrapped to run under ``train.limit_host_blas(num_threads)`` (None: as found)."""
+  """``fn`` wrapped to run under ``guards.limit_host_blas(num_threads)`` (None: as found)."""
+
   def run():
-    with train.limit_host_blas(num_threads):
+    with guards.limit_host_blas(num_threads):
       return fn()
+
   return run
 
 
@@ -156,11 +171,14 @@ class TorchLoop:
   def __init__(self, config, image_shape, host_batch):
     import torch
     import torch_uctrl
+
     self.torch = torch
     self.model = torch_uctrl.TorchUCTRL(config, image_shape, seed=config.seed)
     self.encoder_steps = config.train.encoder_steps
     self.X = torch.from_numpy(np.ascontiguousarray(host_batch["image"].transpose(0, 3, 1, 2)))
-    self.views = torch.from_numpy(np.ascontiguousarray(host_batch["views"].transpose(0, 1, 4, 2, 3)))
+    self.views = torch.from_numpy(
+      np.ascontiguousarray(host_batch["views"].transpose(0, 1, 4, 2, 3))
+    )
 
   def iteration(self) -> dict:
     start = time.perf_counter()
@@ -185,6 +203,7 @@ def torch_parts(tl: TorchLoop, config) -> dict:
   """
   import torch
   import torch_uctrl
+
   model, X, views = tl.model, tl.X, tl.views
   enc, dec = model.encoder, model.decoder
   B, V, d = X.shape[0], views.shape[0], config.model.feature_dim
@@ -203,8 +222,15 @@ def torch_parts(tl: TorchLoop, config) -> dict:
 
   def objective(Z, Zhat, Z_aug):
     return torch_uctrl.uctrl_objective(
-        Z, Zhat, Z_aug, loss.eps_sq, loss.lambda_aug, loss.lambda_self, loss.sample_distance,
-        loss.get("sample_reduction", "sum"))["encoder_objective"]
+      Z,
+      Zhat,
+      Z_aug,
+      loss.eps_sq,
+      loss.lambda_aug,
+      loss.lambda_self,
+      loss.sample_distance,
+      loss.get("sample_reduction", "sum"),
+    )["encoder_objective"]
 
   def backward(module, out, cot):
     module.zero_grad(set_to_none=True)
@@ -258,13 +284,22 @@ def torch_parts(tl: TorchLoop, config) -> dict:
       for p, gr in zip(module.parameters(), grads):
         p.grad = gr
       opt.step()
+
     return step
 
-  return {"enc_fwd_train": enc_fwd_train, "enc_fwdbwd_train": enc_fwdbwd_train,
-          "enc_fwd_eval": enc_fwd_eval, "enc_fwdbwd_eval_params": enc_fwdbwd_eval_params,
-          "enc_fwdbwd_eval_input": enc_fwdbwd_eval_input, "dec_fwd_train": dec_fwd_train,
-          "dec_fwdbwd_train": dec_fwdbwd_train, "rate_fwd": rate_fwd, "rate_fwdgrad": rate_fwdgrad,
-          "adam_encoder": adam(enc, model.enc_opt), "adam_decoder": adam(dec, model.dec_opt)}
+  return {
+    "enc_fwd_train": enc_fwd_train,
+    "enc_fwdbwd_train": enc_fwdbwd_train,
+    "enc_fwd_eval": enc_fwd_eval,
+    "enc_fwdbwd_eval_params": enc_fwdbwd_eval_params,
+    "enc_fwdbwd_eval_input": enc_fwdbwd_eval_input,
+    "dec_fwd_train": dec_fwd_train,
+    "dec_fwdbwd_train": dec_fwdbwd_train,
+    "rate_fwd": rate_fwd,
+    "rate_fwdgrad": rate_fwdgrad,
+    "adam_encoder": adam(enc, model.enc_opt),
+    "adam_decoder": adam(dec, model.dec_opt),
+  }
 
 
 def breakdown(loop: JaxLoop, tl: TorchLoop, repeats: int):
@@ -312,6 +347,7 @@ def breakdown(loop: JaxLoop, tl: TorchLoop, repeats: int):
       out = f(p, x)
       out = out[0] if isinstance(out, tuple) else out
       return jnp.sum(out * cot)
+
     return jax.jit(jax.grad(loss))
 
   def objective(Z, Zhat, Z_aug):
@@ -319,8 +355,10 @@ def breakdown(loop: JaxLoop, tl: TorchLoop, repeats: int):
 
   Z = jax.jit(lambda p, x: enc_train(p, x)[0][:B])(ep, x_all)
   # Views' features keep the step's layout (V, B, d) split over B, not over V.
-  Z_aug = jax.jit(lambda p, x: enc_train(p, x)[0][B:].reshape(V, B, d),
-                  out_shardings=sharding.batch_sharding(loop.mesh, "views"))(ep, x_all)
+  Z_aug = jax.jit(
+    lambda p, x: enc_train(p, x)[0][B:].reshape(V, B, d),
+    out_shardings=sharding.batch_sharding(loop.mesh, "views"),
+  )(ep, x_all)
   Xhat = jax.jit(lambda p, z: dec_train(p, z)[0])(dp, Z)
   Zhat = jax.jit(enc_eval)(ep, Xhat)
   enc_grads = jax.tree.map(lambda x: 1e-3 * jnp.ones_like(x), ep)
@@ -331,29 +369,36 @@ def breakdown(loop: JaxLoop, tl: TorchLoop, repeats: int):
     def update(params, grads, opt_state):
       updates, opt_state = tx.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state
+
     return jax.jit(update)
 
   j = {
-      "enc_fwd_train": (jax.jit(enc_train), (ep, x_all)),
-      "enc_fwdbwd_train": (vjp_params(enc_train, z_all_cot), (ep, x_all)),
-      "enc_fwd_eval": (jax.jit(enc_eval), (ep, Xhat)),
-      "enc_fwdbwd_eval_params": (vjp_params(enc_eval, z_cot), (ep, Xhat)),
-      "enc_fwdbwd_eval_input": (
-          jax.jit(jax.grad(lambda x, p: jnp.sum(enc_eval(p, x) * z_cot))), (Xhat, ep)),
-      "dec_fwd_train": (jax.jit(dec_train), (dp, Z)),
-      "dec_fwdbwd_train": (vjp_params(dec_train, x_cot), (dp, Z)),
-      "rate_fwd": (jax.jit(objective), (Z, Zhat, Z_aug)),
-      "rate_fwdgrad": (jax.jit(jax.value_and_grad(objective, argnums=(0, 1, 2))), (Z, Zhat, Z_aug)),
-      "adam_encoder": (adam(enc_tx), (ep, enc_grads, enc_opt)),
-      "adam_decoder": (adam(dec_tx), (dp, dec_grads, dec_opt)),
+    "enc_fwd_train": (jax.jit(enc_train), (ep, x_all)),
+    "enc_fwdbwd_train": (vjp_params(enc_train, z_all_cot), (ep, x_all)),
+    "enc_fwd_eval": (jax.jit(enc_eval), (ep, Xhat)),
+    "enc_fwdbwd_eval_params": (vjp_params(enc_eval, z_cot), (ep, Xhat)),
+    "enc_fwdbwd_eval_input": (
+      jax.jit(jax.grad(lambda x, p: jnp.sum(enc_eval(p, x) * z_cot))),
+      (Xhat, ep),
+    ),
+    "dec_fwd_train": (jax.jit(dec_train), (dp, Z)),
+    "dec_fwdbwd_train": (vjp_params(dec_train, x_cot), (dp, Z)),
+    "rate_fwd": (jax.jit(objective), (Z, Zhat, Z_aug)),
+    "rate_fwdgrad": (jax.jit(jax.value_and_grad(objective, argnums=(0, 1, 2))), (Z, Zhat, Z_aug)),
+    "adam_encoder": (adam(enc_tx), (ep, enc_grads, enc_opt)),
+    "adam_decoder": (adam(dec_tx), (dp, dec_grads, dec_opt)),
   }
-  fns = {("jax", name): timed(lambda f=f, a=a: jax.block_until_ready(f(*a)))
-         for name, (f, a) in j.items()}
+  fns = {
+    ("jax", name): timed(lambda f=f, a=a: jax.block_until_ready(f(*a)))
+    for name, (f, a) in j.items()
+  }
   fns[("jax", "h2d")] = timed(
-      lambda: jax.block_until_ready(sharding.shard_batch(loop.host_batch, loop.mesh)))
+    lambda: jax.block_until_ready(sharding.shard_batch(loop.host_batch, loop.mesh))
+  )
   fns[("jax", "iteration")] = loop.iteration
-  fns[("jax", "rate_fwdgrad_blas_found")] = with_openblas(BLAS_AS_FOUND,
-                                                          fns[("jax", "rate_fwdgrad")])
+  fns[("jax", "rate_fwdgrad_blas_found")] = with_openblas(
+    BLAS_AS_FOUND, fns[("jax", "rate_fwdgrad")]
+  )
   fns.update({("torch", name): timed(fn) for name, fn in torch_parts(tl, config).items()})
   fns[("torch", "iteration")] = tl.iteration
   med = {"jax": {}, "torch": {}}
@@ -363,27 +408,33 @@ def breakdown(loop: JaxLoop, tl: TorchLoop, repeats: int):
 
   k = config.train.encoder_steps
   rows = [  # (label, key, times per iteration)
-      (f"encoder fwd+bwd, train, [X; X_a] ({B * (1 + V)} images)", "enc_fwdbwd_train", k),
-      (f"decoder fwd, train ({B})", "dec_fwd_train", k),
-      (f"encoder fwd+bwd, running stats, X̂, w.r.t. θ ({B})", "enc_fwdbwd_eval_params", k),
-      ("rate terms fwd+grad (Z, Ẑ, Z_a)", "rate_fwdgrad", k),
-      ("Adam update, encoder", "adam_encoder", k),
-      (f"encoder fwd, train, [X; X_a] ({B * (1 + V)})", "enc_fwd_train", 1),
-      (f"decoder fwd+bwd, train, w.r.t. η ({B})", "dec_fwdbwd_train", 1),
-      (f"encoder fwd+bwd, running stats, X̂, w.r.t. X̂ ({B})", "enc_fwdbwd_eval_input", 1),
-      ("rate terms fwd+grad (Z, Ẑ, Z_a)", "rate_fwdgrad", 1),
-      ("Adam update, decoder", "adam_decoder", 1),
+    (f"encoder fwd+bwd, train, [X; X_a] ({B * (1 + V)} images)", "enc_fwdbwd_train", k),
+    (f"decoder fwd, train ({B})", "dec_fwd_train", k),
+    (f"encoder fwd+bwd, running stats, X̂, w.r.t. θ ({B})", "enc_fwdbwd_eval_params", k),
+    ("rate terms fwd+grad (Z, Ẑ, Z_a)", "rate_fwdgrad", k),
+    ("Adam update, encoder", "adam_encoder", k),
+    (f"encoder fwd, train, [X; X_a] ({B * (1 + V)})", "enc_fwd_train", 1),
+    (f"decoder fwd+bwd, train, w.r.t. η ({B})", "dec_fwdbwd_train", 1),
+    (f"encoder fwd+bwd, running stats, X̂, w.r.t. X̂ ({B})", "enc_fwdbwd_eval_input", 1),
+    ("rate terms fwd+grad (Z, Ẑ, Z_a)", "rate_fwdgrad", 1),
+    ("Adam update, decoder", "adam_decoder", 1),
   ]
   table = [(label, med["jax"][key], med["torch"].get(key), n) for label, key, n in rows]
   table.append(("host → device batch (shard_batch), per batch", med["jax"]["h2d"], None, 1))
-  extra = [("encoder fwd, running stats, X̂", "enc_fwd_eval"),
-           ("rate terms fwd only", "rate_fwd"),
-           ("encoder steps, measured", "encoder steps"),
-           ("decoder step, measured", "decoder step")]
+  extra = [
+    ("encoder fwd, running stats, X̂", "enc_fwd_eval"),
+    ("rate terms fwd only", "rate_fwd"),
+    ("encoder steps, measured", "encoder steps"),
+    ("decoder step, measured", "decoder step"),
+  ]
   extra = [(label, med["jax"][key], med["torch"][key]) for label, key in extra]
-  extra.append((f"rate terms fwd+grad, JAX's OpenBLAS on {BLAS_AS_FOUND} threads (as found)",
-                med["jax"]["rate_fwdgrad_blas_found"],
-                med["torch"]["rate_fwdgrad"]))
+  extra.append(
+    (
+      f"rate terms fwd+grad, JAX's OpenBLAS on {BLAS_AS_FOUND} threads (as found)",
+      med["jax"]["rate_fwdgrad_blas_found"],
+      med["torch"]["rate_fwdgrad"],
+    )
+  )
   return table, {f: med[f]["iteration"] for f in med}, extra
 
 
@@ -402,11 +453,13 @@ def pipeline_comparison(loop: JaxLoop, data_dir, rounds: int, block: int) -> dic
   Also: the pipeline alone (batches/s with no training beside it).
   """
   from uctrl_jax import input_pipeline
+
   config = loop.config.copy_and_resolve_references()
   if data_dir is not None:
     config.data.data_dir = data_dir
-  it = input_pipeline.create_dataset(config, "train", process_index=0,
-                                     process_count=1).as_numpy_iterator()
+  it = input_pipeline.create_dataset(
+    config, "train", process_index=0, process_count=1
+  ).as_numpy_iterator()
   start = time.perf_counter()
   next(it)  # opens the files, fills the shuffle buffer
   first_batch = time.perf_counter() - start
@@ -428,8 +481,12 @@ def pipeline_comparison(loop: JaxLoop, data_dir, rounds: int, block: int) -> dic
     for _ in range(block):
       loop.iteration()
     per["pre-loaded"].append((time.perf_counter() - start) / block)
-  return {"first_batch_s": first_batch, "pipeline_alone_ms_per_batch": alone_ms,
-          "pipeline_ms": median_ms(per["pipeline"]), "preloaded_ms": median_ms(per["pre-loaded"])}
+  return {
+    "first_batch_s": first_batch,
+    "pipeline_alone_ms_per_batch": alone_ms,
+    "pipeline_ms": median_ms(per["pipeline"]),
+    "preloaded_ms": median_ms(per["pre-loaded"]),
+  }
 
 
 # ----------------------------------------------------------------------------
@@ -440,6 +497,7 @@ def pipeline_comparison(loop: JaxLoop, data_dir, rounds: int, block: int) -> dic
 def run_case(name: str, args) -> dict:
   import torch
   import torch_uctrl
+
   make_config, image_shape = CASES[name]
   config = make_config()
   if args.width is not None:
@@ -448,43 +506,59 @@ def run_case(name: str, args) -> dict:
     config.model.upsample = args.upsample
   t, m, loss = config.train, config.model, config.loss
   print(f"## {name}\n")
-  print(f"{m.encoder}/{m.decoder} w = {m.width}, upsample {m.get('upsample', 'pixel_shuffle')}, "
-        f"d = {m.feature_dim}, image {image_shape}, batch {t.batch_size}, V = {config.data.num_views}, "
-        f"{t.encoder_steps} encoder step(s) per iteration; loss {loss.mode}, "
-        f"{loss.sample_distance} sample terms ({loss.get('sample_reduction', 'sum')}), "
-        f"λ₁ = {loss.lambda_aug}, λ₂ = {loss.lambda_self}, ε² = {loss.eps_sq}; "
-        f"Adam b1 = {t.encoder_b1} / {t.decoder_b1} (encoder / decoder)\n")
+  print(
+    f"{m.encoder}/{m.decoder} w = {m.width}, upsample {m.get('upsample', 'pixel_shuffle')}, "
+    f"d = {m.feature_dim}, image {image_shape}, batch {t.batch_size}, V = {config.data.num_views}, "
+    f"{t.encoder_steps} encoder step(s) per iteration; loss {loss.mode}, "
+    f"{loss.sample_distance} sample terms ({loss.get('sample_reduction', 'sum')}), "
+    f"λ₁ = {loss.lambda_aug}, λ₂ = {loss.lambda_self}, ε² = {loss.eps_sq}; "
+    f"Adam b1 = {t.encoder_b1} / {t.decoder_b1} (encoder / decoder)\n"
+  )
   result = {"case": name, "batch_size": t.batch_size, "encoder_steps": t.encoder_steps}
 
   worst = check_objectives_agree(config, sizes=(16, max(config.model.feature_dim, 64)))
-  print(f"- check: torch and JAX objectives agree on identical random features "
-        f"(row and d side of the Gram; largest relative difference {worst:.1e})")
+  print(
+    f"- check: torch and JAX objectives agree on identical random features "
+    f"(row and d side of the Gram; largest relative difference {worst:.1e})"
+  )
   host_batch = random_batch(config, image_shape)
   jl = JaxLoop(config, image_shape, host_batch)
   tl = TorchLoop(config, image_shape, host_batch)
-  counts = {"encoder": (models.count_params(jl.state.encoder_params),
-                        torch_uctrl.count_params(tl.model.encoder)),
-            "decoder": (models.count_params(jl.state.decoder_params),
-                        torch_uctrl.count_params(tl.model.decoder))}
+  counts = {
+    "encoder": (
+      models.count_params(jl.state.encoder_params),
+      torch_uctrl.count_params(tl.model.encoder),
+    ),
+    "decoder": (
+      models.count_params(jl.state.decoder_params),
+      torch_uctrl.count_params(tl.model.decoder),
+    ),
+  }
   for net, (cj, ct) in counts.items():
     if cj != ct:
       raise AssertionError(f"{net} parameter counts differ: jax {cj}, torch {ct}")
-  print(f"- check: same nets, parameters: encoder {counts['encoder'][0]:,}, "
-        f"decoder {counts['decoder'][0]:,} (both frameworks)")
+  print(
+    f"- check: same nets, parameters: encoder {counts['encoder'][0]:,}, "
+    f"decoder {counts['decoder'][0]:,} (both frameworks)"
+  )
 
   start = time.perf_counter()
   compiles = jl.compile_check(args.compile_iterations)
   first_s = time.perf_counter() - start
   later = [names for names in compiles[1:] if names]
-  print(f"- check: compilations per iteration under jax.log_compiles: "
-        f"{[len(n) for n in compiles]} (first iteration: {', '.join(compiles[0]) or 'none'}; "
-        f"{first_s:.1f} s for all {len(compiles)})")
+  print(
+    f"- check: compilations per iteration under jax.log_compiles: "
+    f"{[len(n) for n in compiles]} (first iteration: {', '.join(compiles[0]) or 'none'}; "
+    f"{first_s:.1f} s for all {len(compiles)})"
+  )
   result["compiles_per_iteration"] = [len(n) for n in compiles]
   if later:
     raise AssertionError(f"recompilation after the first iteration: {compiles[1:]}")
-  print(f"- threads: torch {torch.get_num_threads()}, scipy OpenBLAS (JAX's LAPACK) "
-        f"{openblas_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
-        f"load average {os.getloadavg()[0]:.1f}\n")
+  print(
+    f"- threads: torch {torch.get_num_threads()}, scipy OpenBLAS (JAX's LAPACK) "
+    f"{openblas_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
+    f"load average {os.getloadavg()[0]:.1f}\n"
+  )
 
   # "jax" is the iteration as train_and_evaluate runs it (host BLAS limited to
   # config.train.host_blas_threads); "jax_blas_default" the same with OpenBLAS's pools
@@ -496,8 +570,10 @@ def run_case(name: str, args) -> dict:
   res = interleaved(contestants, args.repeats, warmup=1)
   other = "jax_blas_default" in res
   print(f"Medians of {args.repeats} alternating runs (ms):\n")
-  print(f"| part | JAX (uctrl_jax, OpenBLAS {blas} thread) | PyTorch | JAX / PyTorch |"
-        + (f" JAX, OpenBLAS {openblas_threads()} threads | that / PyTorch |" if other else ""))
+  print(
+    f"| part | JAX (uctrl_jax, OpenBLAS {blas} thread) | PyTorch | JAX / PyTorch |"
+    + (f" JAX, OpenBLAS {openblas_threads()} threads | that / PyTorch |" if other else "")
+  )
   print("|---|---|---|---|" + ("---|---|" if other else ""))
   result["side_by_side_ms"] = {}
   for label in ("encoder steps", "decoder step", "iteration"):
@@ -511,37 +587,48 @@ def run_case(name: str, args) -> dict:
     print(line)
     result["side_by_side_ms"][label] = row
   it_ms = result["side_by_side_ms"]["iteration"]
-  print(f"\niterations/s: JAX {1e3 / it_ms['jax']:.2f}, PyTorch {1e3 / it_ms['torch']:.2f}"
-        + (f", JAX with OpenBLAS as found {1e3 / it_ms['jax_blas_default']:.2f}" if other else "")
-        + "\n")
+  print(
+    f"\niterations/s: JAX {1e3 / it_ms['jax']:.2f}, PyTorch {1e3 / it_ms['torch']:.2f}"
+    + (f", JAX with OpenBLAS as found {1e3 / it_ms['jax_blas_default']:.2f}" if other else "")
+    + "\n"
+  )
 
   if args.pipeline and config.data.name == "fashion_mnist":
-    with train.limit_host_blas(blas):
+    with guards.limit_host_blas(blas):
       p = pipeline_comparison(jl, args.data_dir, args.pipeline_rounds, args.pipeline_block)
     result["pipeline"] = p
-    print(f"Input pipeline (fashion_mnist, V = {config.data.num_views}, blocks of "
-          f"{args.pipeline_block} iterations, median of {args.pipeline_rounds} rounds):\n")
+    print(
+      f"Input pipeline (fashion_mnist, V = {config.data.num_views}, blocks of "
+      f"{args.pipeline_block} iterations, median of {args.pipeline_rounds} rounds):\n"
+    )
     print("| iteration fed by | ms / iteration |")
     print("|---|---|")
     print(f"| input_pipeline.create_dataset + shard_batch | {p['pipeline_ms']:.0f} |")
     print(f"| pre-loaded device batch | {p['preloaded_ms']:.0f} |")
-    print(f"\npipeline / pre-loaded: {p['pipeline_ms'] / p['preloaded_ms']:.2f}; the pipeline "
-          f"alone: {p['pipeline_alone_ms_per_batch']:.0f} ms/batch "
-          f"({t.batch_size * 1e3 / p['pipeline_alone_ms_per_batch']:.0f} images/s); first batch "
-          f"(shuffle buffer fill) {p['first_batch_s']:.1f} s\n")
+    print(
+      f"\npipeline / pre-loaded: {p['pipeline_ms'] / p['preloaded_ms']:.2f}; the pipeline "
+      f"alone: {p['pipeline_alone_ms_per_batch']:.0f} ms/batch "
+      f"({t.batch_size * 1e3 / p['pipeline_alone_ms_per_batch']:.0f} images/s); first batch "
+      f"(shuffle buffer fill) {p['first_batch_s']:.1f} s\n"
+    )
 
   if args.breakdown:
     reps = args.breakdown_repeats or args.repeats
-    with train.limit_host_blas(blas):  # the parts as the trainer runs them
+    with guards.limit_host_blas(blas):  # the parts as the trainer runs them
       table, it_ms, extra = breakdown(jl, tl, reps)
-    result["breakdown_ms"] = {label: {"jax": a, "torch": b, "per_iteration": n}
-                              for label, a, b, n in table}
+    result["breakdown_ms"] = {
+      label: {"jax": a, "torch": b, "per_iteration": n} for label, a, b, n in table
+    }
     result["breakdown_iteration_ms"] = it_ms
     result["breakdown_reference_ms"] = {label: {"jax": a, "torch": b} for label, a, b in extra}
-    print(f"Iteration breakdown (JAX sub-jits and the same parts in PyTorch, medians of "
-          f"{reps}, all interleaved):\n")
-    print("| component | JAX ms | PyTorch ms | JAX / PyTorch | × per iteration "
-          "| JAX ms per iteration | % of JAX iteration |")
+    print(
+      f"Iteration breakdown (JAX sub-jits and the same parts in PyTorch, medians of "
+      f"{reps}, all interleaved):\n"
+    )
+    print(
+      "| component | JAX ms | PyTorch ms | JAX / PyTorch | × per iteration "
+      "| JAX ms per iteration | % of JAX iteration |"
+    )
     print("|---|---|---|---|---|---|---|")
     total = {"jax": 0.0, "torch": 0.0}
     fmt = lambda v: "—" if v is None else f"{v:.1f}"  # noqa: E731
@@ -549,12 +636,18 @@ def run_case(name: str, args) -> dict:
       total["jax"] += a * n
       total["torch"] += (b or 0.0) * n
       ratio = "—" if b is None else f"{a / b:.2f}"
-      print(f"| {label} | {a:.1f} | {fmt(b)} | {ratio} | {n} | {a * n:.1f} "
-            f"| {100 * a * n / it_ms['jax']:.0f} |")
-    print(f"| **sum of parts** (per iteration) | {total['jax']:.0f} | {total['torch']:.0f} "
-          f"| {total['jax'] / total['torch']:.2f} | | | {100 * total['jax'] / it_ms['jax']:.0f} |")
-    print(f"| **iteration, measured** (pre-loaded batch) | {it_ms['jax']:.0f} | "
-          f"{it_ms['torch']:.0f} | {it_ms['jax'] / it_ms['torch']:.2f} | | | 100 |")
+      print(
+        f"| {label} | {a:.1f} | {fmt(b)} | {ratio} | {n} | {a * n:.1f} "
+        f"| {100 * a * n / it_ms['jax']:.0f} |"
+      )
+    print(
+      f"| **sum of parts** (per iteration) | {total['jax']:.0f} | {total['torch']:.0f} "
+      f"| {total['jax'] / total['torch']:.2f} | | | {100 * total['jax'] / it_ms['jax']:.0f} |"
+    )
+    print(
+      f"| **iteration, measured** (pre-loaded batch) | {it_ms['jax']:.0f} | "
+      f"{it_ms['torch']:.0f} | {it_ms['jax'] / it_ms['torch']:.2f} | | | 100 |"
+    )
     for label, a, b in extra:
       print(f"| (reference) {label} | {a:.1f} | {b:.1f} | {a / b:.2f} | | | |")
     print()
@@ -563,20 +656,33 @@ def run_case(name: str, args) -> dict:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--cases", default="fashion_mnist_b128,fashion_mnist_b512",
-                      help=f"comma-separated, from {', '.join(CASES)}")
+  parser.add_argument(
+    "--cases",
+    default="fashion_mnist_b128,fashion_mnist_b512",
+    help=f"comma-separated, from {', '.join(CASES)}",
+  )
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--breakdown", action="store_true", help="time the JAX iteration's parts")
-  parser.add_argument("--breakdown_repeats", type=int, default=None,
-                      help="repeats of the breakdown (default --repeats)")
-  parser.add_argument("--pipeline", action="store_true",
-                      help="Fashion-MNIST cases: real input pipeline vs pre-loaded batches")
-  parser.add_argument("--data_dir", default=None, help="tfds data dir (None: ~/tensorflow_datasets)")
+  parser.add_argument(
+    "--breakdown_repeats",
+    type=int,
+    default=None,
+    help="repeats of the breakdown (default --repeats)",
+  )
+  parser.add_argument(
+    "--pipeline",
+    action="store_true",
+    help="Fashion-MNIST cases: real input pipeline vs pre-loaded batches",
+  )
+  parser.add_argument(
+    "--data_dir", default=None, help="tfds data dir (None: ~/tensorflow_datasets)"
+  )
   parser.add_argument("--pipeline_rounds", type=int, default=3)
   parser.add_argument("--pipeline_block", type=int, default=5)
   parser.add_argument("--width", type=int, default=None, help="override config.model.width")
-  parser.add_argument("--upsample", default=None, choices=models.UPSAMPLES,
-                      help="override config.model.upsample")
+  parser.add_argument(
+    "--upsample", default=None, choices=models.UPSAMPLES, help="override config.model.upsample"
+  )
   parser.add_argument("--compile_iterations", type=int, default=3)
   parser.add_argument("--json", default=None, help="also write the results here")
   args = parser.parse_args(argv)
@@ -588,14 +694,25 @@ def main(argv=None):
     parser.error(f"unknown cases {unknown}; choose from {list(CASES)}")
 
   import torch
-  print(f"# uCTRL iteration: JAX {jax.__version__} ({jax.devices()[0].platform}, "
-        f"{jax.device_count()} device(s)) vs PyTorch {torch.__version__}; "
-        f"{os.cpu_count()} CPUs\n")
+
+  print(
+    f"# uCTRL iteration: JAX {jax.__version__} ({jax.devices()[0].platform}, "
+    f"{jax.device_count()} device(s)) vs PyTorch {torch.__version__}; "
+    f"{os.cpu_count()} CPUs\n"
+  )
   results = [run_case(name, args) for name in names]
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"jax": jax.__version__, "torch": torch.__version__, "cpus": os.cpu_count(),
-                 "cases": results}, f, indent=2)
+      json.dump(
+        {
+          "jax": jax.__version__,
+          "torch": torch.__version__,
+          "cpus": os.cpu_count(),
+          "cases": results,
+        },
+        f,
+        indent=2,
+      )
   return results
 
 

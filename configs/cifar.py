@@ -3,15 +3,16 @@
     python main.py --config=configs/cifar.py --workdir=/tmp/uctrl_cifar10
 
 What is CIFAR's here: the data, the ResNet-18 pair (w = 64), CTRL's two encoder steps per
-decoder step (SPEC §3) and batch 512 (the default 2 000 iterations are about 20 epochs).
-The decoder's upsampling, the sample-wise terms and the schedule are default.py's, which
+decoder step (docs/method.md#the-game) and batch 512 (the default 2 000 iterations are about 20
+epochs). The decoder's upsampling, the sample-wise terms and the schedule are default.py's, which
 were measured on Fashion-MNIST only.
 
 Run so far (2026-12-03): 20 iterations of this command on CPU with random CIFAR-shaped
 images (`npz:`, width 8, d = 16, batch 16: tests/test_configs.py), and the iteration's
-speed on CPU (benchmarks/train_step_bench.py, README). Not run: real CIFAR-10, the full
+speed on CPU (benchmarks/train_step_bench.py, docs/benchmarks.md). Not run: real CIFAR-10, the full
 width or length, any accelerator; there are no quality figures for this config.
 """
+
 from configs import default
 
 
@@ -21,6 +22,6 @@ def get_config():
   config.data.image_size = 32
   config.model.encoder = "resnet18"
   config.model.decoder = "resnet18"
-  config.train.encoder_steps = 2  # CTRL's CIFAR-10 setting (SPEC §3)
+  config.train.encoder_steps = 2  # CTRL's CIFAR-10 setting (docs/method.md#the-game)
   config.train.batch_size = 512
   return config

@@ -8,6 +8,7 @@ Run so far (2026-12-03): 20 iterations of this command on CPU with random CIFAR-
 images (`npz:`, width 8, d = 16, batch 16: tests/test_configs.py). Not run: real
 CIFAR-100, the full width or length, any accelerator; no quality figures.
 """
+
 from configs import cifar
 
 

@@ -2,7 +2,7 @@
 
 The settings that decide whether the closed loop reconstructs anything hold for every
 dataset here: the resize-conv decoder, cosine sample-wise terms on batch means and a
-cosine learning-rate decay (measured on Fashion-MNIST: the README's sweep, where pixel
+cosine learning-rate decay (measured on Fashion-MNIST: the sweep of docs/experiments.md, where pixel
 shuffle, CTRL's transposed conv and the exact sample-wise ΔR reconstructed nothing).
 So does the multi-view recipe that made the features beat raw pixels and match the
 encoder-only TCR baseline (docs/recipes.md, Fashion-MNIST only so far): 8 views pulled
@@ -11,14 +11,15 @@ to the views' mean with λ₁ = 30, R expanded over the views too, the encoder's
 statistics.
 Dataset configs override only what is theirs: data, image size, architecture and
 width, batch, steps, encoder steps, logging intervals. Values the paper does not state
-(λ₁, λ₂, ε², number of views, d) are provisional (SPEC §3); see
-../shared/CALIBRATION.md for what prototypes showed.
+(λ₁, λ₂, ε², number of views, d) are provisional (docs/method.md#the-game); see
+docs/experiments.md for what prototypes and probes showed.
 
 As a config of its own (Fashion-MNIST at width 64, batch 512, 2 000 iterations:
 `python main.py --config=configs/default.py --workdir=DIR`) it has run only as
 tests/test_configs.py runs every shipped config: 20 iterations on random CIFAR-shaped
 images at width 8; configs/fashion_mnist.py is the measured Fashion-MNIST run.
 """
+
 import ml_collections
 
 
@@ -67,7 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.encoder_depth = 0  # dcgan: extra 3×3 convs after each strided conv (CTRL: 0)
   config.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (rate terms stay float32)
 
-  # --- objective (uctrl_jax/rate_reduction.py, SPEC §2-3) ---
+  # --- objective (uctrl_jax/rate_reduction.py, docs/method.md#coding-rates, #the-game) ---
   config.loss = ml_collections.ConfigDict()
   # "uctrl" | "ctrl_binary" | "ctrl_multi"; encoder-only baselines: "tcr" (EMP-SSL) | "simclr"
   config.loss.mode = "uctrl"
@@ -78,10 +79,13 @@ def get_config() -> ml_collections.ConfigDict:
   # λ₂: 30 against 10 raised class consistency 76% → 82% and PSNR 15.1 → 17.7 dB, features
   # no worse (docs/recipes.md).
   config.loss.lambda_self = 30.0
-  # "cosine" 1 − cos | "exact" ΔR(u, v) (SPEC §3's). With exact at λ = 10 the encoder sends ẑ
-  # orthogonal to z and nothing is reconstructed (the README's sweep: 9% consistency).
+  # "cosine" 1 − cos | "exact" ΔR(u, v) (docs/method.md#sample-wise-distance). With exact at λ = 10
+  # the encoder sends ẑ orthogonal to z and nothing is reconstructed (the sweep of
+  # docs/experiments.md: 9% consistency).
   config.loss.sample_distance = "cosine"
-  config.loss.sample_reduction = "mean"  # "sum" (SPEC §3 Σᵢ) | "mean" (λ independent of n)
+  config.loss.sample_reduction = (
+    "mean"  # "sum" (Σᵢ, docs/method.md#the-game) | "mean" (λ independent of n)
+  )
   # The augmentation term compares: "image" each view with f(x) | "mean" the image and the
   # views (half weight each) with the normalised mean of the views' features (EMP-SSL's).
   config.loss.aug_target = "mean"
@@ -137,21 +141,39 @@ def get_config() -> ml_collections.ConfigDict:
   # at most max_rollbacks times.
   config.train.on_nonfinite = "stop"
   config.train.max_rollbacks = 3
+  # The health monitor's warnings (uctrl_jax/guards.py, docs/method.md#known-failures):
+  # collapse when R(Z) falls below collapse_fraction of its running maximum; fooling when
+  # cos(z, ẑ) > fooling_cos while the reconstruction MSE is above fooling_mse_fraction of
+  # its first value. fooling_cos 0.75: the 2026-11-29 Fashion-MNIST run drew noise at
+  # cos(z, ẑ) ≈ 0.8 (prototypes: 0.8-0.96); a faithful transcription has cos near 1 and
+  # falling MSE.
+  config.train.health = ml_collections.ConfigDict(
+    dict(collapse_fraction=0.5, fooling_cos=0.75, fooling_mse_fraction=0.9)
+  )
   # Test-only fault hook: NaN in the encoder's parameters and objective after this step.
   config.train.fault_inject_nan_at_step = ml_collections.config_dict.placeholder(int)
 
-  # --- evaluation (uctrl_jax/evaluators/, uctrl_jax/evaluate.py; SPEC §4) ---
+  # --- evaluation (uctrl_jax/evaluators/, evaluate.py; docs/method.md#evaluation-protocols) ---
   # Each evaluator's block holds keyword arguments of its module's `evaluate`.
   config.evals = ml_collections.ConfigDict()
-  config.evals.names = ("knn", "linear_probe", "nearest_subspace", "clustering", "reconstruction",
-                        "conditional_generation", "fid", "structure")
+  config.evals.names = (
+    "knn",
+    "linear_probe",
+    "nearest_subspace",
+    "clustering",
+    "reconstruction",
+    "conditional_generation",
+    "fid",
+    "structure",
+  )
   # The first N examples of each split (None: all) for evaluate.py.
   config.evals.max_train_examples = ml_collections.config_dict.placeholder(int)
   config.evals.max_test_examples = ml_collections.config_dict.placeholder(int)
   # Run by train.py every config.train.eval_every steps and at the end, logged as eval/...:
   # the cheap evaluators on a subset (names=() turns it off).
-  config.evals.during_training = ml_collections.ConfigDict(dict(
-      names=("knn", "reconstruction"), max_train_examples=10_000, max_test_examples=2_000))
+  config.evals.during_training = ml_collections.ConfigDict(
+    dict(names=("knn", "reconstruction"), max_train_examples=10_000, max_test_examples=2_000)
+  )
   # The splits evaluators read (slices too: "train[:90%]" / "train[90%:]"); train_split
   # is the kNN's / linear probe's reference set, test_split the one scored.
   config.evals.train_split = "train"
@@ -165,18 +187,35 @@ def get_config() -> ml_collections.ConfigDict:
   config.evals.knn = ml_collections.ConfigDict(dict(k=20, temperature=0.07))  # solo-learn
   config.evals.linear_probe = ml_collections.ConfigDict(dict(steps=500, lr=0.05, weight_decay=1e-4))
   config.evals.nearest_subspace = ml_collections.ConfigDict(dict(n_components=10))  # CTRL
-  config.evals.clustering = ml_collections.ConfigDict(dict(
+  config.evals.clustering = ml_collections.ConfigDict(
+    dict(
       num_clusters=ml_collections.config_dict.placeholder(int),  # None: number of classes
-      seed=0, num_iters=100, num_restarts=10, mcr2=True,
+      seed=0,
+      num_iters=100,
+      num_restarts=10,
+      mcr2=True,
       eps_sq=ml_collections.config_dict.placeholder(float),  # None: config.loss.eps_sq
-      mcr2_steps=200, mcr2_lr=0.01, mcr2_temperature=0.1, mcr2_max_examples=5000,
-      mcr2_max_dim=128))
+      mcr2_steps=200,
+      mcr2_lr=0.01,
+      mcr2_temperature=0.1,
+      mcr2_max_examples=5000,
+      mcr2_max_dim=128,
+    )
+  )
   config.evals.reconstruction = ml_collections.ConfigDict(dict(k=20, temperature=0.07))
-  config.evals.conditional_generation = ml_collections.ConfigDict(dict(
-      use_labels=False, num_clusters=ml_collections.config_dict.placeholder(int), seed=0,
+  config.evals.conditional_generation = ml_collections.ConfigDict(
+    dict(
+      use_labels=False,
+      num_clusters=ml_collections.config_dict.placeholder(int),
+      seed=0,
       num_clusters_without_labels=10,  # k-means clusters when the data have no classes
-      num_components=8, num_samples=10))
+      num_components=8,
+      num_samples=10,
+    )
+  )
   # A TensorFlow SavedModel of Inception-v3 pool features; None skips FID (never downloaded).
-  config.evals.fid = ml_collections.ConfigDict(dict(
-      inception_path=ml_collections.config_dict.placeholder(str)))
+  config.evals.fid = ml_collections.ConfigDict(
+    dict(inception_path=ml_collections.config_dict.placeholder(str))
+  )
+  config.evals.structure = ml_collections.ConfigDict()  # no options
   return config

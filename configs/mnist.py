@@ -7,6 +7,7 @@ Fashion-MNIST). Run so far (2026-12-03): 20 iterations of this command on CPU wi
 CIFAR-shaped images resized to 28×28 (`npz:`, width 8, d = 16, batch 16:
 tests/test_configs.py). Not run on MNIST itself; no quality figures.
 """
+
 from configs import fashion_mnist
 
 

@@ -10,6 +10,7 @@ images resized to 96×96 (`npz:`, width 8, d = 16, batch 16: tests/test_configs.
 test). Not run: real STL-10, the full width or length, any accelerator; no quality
 figures.
 """
+
 from configs import cifar
 
 

@@ -5,6 +5,7 @@
 Expected: nothing useful is learned; it exercises every code path in seconds. Run by
 the tests throughout (tests/test_configs.py runs this command with `npz:` data).
 """
+
 from configs import default
 
 

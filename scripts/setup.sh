@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for uctrl-jax: the Debian Fashion-MNIST files (offline data,
-# SPEC §5) and a virtual environment at .venv with the pinned requirements.
-# Idempotent: a second run installs nothing new.
+# docs/method.md#data-without-network) and a virtual environment at .venv with the pinned
+# requirements. Idempotent: a second run installs nothing new.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -3,12 +3,14 @@
 The environment lines must run before jax is imported anywhere, which pytest
 guarantees for conftest.py.
 """
+
 import os
 import socket
 
 import pytest
 
-# 8 host devices let the sharding tests run in-process (SPEC §2: exact under sharding).
+# 8 host devices let the sharding tests run in-process (docs/method.md#closed-forms-the-code-uses:
+# exact under sharding).
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
   os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
@@ -53,6 +55,7 @@ def fashion_mnist_data_dir(tmp_path_factory):
   """tfds data dir with the real Fashion-MNIST, prepared once per session, offline."""
   require_debian_fashion_mnist()
   from uctrl_jax import datasets  # after the environment above is set
+
   data_dir = tmp_path_factory.getbasetemp() / "tfds_fashion_mnist"
   with pytest.MonkeyPatch.context() as mp:  # offline means no socket at all
     _block_network(mp)
@@ -65,6 +68,7 @@ def random_npz(tmp_path_factory):
   """``random_npz(image_shape)``: the path of an ``npz:`` file (written once per shape) of
   64 random uint8 images ``(64, *image_shape)`` and labels in [0, 10), seed 0."""
   import numpy as np  # pylint: disable=import-outside-toplevel
+
   paths = {}
 
   def make(image_shape):
@@ -72,10 +76,12 @@ def random_npz(tmp_path_factory):
     if image_shape not in paths:
       rng = np.random.default_rng(0)
       path = tmp_path_factory.mktemp("npz") / "data.npz"
-      np.savez(path, x=rng.integers(0, 256, (64, *image_shape), dtype=np.uint8),
-               y=rng.integers(0, 10, 64))
+      np.savez(
+        path, x=rng.integers(0, 256, (64, *image_shape), dtype=np.uint8), y=rng.integers(0, 10, 64)
+      )
       paths[image_shape] = str(path)
     return paths[image_shape]
+
   return make
 
 
@@ -86,11 +92,17 @@ MOCK_EXAMPLES = 48
 def mock_metadata_dir(tmp_path_factory):
   """cifar10 metadata saying each split has MOCK_EXAMPLES examples."""
   import tensorflow_datasets as tfds  # heavy: only where needed
+
   data_dir = tmp_path_factory.mktemp("mock_tfds")
   builder = tfds.builder("cifar10", data_dir=str(data_dir))
-  builder.info.set_splits(tfds.core.SplitDict([
-      tfds.core.SplitInfo(name=s, shard_lengths=[MOCK_EXAMPLES], num_bytes=0)
-      for s in ("train", "test")]))
+  builder.info.set_splits(
+    tfds.core.SplitDict(
+      [
+        tfds.core.SplitInfo(name=s, shard_lengths=[MOCK_EXAMPLES], num_bytes=0)
+        for s in ("train", "test")
+      ]
+    )
+  )
   builder.data_path.mkdir(parents=True)
   builder.info.write_to_directory(builder.data_path)
   return str(data_dir)
@@ -105,6 +117,7 @@ def mock_cifar10(mock_metadata_dir, monkeypatch):
   """
   import tensorflow_datasets as tfds
   from uctrl_jax import checkpointing
+
   # While the mock's `as_dataset` runs, tfds swaps a fake filesystem in for etils.epath,
   # process-wide. orbax's start-up cleanup of a checkpoint directory lists it through
   # epath in a background thread and can run into that window (FileNotFoundError under
@@ -117,9 +130,9 @@ def mock_cifar10(mock_metadata_dir, monkeypatch):
     self._manager._maybe_await_cleanup_tmp_directory()  # pylint: disable=protected-access
 
   monkeypatch.setattr(checkpointing.Checkpointer, "__init__", init_then_await_cleanup)
-  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES,
-                              data_dir=mock_metadata_dir,
-                              policy=tfds.testing.MockPolicy.USE_FILES):
+  with tfds.testing.mock_data(
+    num_examples=MOCK_EXAMPLES, data_dir=mock_metadata_dir, policy=tfds.testing.MockPolicy.USE_FILES
+  ):
     yield
 
 
@@ -158,10 +171,12 @@ def env_without(tmp_path):
   A ``sitecustomize.py`` on ``PYTHONPATH`` installs the blocker at start-up, so the
   subprocesses' own children are blocked too.
   """
+
   def make(*modules):
     site = tmp_path / "blocked_site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(_BLOCKER.format(modules=tuple(sorted(modules))))
     path = os.pathsep.join([str(site)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     return dict(os.environ, PYTHONPATH=path)  # conftest's CPU-only settings included
+
   return make

@@ -1,4 +1,5 @@
 """benchmarks/ablations.py end to end on a few iterations of real Fashion-MNIST."""
+
 import importlib.util
 import json
 import os
@@ -12,33 +13,48 @@ _BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 def _ablations():
   if _BENCH_DIR not in sys.path:
     sys.path.insert(0, _BENCH_DIR)  # ablations imports sweep by name
-  spec = importlib.util.spec_from_file_location("ablations", os.path.join(_BENCH_DIR,
-                                                                          "ablations.py"))
+  spec = importlib.util.spec_from_file_location(
+    "ablations", os.path.join(_BENCH_DIR, "ablations.py")
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
 
 
-def test_ablation_sweep_writes_rows_table_readme_and_heatmaps(fashion_mnist_data_dir, tmp_path):
+def test_ablation_sweep_writes_rows_table_doc_and_heatmaps(fashion_mnist_data_dir, tmp_path):
   ablations = _ablations()
-  readme = tmp_path / "README.md"
-  readme.write_text("intro\n<!-- ablations:begin -->\nold\n<!-- ablations:end -->\nafter\n")
+  doc = tmp_path / "ablations.md"
+  doc.write_text("intro\n<!-- ablations:begin -->\nold\n<!-- ablations:end -->\nafter\n")
   out = tmp_path / "sweep"
-  argv = [f"--out={out}", "--steps=2", "--only=full,full_seed1,no_rate",
-          "--max_train_examples=600", "--max_test_examples=200",
-          f"--data_dir={fashion_mnist_data_dir}", f"--readme={readme}"]
+  argv = [
+    f"--out={out}",
+    "--steps=2",
+    "--only=full,full_seed1,no_rate",
+    "--max_train_examples=600",
+    "--max_test_examples=200",
+    f"--data_dir={fashion_mnist_data_dir}",
+    f"--doc={doc}",
+  ]
   rows = ablations.main(argv)
   assert [r["name"] for r in rows] == ["full", "full_seed1", "no_rate"]
   for row in rows:
     assert row["steps"] == 2
-    for key in ("knn/top1", "linear_probe/top1", "clustering/kmeans_acc", "structure/score",
-                "reconstruction/psnr", "reconstruction/consistency", "term/R", "term/self"):
+    for key in (
+      "knn/top1",
+      "linear_probe/top1",
+      "clustering/kmeans_acc",
+      "structure/score",
+      "reconstruction/psnr",
+      "reconstruction/consistency",
+      "term/R",
+      "term/self",
+    ):
       assert np.isfinite(row[key]), key
   # The seeds give different runs; the ablation is recorded without the data_dir override.
   full, seed1, no_rate = rows
   assert full["term/R"] != seed1["term/R"]
   assert no_rate["overrides"] == {"loss.rate_weight": 0.0}
-  text = readme.read_text()
+  text = doc.read_text()
   assert "old" not in text and text.startswith("intro\n") and text.endswith("after\n")
   assert "| without R(Z) |" in text and "noise: \\|seed 0 − seed 1\\|" in text
   assert "| *raw pixels* |" in text

@@ -1,10 +1,10 @@
 """uctrl_jax/checkpointing.py: TrainState + extra round trips, sharding, retention, config."""
+
 import json
 import os
 import shutil
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -46,8 +46,7 @@ def _assert_trees_equal(actual, expected):
   assert jax.tree.structure(actual) == jax.tree.structure(expected)
   for (path, a), e in zip(jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(expected)):
     assert a.dtype == e.dtype, jax.tree_util.keystr(path)
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(e),
-                                  err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(e), err_msg=jax.tree_util.keystr(path))
 
 
 def test_round_trip_keeps_values_and_sharding(tmp_path, fresh_state, mesh):
@@ -75,8 +74,9 @@ def test_restore_chosen_step_and_onto_abstract_target(tmp_path, fresh_state, mes
   with checkpointing.Checkpointer(str(tmp_path)) as ckpt:
     for s, state in states.items():
       ckpt.save(s, state, {"step": s})
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                            fresh_state)
+    abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), fresh_state
+    )
     restored, extra = ckpt.restore(abstract, step=2)
     assert extra == {"step": 2}
     _assert_trees_equal(restored, states[2])
@@ -141,9 +141,12 @@ def test_config_round_trip(tmp_path):
   path = checkpointing.save_config(str(tmp_path), config)
   assert path == str(tmp_path / "config.json")
   loaded = checkpointing.load_config(str(tmp_path))
+
   # JSON has no tuples (crop_scale comes back as a list) and no placeholder types,
   # so compare both in JSON normal form.
-  normal = lambda d: json.dumps(d, sort_keys=True)
+  def normal(d):
+    return json.dumps(d, sort_keys=True)
+
   assert normal(loaded.to_dict()) == normal(json.loads(config.to_json_best_effort()))
   assert loaded.model.feature_dim == 16 and loaded.train.batch_size == 16
   assert list(loaded.data.augment.crop_scale) == list(config.data.augment.crop_scale)

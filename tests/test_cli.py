@@ -5,6 +5,7 @@ message for a directory without a (readable) run.
 The subprocesses stop before anything is trained or compiled (a missing run, a bad
 config value, bad data), so each costs only the imports.
 """
+
 import json
 import os
 import subprocess
@@ -23,8 +24,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _main(*args, code=None, timeout=600):
   """Runs main.py (or `code` with main's flags) in a subprocess: (exit status, stderr)."""
   cmd = [sys.executable] + (["-c", code] if code else ["main.py"]) + list(args)
-  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                        env=dict(os.environ))  # conftest's CPU-only settings included
+  proc = subprocess.run(
+    cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=dict(os.environ)
+  )  # conftest's CPU-only settings included
   return proc.returncode, proc.stderr
 
 
@@ -40,13 +42,15 @@ def _assert_one_line_error(status, stderr, *fragments):
 def test_eval_of_a_directory_without_a_run(tmp_path):
   workdir = tmp_path / "no_run"
   status, stderr = _main("--mode=eval", "--config=configs/tiny.py", f"--workdir={workdir}")
-  _assert_one_line_error(status, stderr, f"error: {workdir} holds no run: no "
-                         f"{workdir / 'config.json'}")
+  _assert_one_line_error(
+    status, stderr, f"error: {workdir} holds no run: no {workdir / 'config.json'}"
+  )
 
 
 def test_bad_config_value(tmp_path):
-  status, stderr = _main("--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}",
-                         "--config.loss.eps_sq=0")
+  status, stderr = _main(
+    "--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}", "--config.loss.eps_sq=0"
+  )
   _assert_one_line_error(status, stderr, "config.loss.eps_sq must be a finite number > 0")
 
 
@@ -55,20 +59,23 @@ def test_bad_data(tmp_path):
   x[2, 3, 3] = np.nan
   path = tmp_path / "nan.npz"
   np.savez(path, x=x)
-  status, stderr = _main("--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}",
-                         f"--config.data.name=npz:{path}")
+  status, stderr = _main(
+    "--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}", f"--config.data.name=npz:{path}"
+  )
   _assert_one_line_error(status, stderr, str(path), "x[2] holds a non-finite value")
 
 
 def test_a_bug_keeps_its_traceback(tmp_path):
-  code = ("import sys; sys.argv[0] = 'main.py'\n"
-          "from absl import app\n"
-          "import main\n"
-          "from uctrl_jax import train\n"
-          "def broken(config, workdir):\n"
-          "  raise KeyError('a bug')\n"
-          "train.train_and_evaluate = broken\n"
-          "app.run(main.main)\n")
+  code = (
+    "import sys; sys.argv[0] = 'main.py'\n"
+    "from absl import app\n"
+    "import main\n"
+    "from uctrl_jax import train\n"
+    "def broken(config, workdir):\n"
+    "  raise KeyError('a bug')\n"
+    "train.train_and_evaluate = broken\n"
+    "app.run(main.main)\n"
+  )
   status, stderr = _main("--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}", code=code)
   assert status == 1 and "Traceback" in stderr and "KeyError: 'a bug'" in stderr, stderr[-3000:]
 
@@ -83,8 +90,10 @@ def _saved_run(workdir):
 
 
 def test_load_of_a_directory_without_a_run(tmp_path):
-  with pytest.raises(checkpointing.RunLoadError,
-                     match=f"{tmp_path / 'none'} holds no run: no {tmp_path / 'none'}/config.json"):
+  with pytest.raises(
+    checkpointing.RunLoadError,
+    match=f"{tmp_path / 'none'} holds no run: no {tmp_path / 'none'}/config.json",
+  ):
     uctrl_jax.load(str(tmp_path / "none"))
   assert not (tmp_path / "none").exists()  # looking created nothing
 
@@ -98,8 +107,9 @@ def test_load_of_a_run_without_checkpoint_or_with_a_damaged_one(tmp_path):
   step_dir = tmp_path / "checkpoints" / "3"  # a step directory holding no checkpoint
   (step_dir / "state").mkdir(parents=True)
   (step_dir / "state" / "garbage").write_text("not a checkpoint")
-  with pytest.raises(checkpointing.RunLoadError, match=f"the checkpoint in {tmp_path} cannot be "
-                     "read") as e:
+  with pytest.raises(
+    checkpointing.RunLoadError, match=f"the checkpoint in {tmp_path} cannot be read"
+  ) as e:
     uctrl_jax.load(str(tmp_path))
   assert "\n" not in str(e.value)
 

@@ -6,6 +6,7 @@ kernels run at once as the pool has threads (2 on this machine), every thread wa
 and the program never returns. The rate-reduction terms are batched Cholesky
 factorisations, so a pin that reintroduces that jaxlib hangs training at random.
 """
+
 import math
 import subprocess
 import sys
@@ -27,12 +28,18 @@ PROGRAM = textwrap.dedent("""
 
 def test_concurrent_batched_lapack_kernels_do_not_deadlock():
   try:
-    result = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True,
-                            timeout=120, env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+      [sys.executable, "-c", PROGRAM],
+      capture_output=True,
+      text=True,
+      timeout=120,
+      env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"},
+    )
   except subprocess.TimeoutExpired as e:
     raise AssertionError(
-        "concurrent batched LAPACK kernels hung on the XLA CPU pool: the installed jaxlib "
-        "has the ParallelBatchMap deadlock (see requirements.txt)") from e
+      "concurrent batched LAPACK kernels hung on the XLA CPU pool: the installed jaxlib "
+      "has the ParallelBatchMap deadlock (see requirements.txt)"
+    ) from e
   assert result.returncode == 0, result.stderr[-2000:]
   status, value = result.stdout.split()[-2:]
   assert status == "ok"

@@ -1,4 +1,5 @@
 """Tests of uctrl_jax/datasets.py: offline Fashion-MNIST, user data, clear errors."""
+
 import gzip
 import logging
 import os
@@ -19,15 +20,13 @@ def _labels(ds):
   return np.concatenate([b["label"] for b in ds.batch(4096).as_numpy_iterator()])
 
 
-def test_real_fashion_mnist_has_6000_train_images_per_class(
-    fashion_mnist_data_dir):
+def test_real_fashion_mnist_has_6000_train_images_per_class(fashion_mnist_data_dir):
   source = datasets.open_dataset("fashion_mnist", data_dir=fashion_mnist_data_dir)
   assert source.info.num_examples == {"train": 60_000, "test": 10_000}
   assert source.info.image_shape == (28, 28, 1)
   assert source.info.num_classes == 10
   assert source.info.class_names[0] == "T-shirt/top"
-  np.testing.assert_array_equal(np.bincount(_labels(source.read("train"))),
-                                [6000] * 10)
+  np.testing.assert_array_equal(np.bincount(_labels(source.read("train"))), [6000] * 10)
   first = next(source.read("test").batch(2).as_numpy_iterator())
   assert first["image"].dtype == np.uint8 and first["image"].max() > 200
   # The stock builder reads what was prepared (what `tfds.load` would use).
@@ -37,11 +36,9 @@ def test_real_fashion_mnist_has_6000_train_images_per_class(
 
 def test_prepare_is_idempotent(fashion_mnist_data_dir):
   version_dir = os.path.join(fashion_mnist_data_dir, "fashion_mnist", "3.0.1")
-  before = {f: os.path.getmtime(os.path.join(version_dir, f))
-            for f in os.listdir(version_dir)}
+  before = {f: os.path.getmtime(os.path.join(version_dir, f)) for f in os.listdir(version_dir)}
   datasets.prepare_fashion_mnist(fashion_mnist_data_dir)
-  after = {f: os.path.getmtime(os.path.join(version_dir, f))
-           for f in os.listdir(version_dir)}
+  after = {f: os.path.getmtime(os.path.join(version_dir, f)) for f in os.listdir(version_dir)}
   assert after == before
 
 
@@ -54,16 +51,17 @@ def test_failed_prepare_leaves_no_dataset_behind(tmp_path, debian_fashion_mnist)
   with pytest.raises(datasets.DataError, match="not an IDX file"):
     datasets.prepare_fashion_mnist(str(data_dir), source_dir=str(source_dir))
   assert not tfds.builder("fashion_mnist", data_dir=str(data_dir)).is_prepared()
-  leftovers = list((data_dir / "fashion_mnist").glob("*")) if (
-      data_dir / "fashion_mnist").exists() else []
+  leftovers = (
+    list((data_dir / "fashion_mnist").glob("*")) if (data_dir / "fashion_mnist").exists() else []
+  )
   assert leftovers == []
 
 
-def test_fashion_mnist_without_files_or_network_names_both_ways(
-    tmp_path, no_network):
+def test_fashion_mnist_without_files_or_network_names_both_ways(tmp_path, no_network):
   with pytest.raises(datasets.DataError) as e:
-    datasets.open_dataset("fashion_mnist", data_dir=str(tmp_path),
-                          fashion_mnist_dir=str(tmp_path / "none"))
+    datasets.open_dataset(
+      "fashion_mnist", data_dir=str(tmp_path), fashion_mnist_dir=str(tmp_path / "none")
+    )
   assert "apt-get install dataset-fashion-mnist" in str(e.value)
   assert "download" in str(e.value)
 
@@ -95,8 +93,7 @@ def test_shard_bounds_are_disjoint_and_cover(n, k):
 
 def _write_png(path, size=(6, 8), value=0, mode="RGB"):
   path.parent.mkdir(parents=True, exist_ok=True)
-  Image.new(mode, size, value if mode == "L" else (value, 0, 255 - value)).save(
-      path)
+  Image.new(mode, size, value if mode == "L" else (value, 0, 255 - value)).save(path)
 
 
 def _image_folder(root, size=(6, 8)):
@@ -104,8 +101,9 @@ def _image_folder(root, size=(6, 8)):
   for split, n in (("train", 3), ("test", 2)):
     for label in ("cat", "dog"):
       for i in range(n):
-        _write_png(root / split / label / f"{i}.png", size,
-                   value=10 * i + (100 if label == "dog" else 0))
+        _write_png(
+          root / split / label / f"{i}.png", size, value=10 * i + (100 if label == "dog" else 0)
+        )
   return root
 
 
@@ -120,9 +118,13 @@ def test_image_folder_reads_images_and_labels(tmp_path):
   pairs = sorted((int(ex["image"][0, 0, 0]), int(ex["label"])) for ex in examples)
   assert pairs == [(0, 0), (10, 0), (20, 0), (100, 1), (110, 1), (120, 1)]
   # Two shards: disjoint, together the split.
-  shards = [sorted(int(ex["image"][0, 0, 0]) for ex in source.read(
-      "train", process_index=i, process_count=2).as_numpy_iterator())
-            for i in range(2)]
+  shards = [
+    sorted(
+      int(ex["image"][0, 0, 0])
+      for ex in source.read("train", process_index=i, process_count=2).as_numpy_iterator()
+    )
+    for i in range(2)
+  ]
   assert sorted(shards[0] + shards[1]) == [p for p, _ in pairs]
   assert len(shards[0]) == len(shards[1]) == 3
 
@@ -179,8 +181,7 @@ def test_npz_file_and_directory(tmp_path):
   assert single.info.num_examples == {"train": 5}
   assert single.info.image_shape == (4, 3, 1) and single.info.num_classes == 3
   examples = list(single.read("train").as_numpy_iterator())
-  np.testing.assert_array_equal(np.stack([e["image"][..., 0] for e in examples]),
-                                x)
+  np.testing.assert_array_equal(np.stack([e["image"][..., 0] for e in examples]), x)
   np.testing.assert_array_equal([e["label"] for e in examples], y)
   both = datasets.open_dataset(f"npz:{tmp_path}")
   assert both.info.num_examples == {"test": 2, "train": 5}
@@ -189,19 +190,20 @@ def test_npz_file_and_directory(tmp_path):
 
 
 def test_npz_float_images_are_scaled(tmp_path):
-  np.savez(tmp_path / "d.npz", x=np.full((2, 4, 4, 3), 0.5, np.float32),
-           y=np.array([0, 1]))
-  ex = next(datasets.open_dataset(f"npz:{tmp_path / 'd.npz'}").read(
-      "train").as_numpy_iterator())
+  np.savez(tmp_path / "d.npz", x=np.full((2, 4, 4, 3), 0.5, np.float32), y=np.array([0, 1]))
+  ex = next(datasets.open_dataset(f"npz:{tmp_path / 'd.npz'}").read("train").as_numpy_iterator())
   assert ex["image"].dtype == np.uint8 and ex["image"][0, 0, 0] == 128
 
 
-@pytest.mark.parametrize("arrays,match", [
+@pytest.mark.parametrize(
+  "arrays,match",
+  [
     (dict(y=np.zeros(3, int)), r"lacks array\(s\) \['x'\]"),
     (dict(x=np.zeros((3, 4, 4, 2), np.uint8), y=np.zeros(3, int)), "x has shape"),
     (dict(x=np.zeros((3, 4, 4), np.uint8), y=np.zeros(2, int)), "y has shape"),
     (dict(x=np.full((3, 4, 4), 7.0), y=np.zeros(3, int)), r"\[0, 1\]"),
-])
+  ],
+)
 def test_npz_bad_arrays(tmp_path, arrays, match):
   np.savez(tmp_path / "d.npz", **arrays)
   with pytest.raises(datasets.DataError, match=match) as e:
@@ -242,8 +244,11 @@ def test_npz_without_labels_is_an_unlabelled_split(tmp_path):
 def test_npz_directory_with_labels_for_the_test_split_only(tmp_path):
   rng = np.random.default_rng(0)
   np.savez(tmp_path / "train.npz", x=rng.integers(0, 256, (8, 4, 4), dtype=np.uint8))
-  np.savez(tmp_path / "test.npz", x=rng.integers(0, 256, (4, 4, 4), dtype=np.uint8),
-           y=np.array([0, 2, 1, 2]))
+  np.savez(
+    tmp_path / "test.npz",
+    x=rng.integers(0, 256, (4, 4, 4), dtype=np.uint8),
+    y=np.array([0, 2, 1, 2]),
+  )
   info = datasets.open_dataset(f"npz:{tmp_path}").info
   assert info.unlabelled_splits == ("train",) and info.num_classes == 3
   assert datasets.has_labels(info, "test") and not datasets.has_labels(info, "train")
@@ -269,8 +274,17 @@ def test_image_folder_of_images_directly_is_one_unlabelled_train_split(tmp_path)
 
 
 def test_image_folder_unlabelled_train_and_labelled_test(tmp_path):
-  root = _write_tree(tmp_path / "imgs", ["train/0.png", "train/x/1.png", "train/2.png",
-                                         "test/cat/0.png", "test/dog/0.png", "test/dog/1.png"])
+  root = _write_tree(
+    tmp_path / "imgs",
+    [
+      "train/0.png",
+      "train/x/1.png",
+      "train/2.png",
+      "test/cat/0.png",
+      "test/dog/0.png",
+      "test/dog/1.png",
+    ],
+  )
   source = datasets.open_dataset(f"image_folder:{root}")
   info = source.info
   assert info.num_examples == {"train": 3, "test": 3}
@@ -412,8 +426,9 @@ def test_grayscale_images_in_a_colour_folder_become_rgb_logged_once(tmp_path, ca
   with caplog.at_level(logging.INFO, logger="absl"):
     source = datasets.open_dataset(f"image_folder:{root}")
   assert source.info.image_shape == (8, 6, 3)
-  notes = [r.getMessage() for r in caplog.records if "grayscale images are read as RGB" in
-           r.getMessage()]
+  notes = [
+    r.getMessage() for r in caplog.records if "grayscale images are read as RGB" in r.getMessage()
+  ]
   assert len(notes) == 1 and "2 image(s)" in notes[0] and "1.png" in notes[0]
   pixels = sorted(tuple(e["image"][0, 0]) for e in _read_all(source, "train"))
   assert pixels == [(40, 0, 215), (77, 77, 77), (99, 99, 99)]
@@ -451,13 +466,15 @@ def test_npz_slices_come_from_a_fixed_permutation(tmp_path):
 
 def test_percent_slices_round_as_tfds_does(tmp_path):
   from tensorflow_datasets.core import splits as tfds_splits  # pylint: disable=import-outside-toplevel
+
   for n in (7, 10, 33):
     info = {"train": tfds_splits.SplitInfo(name="train", shard_lengths=[n], num_bytes=0)}
     for spec in ("train[:33%]", "train[33%:67%]", "train[50%:]", "train[:-25%]", "train[3:-2]"):
       (absolute,) = tfds.core.ReadInstruction.from_spec(spec).to_absolute(info)
-      expected = np.arange(n)[absolute.from_:absolute.to]
-      np.testing.assert_array_equal(datasets.split_positions(spec, n, shuffled=False), expected,
-                                    err_msg=f"{spec} of {n}")
+      expected = np.arange(n)[absolute.from_ : absolute.to]
+      np.testing.assert_array_equal(
+        datasets.split_positions(spec, n, shuffled=False), expected, err_msg=f"{spec} of {n}"
+      )
 
 
 def test_slice_of_a_class_sorted_file_is_representative(tmp_path):
@@ -481,14 +498,17 @@ def test_shared_examples_of_two_slices(tmp_path):
   assert source.shared_examples("train[:50%]", "train[40%:]") == 2
 
 
-@pytest.mark.parametrize("split,match", [
+@pytest.mark.parametrize(
+  "split,match",
+  [
     ("train[5:5]", r"Split 'train\[5:5\]' is empty"),
     ("train[:120%]", r"120% is outside \[-100%, 100%\]"),
     ("train[3:21]", r"index 21 is out of range for its 20 examples"),
     ("train[:half]", r"slice bound 'half' is not an integer"),
     ("train[1]", r"expected NAME or NAME\[START:STOP\]"),
     ("valid[:10%]", r"has no split 'valid\[:10%\]'"),
-])
+  ],
+)
 def test_bad_slices(tmp_path, split, match):
   source = _ids_file(tmp_path, 20)
   with pytest.raises(datasets.DataError, match=match):

@@ -1,4 +1,5 @@
 """figures.py and evaluate.py: the pictures, and a trained tiny run evaluated end to end."""
+
 import json
 import os
 
@@ -44,7 +45,7 @@ def _npz_dir(tmp_path):
     y = np.arange(n) % 3
     x = rng.normal(30, 10, (n, 28, 28))
     for c in range(3):
-      x[y == c, 9 * c:9 * c + 9] += 180
+      x[y == c, 9 * c : 9 * c + 9] += 180
     x = np.clip(x, 0, 255)
     np.savez(tmp_path / f"{split}.npz", x=x.astype(np.uint8)[..., None], y=y)
   return f"npz:{tmp_path}"
@@ -65,9 +66,17 @@ def test_evaluate_writes_results_and_figures(tmp_path):
   results = evaluate.evaluate(config, workdir)
   metrics = results["metrics"]
   assert results["step"] == 1 and results["num_train"] == 48 and results["num_test"] == 20
-  for key in ("knn/top1", "linear_probe/top1", "nearest_subspace/top1", "clustering/kmeans_acc",
-              "clustering/mcr2_nmi", "reconstruction/psnr", "reconstruction/consistency",
-              "conditional_generation/explained_variance", "fid/frechet_z_zhat"):
+  for key in (
+    "knn/top1",
+    "linear_probe/top1",
+    "nearest_subspace/top1",
+    "clustering/kmeans_acc",
+    "clustering/mcr2_nmi",
+    "reconstruction/psnr",
+    "reconstruction/consistency",
+    "conditional_generation/explained_variance",
+    "fid/frechet_z_zhat",
+  ):
     assert np.isfinite(metrics[key]), key
   for baseline in ("raw_pixels", "random_encoder"):
     assert set(results["baselines"][baseline]) >= {"knn/top1", "clustering/kmeans_nmi"}
@@ -81,13 +90,20 @@ def test_evaluate_writes_results_and_figures(tmp_path):
   with open(os.path.join(workdir, "results.md")) as f:
     markdown = f.read()
   assert "| knn/top1 |" in markdown and "random encoder" in markdown
-  for name in ("reconstructions", "similarity", "spectra", "pca", "training_curves",
-               "conditional_generation"):
+  for name in (
+    "reconstructions",
+    "similarity",
+    "spectra",
+    "pca",
+    "training_curves",
+    "conditional_generation",
+  ):
     path = os.path.join(workdir, "figures", f"{name}.png")
     assert results["figures"][name] == path and os.path.isfile(path), name
-  # One row per cluster (3), the mean and 10 samples per row, 28 × 28 tiles, 1 px padding.
+  # One row per cluster (3), the mean and 10 samples per row, 28 × 28 images enlarged 3× to
+  # 84 px tiles, 1 px padding.
   with Image.open(results["figures"]["conditional_generation"]) as grid:
-    assert grid.size == (11 * 29 + 1, 3 * 29 + 1)
+    assert grid.size == (11 * 85 + 1, 3 * 85 + 1)
 
 
 def test_encoder_only_run_is_evaluated_and_compared_beside_a_game_run(tmp_path):
@@ -118,22 +134,26 @@ def test_encoder_only_run_is_evaluated_and_compared_beside_a_game_run(tmp_path):
   results = evaluate.evaluate(config, game_dir)
   assert list(results["baselines"]) == ["tcr: tcr"]
   compared = uctrl_jax.load(tcr_dir)
-  expected = evaluators.run_all(evaluators.build(config, names=("knn",)),
-                                         compared.encode, None, evaluate.load_data(config),
-                                         batch_size=16)
+  expected = evaluators.run_all(
+    evaluators.build(config, names=("knn",)),
+    compared.encode,
+    None,
+    evaluate.load_data(config),
+    batch_size=16,
+  )
   assert results["baselines"]["tcr: tcr"]["knn/top1"] == expected["knn/top1"]
   assert "reconstruction/psnr" in results["metrics"]
   with open(os.path.join(game_dir, "results.md")) as f:
     lines = f.read().splitlines()
   header = lines.index("| metric | trained | tcr: tcr |")
   assert lines[header + 1] == "|---|---:|---:|"  # as many columns as the header
-  assert any(line.startswith("- tcr: tcr: `") and "loss.mode tcr, step 2" in line
-             for line in lines)
+  assert any(line.startswith("- tcr: tcr: `") and "loss.mode tcr, step 2" in line for line in lines)
 
   # A compared run must be on the run's data.
   saved = checkpointing.load_config(tcr_dir)
   saved.data.name = "npz:/elsewhere"
   checkpointing.save_config(tcr_dir, saved)
-  with pytest.raises(validation.ConfigError,
-                     match="compare_workdirs: .* was trained on 'npz:/elsewhere'"):
+  with pytest.raises(
+    validation.ConfigError, match="compare_workdirs: .* was trained on 'npz:/elsewhere'"
+  ):
     evaluate.evaluate(config, game_dir)

@@ -1,4 +1,5 @@
-"""Evaluators on synthetic data whose answers are known (SPEC §4)."""
+"""Evaluators on synthetic data whose answers are known (docs/method.md#evaluation-protocols)."""
+
 import math
 import os
 
@@ -7,6 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import default
 from uctrl_jax import evaluators
 from uctrl_jax.evaluators import clustering
 from uctrl_jax.evaluators import conditional_generation
@@ -31,8 +33,9 @@ def subspace_features(n_per_class, seed):
   rotation, _ = np.linalg.qr(np.random.default_rng(123).normal(size=(D, D)))
   Z = np.zeros((C * n_per_class, D))
   for c in range(C):
-    Z[c * n_per_class:(c + 1) * n_per_class, c * P:(c + 1) * P] = np.abs(
-        rng.normal(size=(n_per_class, P))) + 0.05
+    Z[c * n_per_class : (c + 1) * n_per_class, c * P : (c + 1) * P] = (
+      np.abs(rng.normal(size=(n_per_class, P))) + 0.05
+    )
   Z = (Z / np.linalg.norm(Z, axis=1, keepdims=True)) @ rotation.T
   y = np.repeat(np.arange(C), n_per_class)
   perm = rng.permutation(len(y))
@@ -150,15 +153,16 @@ def test_frechet_distance():
   assert fid.frechet_distance(A, A) == pytest.approx(0.0, abs=1e-6)
   shift = np.arange(8) / 4.0
   # Same covariance: the distance is exactly the squared mean shift.
-  assert fid.frechet_distance(A, A + shift) == pytest.approx(np.sum(shift ** 2), rel=1e-6)
+  assert fid.frechet_distance(A, A + shift) == pytest.approx(np.sum(shift**2), rel=1e-6)
   assert fid.frechet_distance(A, 2.0 * A) > 1.0
-  assert fid.evaluate(A, A + shift) == {"frechet_z_zhat": pytest.approx(np.sum(shift ** 2), rel=1e-6)}
+  assert fid.evaluate(A, A + shift) == {"frechet_z_zhat": pytest.approx(np.sum(shift**2), rel=1e-6)}
 
 
 def test_conditional_generation_samples_unit_rows_near_each_cluster(features):
   ztr, ytr, _, _ = features
   samples, explained = conditional_generation.cluster_samples(
-      ztr, ytr, C, jax.random.key(0), num_components=P, num_samples=5)
+    ztr, ytr, C, jax.random.key(0), num_components=P, num_samples=5
+  )
   assert samples.shape == (C, 6, D)
   np.testing.assert_allclose(np.linalg.norm(samples, axis=2), 1.0, rtol=1e-5)
   np.testing.assert_allclose(explained, 1.0, rtol=1e-6)  # P components span each class
@@ -172,13 +176,16 @@ def test_conditional_generation_samples_unit_rows_near_each_cluster(features):
   images = ztr.reshape(-1, 4, 4, 1)
   identity = lambda z: np.asarray(z).reshape(-1, 4, 4, 1)  # noqa: E731
   grid, metrics = conditional_generation.evaluate(
-      ztr, identity, num_clusters=C, num_components=P, num_samples=5, x_train=images, y_train=ytr)
-  assert grid.shape == (C * 5 + 1, 6 * 5 + 1, 1) and grid.dtype == np.uint8
+    ztr, identity, num_clusters=C, num_components=P, num_samples=5, x_train=images, y_train=ytr
+  )
+  # 4 × 4 images enlarged 21× to 84 px tiles (image_grid.MIN_TILE_PX), 1 px padding.
+  assert grid.shape == (C * 85 + 1, 6 * 85 + 1, 1) and grid.dtype == np.uint8
   assert metrics["explained_variance"] == pytest.approx(1.0)
   assert metrics["sample_consistency"] == 100.0
   collapsed = lambda z: np.broadcast_to(images[:1], (len(z), 4, 4, 1))  # noqa: E731
   _, metrics = conditional_generation.evaluate(
-      ztr, collapsed, labels=ytr, num_components=P, num_samples=5, x_train=images, y_train=ytr)
+    ztr, collapsed, labels=ytr, num_components=P, num_samples=5, x_train=images, y_train=ytr
+  )
   assert metrics["sample_consistency"] == 100.0 / C
 
 
@@ -189,18 +196,24 @@ def _synthetic_data():
 
 
 def test_registry_runs_the_named_evaluators(tmp_path):
-  config = ml_collections.ConfigDict()
-  config.evals = ml_collections.ConfigDict(dict(
-      names=("knn", "nearest_subspace", "clustering", "reconstruction", "conditional_generation",
-             "fid"),
-      clustering=dict(num_restarts=2, mcr2_steps=10),
-      conditional_generation=dict(num_components=2, num_samples=3)))
+  config = default.get_config()
+  config.evals.names = (
+    "knn",
+    "nearest_subspace",
+    "clustering",
+    "reconstruction",
+    "conditional_generation",
+    "fid",
+  )
+  config.evals.clustering.update(num_restarts=2, mcr2_steps=10)
+  config.evals.conditional_generation.update(num_components=2, num_samples=3)
   built = evaluators.build(config)
   assert [e.name for e in built] == list(config.evals.names)
   flatten = lambda x: np.asarray(x).reshape(len(x), -1)  # noqa: E731
   unflatten = lambda z: np.asarray(z).reshape(-1, 4, 4, 1)  # noqa: E731
-  metrics = evaluators.run_all(built, flatten, unflatten, _synthetic_data(), step=7,
-                               out_dir=str(tmp_path), batch_size=16)
+  metrics = evaluators.run_all(
+    built, flatten, unflatten, _synthetic_data(), step=7, out_dir=str(tmp_path), batch_size=16
+  )
   assert metrics["knn/top1"] == metrics["nearest_subspace/top1"] == 100.0
   assert metrics["clustering/kmeans_acc"] == 100.0
   assert metrics["reconstruction/psnr"] == float("inf")
@@ -218,26 +231,39 @@ def test_registry_runs_the_named_evaluators(tmp_path):
 
 @pytest.mark.parametrize("unlabelled", [("train", "test"), ("train",), ("test",)])
 def test_registry_skips_what_needs_missing_labels_with_one_line(tmp_path, caplog, unlabelled):
-  config = ml_collections.ConfigDict()
-  config.evals = ml_collections.ConfigDict(dict(
-      names=("knn", "linear_probe", "nearest_subspace", "clustering", "structure",
-             "reconstruction", "conditional_generation", "fid"),
-      linear_probe=dict(steps=20), clustering=dict(num_restarts=2, mcr2_steps=10),
-      conditional_generation=dict(num_components=2, num_samples=3,
-                                  num_clusters_without_labels=C)))
+  config = default.get_config()
+  config.evals.names = (
+    "knn",
+    "linear_probe",
+    "nearest_subspace",
+    "clustering",
+    "structure",
+    "reconstruction",
+    "conditional_generation",
+    "fid",
+  )
+  config.evals.linear_probe.steps = 20
+  config.evals.clustering.update(num_restarts=2, mcr2_steps=10)
+  config.evals.conditional_generation.update(
+    num_components=2, num_samples=3, num_clusters_without_labels=C
+  )
   data = _synthetic_data()
-  data = data._replace(y_train=None if "train" in unlabelled else data.y_train,
-                       y_test=None if "test" in unlabelled else data.y_test,
-                       num_classes=0 if len(unlabelled) == 2 else C)
+  data = data._replace(
+    y_train=None if "train" in unlabelled else data.y_train,
+    y_test=None if "test" in unlabelled else data.y_test,
+    num_classes=0 if len(unlabelled) == 2 else C,
+  )
   flatten = lambda x: np.asarray(x).reshape(len(x), -1)  # noqa: E731
   unflatten = lambda z: np.asarray(z).reshape(-1, 4, 4, 1)  # noqa: E731
   with caplog.at_level("INFO", logger="absl"):
-    metrics = evaluators.run_all(evaluators.build(config), flatten, unflatten, data,
-                                 out_dir=str(tmp_path), batch_size=16)
+    metrics = evaluators.run_all(
+      evaluators.build(config), flatten, unflatten, data, out_dir=str(tmp_path), batch_size=16
+    )
   ran = {k.split("/")[0] for k in metrics if not k.startswith("eval_seconds")}
   # Clustering and structure score the test split only: its labels suffice.
   expected = {"reconstruction", "conditional_generation", "fid"} | (
-      {"clustering", "structure"} if "test" not in unlabelled else set())
+    {"clustering", "structure"} if "test" not in unlabelled else set()
+  )
   assert ran == expected
   assert metrics["reconstruction/psnr"] == float("inf")  # label-free metrics stay
   assert "reconstruction/consistency" not in metrics
@@ -246,8 +272,9 @@ def test_registry_skips_what_needs_missing_labels_with_one_line(tmp_path, caplog
   if "test" not in unlabelled:
     assert metrics["clustering/kmeans_acc"] == 100.0
   lines = [r.getMessage() for r in caplog.records if "no labels" in r.getMessage()]
-  skipped = sorted({"knn", "linear_probe", "nearest_subspace", "clustering", "structure"}
-                   - expected)
+  skipped = sorted(
+    {"knn", "linear_probe", "nearest_subspace", "clustering", "structure"} - expected
+  )
   assert len(lines) == 1, lines
   assert f"no labels in the evaluation's {' and '.join(unlabelled)} split" in lines[0]
   assert all(name in lines[0] for name in skipped) and "reconstruction" in lines[0]
@@ -262,8 +289,10 @@ def test_reconstruction_without_labels_reports_mse_and_psnr_only():
 
 def test_registry_rejects_unknown_names_and_options():
   with pytest.raises(ValueError, match="unknown evaluator 'nope'"):
-    evaluators.build(ml_collections.ConfigDict(), names=("nope",))
-  config = ml_collections.ConfigDict(dict(evals=dict(names=("knn",), knn=dict(kk=3))))
+    evaluators.build(default.get_config(), names=("nope",))
+  config = default.get_config()
+  config.evals.names = ("knn",)
+  config.evals.knn = ml_collections.ConfigDict(dict(kk=3))
   (ev,) = evaluators.build(config)
   with pytest.raises(TypeError, match="evaluator 'knn'"):
     evaluators.run_all([ev], lambda x: x.reshape(len(x), -1), None, _synthetic_data())
@@ -275,6 +304,7 @@ def test_batched_pads_to_one_shape():
   def fn(x):
     shapes.add(x.shape)
     return x * 2
+
   out = evaluators.common.batched(fn, np.arange(10.0)[:, None], 4)
   np.testing.assert_array_equal(out[:, 0], np.arange(10.0) * 2)
   assert shapes == {(4, 1)}
@@ -296,7 +326,8 @@ def test_structure_score_against_brute_force_and_known_answers(features):
   S = np.abs(U @ U.T)
   same, off_diagonal = y[:, None] == y[None], ~np.eye(len(y), dtype=bool)
   within, between = structure.abs_cos_within_between(Z, y, chunk_size=64)
-  np.testing.assert_allclose([within, between], [S[same & off_diagonal].mean(), S[~same].mean()],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    [within, between], [S[same & off_diagonal].mean(), S[~same].mean()], rtol=1e-6
+  )
   # Labels unrelated to the features: no structure, score near 1.
   assert abs(structure.evaluate(Z, y)["score"] - 1.0) < 0.1

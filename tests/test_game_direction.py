@@ -1,7 +1,7 @@
 """Which way the game's steps go (issue 17): tests that fail on a flipped sign or a
 missing stop-gradient, and on a learning rate other than the schedule's.
 
-The references are written here from SPEC §3 (``rate_reduction.uctrl_objective`` on
+The references are written here from docs/method.md#the-game (``rate_reduction.uctrl_objective`` on
 features computed with the models directly), not through ``train.make_steps``:
 
     encoder θ:  max  J_f(θ) = R(Z) + ΔR(Z, Ẑ) − λ₁ Σ ΔR(zᵢ, z_aᵢ) − λ₂ Σ ΔR(zᵢ, ẑᵢ),  X̂ constant
@@ -16,6 +16,7 @@ in ``make_steps`` fails ``test_encoder_step_raises_the_encoder_objective``; flip
 decoder's fails ``test_decoder_step_lowers_the_decoder_objective``; removing the
 ``stop_gradient`` on X̂ fails ``test_encoder_step_holds_xhat_constant``.
 """
+
 import math
 
 import jax
@@ -36,9 +37,11 @@ IMAGE_SHAPE = (28, 28, 1)
 def _batch(config, seed=0):
   rng = np.random.default_rng(seed)
   B, V = config.train.batch_size, config.data.num_views
-  return {"image": rng.uniform(-1, 1, (B, *IMAGE_SHAPE)).astype(np.float32),
-          "views": rng.uniform(-1, 1, (V, B, *IMAGE_SHAPE)).astype(np.float32),
-          "label": (np.arange(B) % 10).astype(np.int32)}
+  return {
+    "image": rng.uniform(-1, 1, (B, *IMAGE_SHAPE)).astype(np.float32),
+    "views": rng.uniform(-1, 1, (V, B, *IMAGE_SHAPE)).astype(np.float32),
+    "label": (np.arange(B) % 10).astype(np.int32),
+  }
 
 
 def _copy(tree):
@@ -58,16 +61,26 @@ def _encoder_objective(config, batch, state, *, xhat_constant=True):
   x_all = jnp.concatenate([batch["image"], batch["views"].reshape(V * B, *IMAGE_SHAPE)])
 
   def objective(enc_params):
-    z_all, updates = encoder.apply({"params": enc_params, "batch_stats": state.encoder_batch_stats},
-                                   x_all, train=True, mutable=["batch_stats"])
+    z_all, updates = encoder.apply(
+      {"params": enc_params, "batch_stats": state.encoder_batch_stats},
+      x_all,
+      train=True,
+      mutable=["batch_stats"],
+    )
     Z, Z_aug = z_all[:B], z_all[B:].reshape(V, B, -1)
-    Xhat = decoder.apply({"params": state.decoder_params, "batch_stats": state.decoder_batch_stats},
-                         Z, train=True, mutable=["batch_stats"])[0]
+    Xhat = decoder.apply(
+      {"params": state.decoder_params, "batch_stats": state.decoder_batch_stats},
+      Z,
+      train=True,
+      mutable=["batch_stats"],
+    )[0]
     if xhat_constant:
       Xhat = jax.lax.stop_gradient(Xhat)
-    Zhat = encoder.apply({"params": enc_params, "batch_stats": updates["batch_stats"]}, Xhat,
-                         train=False)
+    Zhat = encoder.apply(
+      {"params": enc_params, "batch_stats": updates["batch_stats"]}, Xhat, train=False
+    )
     return _terms(config, Z, Zhat, Z_aug)["encoder_objective"]
+
   return objective
 
 
@@ -86,12 +99,17 @@ def _decoder_objective(config, batch, state, *, through_f=True):
     Z, Z_aug = z_all[:B], z_all[B:].reshape(V, B, -1)
 
   def objective(dec_params):
-    Xhat = decoder.apply({"params": dec_params, "batch_stats": state.decoder_batch_stats}, Z,
-                         train=True, mutable=["batch_stats"])[0]
+    Xhat = decoder.apply(
+      {"params": dec_params, "batch_stats": state.decoder_batch_stats},
+      Z,
+      train=True,
+      mutable=["batch_stats"],
+    )[0]
     if not through_f:
       Xhat = jax.lax.stop_gradient(Xhat)
     Zhat = encoder.apply(enc_vars, Xhat, train=False)
     return _terms(config, Z, Zhat, Z_aug)["decoder_objective"]
+
   return objective
 
 
@@ -114,10 +132,10 @@ def game():
   config.train.encoder_lr = config.train.decoder_lr = 1.5e-4
   mesh = sharding.create_mesh(jax.devices()[:1])
   encoder_step, decoder_step = train.make_steps(config, IMAGE_SHAPE)
-  state = sharding.replicate(train.create_train_state(config, IMAGE_SHAPE, jax.random.key(0)),
-                             mesh)
-  state, _ = train.train_iteration(encoder_step, decoder_step, state,
-                                   sharding.shard_batch(_batch(config, seed=1), mesh), 1)
+  state = sharding.replicate(train.create_train_state(config, IMAGE_SHAPE, jax.random.key(0)), mesh)
+  state, _ = train.train_iteration(
+    encoder_step, decoder_step, state, sharding.shard_batch(_batch(config, seed=1), mesh), 1
+  )
   return config, mesh, encoder_step, decoder_step, _copy(state), _batch(config)
 
 
@@ -170,7 +188,8 @@ def test_encoder_step_holds_xhat_constant(game):
   new, metrics = _run(encoder_step, game)
   constant = jax.grad(_encoder_objective(config, batch, start))(start.encoder_params)
   through = jax.grad(_encoder_objective(config, batch, start, xhat_constant=False))(
-      start.encoder_params)
+    start.encoder_params
+  )
   if_constant = _adam_from(start, "encoder", constant, config, sign=-1.0)  # loss = −J_f
   if_through = _adam_from(start, "encoder", through, config, sign=-1.0)
   apart = _distance(if_constant, if_through)
@@ -210,10 +229,10 @@ def _expected_lr(base, step, *, schedule="constant", warmup=0, num_steps=100, sc
 
 
 SCHEDULES = {
-    "constant": dict(),
-    "cosine": dict(schedule="cosine"),
-    "warmup_scale_lr_by_batch": dict(warmup_steps=10, scale_lr_by_batch=True),
-    "warmup_cosine": dict(schedule="cosine", warmup_steps=10),
+  "constant": dict(),
+  "cosine": dict(schedule="cosine"),
+  "warmup_scale_lr_by_batch": dict(warmup_steps=10, scale_lr_by_batch=True),
+  "warmup_cosine": dict(schedule="cosine", warmup_steps=10),
 }
 
 
@@ -221,21 +240,28 @@ SCHEDULES = {
 def test_logged_lr_follows_the_schedule(name):
   config = tiny.get_config()
   config.train.update(num_steps=100, encoder_lr=2e-4, decoder_lr=3e-4, **SCHEDULES[name])
-  expected = dict(schedule=config.train.schedule, warmup=config.train.warmup_steps, num_steps=100,
-                  scale=config.train.batch_size / 256 if config.train.scale_lr_by_batch else 1.0)
+  expected = dict(
+    schedule=config.train.schedule,
+    warmup=config.train.warmup_steps,
+    num_steps=100,
+    scale=config.train.batch_size / 256 if config.train.scale_lr_by_batch else 1.0,
+  )
   mesh = sharding.create_mesh(jax.devices()[:1])
   encoder_step, decoder_step = train.make_steps(config, IMAGE_SHAPE)
   start = _copy(train.create_train_state(config, IMAGE_SHAPE, jax.random.key(0)))
   batch = sharding.shard_batch(_batch(config), mesh)
   for step in (0, 5, 10, 40, 99, 150):
-    state = sharding.replicate(jax.tree.map(jnp.asarray, start.replace(step=np.int32(step))),
-                               mesh)
+    state = sharding.replicate(jax.tree.map(jnp.asarray, start.replace(step=np.int32(step))), mesh)
     state, enc_metrics = encoder_step(state, batch)
     _, dec_metrics = decoder_step(state, batch)
     for player, metrics, base in (("encoder", enc_metrics, 2e-4), ("decoder", dec_metrics, 3e-4)):
-      np.testing.assert_allclose(float(metrics[f"{player}/lr"]),
-                                 _expected_lr(base, step, **expected), rtol=1e-5, atol=1e-6 * base,
-                                 err_msg=f"{name}: {player} at step {step}")
+      np.testing.assert_allclose(
+        float(metrics[f"{player}/lr"]),
+        _expected_lr(base, step, **expected),
+        rtol=1e-5,
+        atol=1e-6 * base,
+        err_msg=f"{name}: {player} at step {step}",
+      )
 
 
 @pytest.mark.parametrize("encoder_steps", [1, 3])
@@ -251,12 +277,24 @@ def test_optimizers_apply_the_lr_of_the_iteration(encoder_steps):
   grads = {"w": jnp.ones(())}
   enc_state, dec_state = enc_tx.init(params), dec_tx.init(params)
   for iteration in range(config.train.num_steps + 2):
-    lr, dec_lr = (_expected_lr(base, iteration, schedule="cosine", warmup=4, num_steps=12)
-                  for base in (config.train.encoder_lr, config.train.decoder_lr))
+    lr, dec_lr = (
+      _expected_lr(base, iteration, schedule="cosine", warmup=4, num_steps=12)
+      for base in (config.train.encoder_lr, config.train.decoder_lr)
+    )
     for _ in range(encoder_steps):
       updates, enc_state = enc_tx.update(grads, enc_state, params)
-      np.testing.assert_allclose(-float(updates["w"]), lr / (1 + 1e-8), rtol=1e-5, atol=1e-10,
-                                 err_msg=f"encoder, iteration {iteration}")
+      np.testing.assert_allclose(
+        -float(updates["w"]),
+        lr / (1 + 1e-8),
+        rtol=1e-5,
+        atol=1e-10,
+        err_msg=f"encoder, iteration {iteration}",
+      )
     updates, dec_state = dec_tx.update(grads, dec_state, params)
-    np.testing.assert_allclose(-float(updates["w"]), dec_lr / (1 + 1e-8), rtol=1e-5,
-                               atol=1e-10, err_msg=f"decoder, iteration {iteration}")
+    np.testing.assert_allclose(
+      -float(updates["w"]),
+      dec_lr / (1 + 1e-8),
+      rtol=1e-5,
+      atol=1e-10,
+      err_msg=f"decoder, iteration {iteration}",
+    )

@@ -5,11 +5,11 @@ Parameter counts are checked against formulas written here from the architecture
 Shapes of the big combinations use ``jax.eval_shape`` (no compute), so the file stays
 fast on a 2-core CPU.
 """
+
 import itertools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -18,12 +18,14 @@ from uctrl_jax import models
 
 D = 16  # small feature dim for the compute tests
 SIZES = {"dcgan": [(28, 28, 1), (32, 32, 3)], "resnet18": [(32, 32, 3), (96, 96, 3)]}
-COMBOS = [(fam, shape, up) for fam in models.ENCODERS for shape in SIZES[fam]
-          for up in models.UPSAMPLES]
+COMBOS = [
+  (fam, shape, up) for fam in models.ENCODERS for shape in SIZES[fam] for up in models.UPSAMPLES
+]
 
 
-def make_config(family="dcgan", upsample="pixel_shuffle", feature_dim=D, width=None,
-                dtype=None, decoder=None):
+def make_config(
+  family="dcgan", upsample="pixel_shuffle", feature_dim=D, width=None, dtype=None, decoder=None
+):
   config = default.get_config()
   config.model.encoder = family
   config.model.decoder = decoder or family
@@ -95,9 +97,11 @@ def bn(c):
 
 
 def up(cin, cout, method, bias=False):
-  kernel = {"conv_transpose": 16 * cin * cout,  # 4×4 transposed conv
-            "pixel_shuffle": 9 * cin * 4 * cout,  # 3×3 conv to 4·cout, depth-to-space
-            "resize_conv": 9 * cin * cout}[method]  # nearest 2×, 3×3 conv
+  kernel = {
+    "conv_transpose": 16 * cin * cout,  # 4×4 transposed conv
+    "pixel_shuffle": 9 * cin * 4 * cout,  # 3×3 conv to 4·cout, depth-to-space
+    "resize_conv": 9 * cin * cout,
+  }[method]  # nearest 2×, 3×3 conv
   # pixel_shuffle's conv has 4·cout outputs, so one bias per sub-pixel position.
   return kernel + ((4 * cout if method == "pixel_shuffle" else cout) if bias else 0)
 
@@ -175,8 +179,7 @@ def test_resnet18_param_counts(shape, upsample):
   # Standard CIFAR ResNet-18 is 11 173 962 with its 512 → 10 classifier (5 130).
   assert trunk == 11_173_962 - (512 * 10 + 10) == 11_168_832
   assert models.count_params(ve["params"]) == trunk + 512 * d + d
-  assert models.count_params(vd["params"]) == resnet18_decoder_count(
-      shape[0], c, 64, d, upsample)
+  assert models.count_params(vd["params"]) == resnet18_decoder_count(shape[0], c, 64, d, upsample)
 
 
 @pytest.mark.parametrize("depth", [1, 2])
@@ -192,14 +195,15 @@ def test_dcgan_encoder_depth_adds_3x3_convs_at_each_resolution(depth):
   z, _ = enc.apply(variables, x, train=True, mutable=["batch_stats"])
   np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, rtol=1e-5)
   config.model.encoder = "resnet18"
-  with pytest.raises(ValueError, match="encoder_depth = 1 must be ≥ 0, and > 0 only with"
-                     if depth == 1 else "encoder_depth = 2"):
+  with pytest.raises(
+    ValueError,
+    match="encoder_depth = 1 must be ≥ 0, and > 0 only with" if depth == 1 else "encoder_depth = 2",
+  ):
     models.create_models(config, (32, 32, 3))
 
 
 def test_width_scales_params():
-  _, _, ve32, _ = abstract_variables(make_config("dcgan", width=32, feature_dim=128),
-                                     (32, 32, 3))
+  _, _, ve32, _ = abstract_variables(make_config("dcgan", width=32, feature_dim=128), (32, 32, 3))
   assert models.count_params(ve32["params"]) == dcgan_encoder_count(3, 32, 128)
 
 
@@ -229,8 +233,9 @@ def test_upsample_variants_same_shape(upsample):
   assert y.shape == (2, 8, 10, 7)
 
 
-@pytest.mark.parametrize("family,shape", [("dcgan", (28, 28, 1)), ("dcgan", (32, 32, 3)),
-                                          ("resnet18", (32, 32, 3))])
+@pytest.mark.parametrize(
+  "family,shape", [("dcgan", (28, 28, 1)), ("dcgan", (32, 32, 3)), ("resnet18", (32, 32, 3))]
+)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_forward_unit_rows_and_image_range(family, shape, dtype):
   # resize_conv: the cheapest decoder to compile; the other variants share the code path.
@@ -245,8 +250,7 @@ def test_forward_unit_rows_and_image_range(family, shape, dtype):
 
   z, xh = loop(ve, vd, images(shape))
   assert z.dtype == jnp.float32 and xh.dtype == jnp.float32
-  np.testing.assert_allclose(np.linalg.norm(np.asarray(z, np.float64), axis=1), 1.0,
-                             atol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(z, np.float64), axis=1), 1.0, atol=1e-5)
   assert xh.shape == (4, *shape)
   assert np.all(np.isfinite(xh)) and np.all(np.abs(np.asarray(xh)) <= 1.0)
 
@@ -260,11 +264,11 @@ def test_depth_to_space_matches_loop():
   b, h, w, r, c = 2, 3, 4, 2, 3
   x = np.arange(b * h * w * r * r * c, dtype=np.float32).reshape(b, h, w, r * r * c)
   expected = np.zeros((b, h * r, w * r, c), np.float32)
-  for bi, hi, wi, i, j, ci in itertools.product(range(b), range(h), range(w), range(r),
-                                                 range(r), range(c)):
+  for bi, hi, wi, i, j, ci in itertools.product(
+    range(b), range(h), range(w), range(r), range(r), range(c)
+  ):
     expected[bi, hi * r + i, wi * r + j, ci] = x[bi, hi, wi, (i * r + j) * c + ci]
-  np.testing.assert_array_equal(np.asarray(models.depth_to_space(jnp.asarray(x), r)),
-                                expected)
+  np.testing.assert_array_equal(np.asarray(models.depth_to_space(jnp.asarray(x), r)), expected)
   with pytest.raises(ValueError, match="divisible"):
     models.depth_to_space(jnp.zeros((1, 2, 2, 6)), 2)
 
@@ -275,8 +279,9 @@ def test_pixel_shuffle_upsample_is_conv_then_depth_to_space():
   y, variables = mod.init_with_output(jax.random.key(1), x)
   kernel = variables["params"]["Conv_0"]["kernel"]
   assert kernel.shape == (3, 3, 2, 20)
-  conv = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  conv = jax.lax.conv_general_dilated(
+    x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
   np.testing.assert_allclose(y, models.depth_to_space(conv, 2), rtol=1e-6, atol=1e-6)
 
 
@@ -311,10 +316,13 @@ def test_batch_stats_update_in_train_not_in_eval(dcgan28):
   z = enc.apply(enc_vars, x, train=False)
 
   for module, variables, inp in [(enc, enc_vars, x), (dec, dec_vars, z)]:
+
     @jax.jit
     def both_modes(variables, inp):
-      return [module.apply(variables, inp, train=train, mutable=["batch_stats"])[1]
-              for train in (True, False)]
+      return [
+        module.apply(variables, inp, train=train, mutable=["batch_stats"])[1]
+        for train in (True, False)
+      ]
 
     train_upd, eval_upd = both_modes(variables, inp)
     old = jax.tree_util.tree_leaves(variables["batch_stats"])
@@ -337,13 +345,23 @@ def test_closed_loop_gradients_finite(dcgan28):
   @jax.jit
   def loss_and_grads(pe, pd):
     def loss(pe, pd):
-      z, s = enc.apply({"params": pe, "batch_stats": v["encoder_batch_stats"]}, x,
-                       train=True, mutable=["batch_stats"])
-      xh, _ = dec.apply({"params": pd, "batch_stats": v["decoder_batch_stats"]}, z,
-                        train=True, mutable=["batch_stats"])
-      zh, _ = enc.apply({"params": pe, "batch_stats": s["batch_stats"]}, xh, train=True,
-                        mutable=["batch_stats"])
+      z, s = enc.apply(
+        {"params": pe, "batch_stats": v["encoder_batch_stats"]},
+        x,
+        train=True,
+        mutable=["batch_stats"],
+      )
+      xh, _ = dec.apply(
+        {"params": pd, "batch_stats": v["decoder_batch_stats"]},
+        z,
+        train=True,
+        mutable=["batch_stats"],
+      )
+      zh, _ = enc.apply(
+        {"params": pe, "batch_stats": s["batch_stats"]}, xh, train=True, mutable=["batch_stats"]
+      )
       return jnp.sum(z * zh) + jnp.mean((xh - x) ** 2)
+
     return jax.value_and_grad(loss, argnums=(0, 1))(pe, pd)
 
   val, grads = loss_and_grads(v["encoder_params"], v["decoder_params"])
@@ -355,14 +373,18 @@ def test_closed_loop_gradients_finite(dcgan28):
 
 def test_init_models_structure(dcgan28):
   enc, dec, v = dcgan28
-  assert set(v) == {"encoder_params", "encoder_batch_stats", "decoder_params",
-                    "decoder_batch_stats"}
+  assert set(v) == {
+    "encoder_params",
+    "encoder_batch_stats",
+    "decoder_params",
+    "decoder_batch_stats",
+  }
   for leaf in jax.tree_util.tree_leaves(v):
     assert leaf.dtype == jnp.float32 and np.all(np.isfinite(leaf))
-  _, _, ve, vd = abstract_variables(make_config("dcgan", "pixel_shuffle", width=8),
-                                    (28, 28, 1))
-  assert (jax.tree_util.tree_structure(v["encoder_params"])
-          == jax.tree_util.tree_structure(ve["params"]))
+  _, _, ve, vd = abstract_variables(make_config("dcgan", "pixel_shuffle", width=8), (28, 28, 1))
+  assert jax.tree_util.tree_structure(v["encoder_params"]) == jax.tree_util.tree_structure(
+    ve["params"]
+  )
   assert models.count_params(v["decoder_params"]) == models.count_params(vd["params"])
 
 
@@ -375,9 +397,11 @@ def test_zero_input_encoder_output_finite(dcgan28):
   # Zero weights make Z exactly zero: the normalisation must stay finite there.
   params = jax.tree_util.tree_map(jnp.zeros_like, v["encoder_params"])
   stats = v["encoder_batch_stats"]
-  z0, g = jax.jit(jax.value_and_grad(
-      lambda p: jnp.sum(enc.apply({"params": p, "batch_stats": stats}, x, train=False))))(
-          params)
+  z0, g = jax.jit(
+    jax.value_and_grad(
+      lambda p: jnp.sum(enc.apply({"params": p, "batch_stats": stats}, x, train=False))
+    )
+  )(params)
   assert float(z0) == 0.0
   assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(g))
 
@@ -389,6 +413,7 @@ def test_zero_input_encoder_output_finite(dcgan28):
 
 def test_default_configs_build():
   from configs import cifar, fashion_mnist
+
   enc, dec = models.create_models(default.get_config(), (28, 28, 1))
   assert isinstance(enc, models.DCGANEncoder) and isinstance(dec, models.DCGANDecoder)
   assert enc.feature_dim == default.get_config().model.feature_dim
@@ -404,9 +429,17 @@ def test_mixed_families():
   assert isinstance(enc, models.ResNet18Encoder) and isinstance(dec, models.DCGANDecoder)
 
 
-@pytest.mark.parametrize("field,value", [("encoder", "vgg"), ("decoder", "unet"),
-                                         ("upsample", "bilinear"), ("dtype", "float16"),
-                                         ("width", -4), ("feature_dim", 0)])
+@pytest.mark.parametrize(
+  "field,value",
+  [
+    ("encoder", "vgg"),
+    ("decoder", "unet"),
+    ("upsample", "bilinear"),
+    ("dtype", "float16"),
+    ("width", -4),
+    ("feature_dim", 0),
+  ],
+)
 def test_bad_config_raises(field, value):
   config = make_config()
   config.model[field] = value
@@ -414,8 +447,10 @@ def test_bad_config_raises(field, value):
     models.create_models(config, (32, 32, 3))
 
 
-@pytest.mark.parametrize("family,shape", [("dcgan", (64, 64, 3)), ("dcgan", (28, 32, 1)),
-                                          ("resnet18", (28, 28, 1)), ("dcgan", (32, 32))])
+@pytest.mark.parametrize(
+  "family,shape",
+  [("dcgan", (64, 64, 3)), ("dcgan", (28, 32, 1)), ("resnet18", (28, 28, 1)), ("dcgan", (32, 32))],
+)
 def test_bad_image_shape_raises(family, shape):
   with pytest.raises(ValueError, match=r"image_shape"):
     models.create_models(make_config(family), shape)
@@ -427,12 +462,21 @@ def test_wrong_input_shape_raises():
     enc.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)), train=False)
 
 
-@pytest.mark.parametrize("name,image_shape", [
-    ("default", (28, 28, 1)), ("fashion_mnist", (28, 28, 1)), ("mnist", (28, 28, 1)),
-    ("tiny", (28, 28, 1)), ("cifar", (32, 32, 3)), ("cifar100", (32, 32, 3)),
-    ("stl10", (96, 96, 3))])
+@pytest.mark.parametrize(
+  "name,image_shape",
+  [
+    ("default", (28, 28, 1)),
+    ("fashion_mnist", (28, 28, 1)),
+    ("mnist", (28, 28, 1)),
+    ("tiny", (28, 28, 1)),
+    ("cifar", (32, 32, 3)),
+    ("cifar100", (32, 32, 3)),
+    ("stl10", (96, 96, 3)),
+  ],
+)
 def test_every_config_builds_models_for_its_images(name, image_shape):
   import importlib
+
   config = importlib.import_module(f"configs.{name}").get_config()
   assert config.data.image_size in (None, image_shape[0])
   encoder, decoder = models.create_models(config, image_shape)

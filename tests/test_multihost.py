@@ -19,6 +19,7 @@ so that the global batch cannot depend on the process count:
   tf.data, where the channel count is unknown after the crop, the views are the
   images themselves and the augmentation term is 0.)
 """
+
 import os
 import re
 import socket
@@ -71,8 +72,11 @@ def _write_config(tmp_path) -> str:
   data = tmp_path / "data"  # train.npz and test.npz: the in-training evaluation runs too
   data.mkdir()
   for split in ("train", "test"):
-    np.savez(data / f"{split}.npz", x=rng.integers(0, 256, (16, 28, 28, 3), dtype=np.uint8),
-             y=rng.integers(0, 10, 16))
+    np.savez(
+      data / f"{split}.npz",
+      x=rng.integers(0, 256, (16, 28, 28, 3), dtype=np.uint8),
+      y=rng.integers(0, 10, 16),
+    )
   path = tmp_path / "multihost_config.py"
   path.write_text(CONFIG.format(data=data, num_steps=NUM_STEPS))
   return str(path)
@@ -80,13 +84,27 @@ def _write_config(tmp_path) -> str:
 
 def _start(log_path, num_devices, args, extra_env=None) -> subprocess.Popen:
   """`python main.py ARGS` on `num_devices` simulated CPU devices, output to `log_path`."""
-  env = {k: v for k, v in os.environ.items()
-         if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"))}
-  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
-             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", **(extra_env or {}))
+  env = {
+    k: v
+    for k, v in os.environ.items()
+    if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"))
+  }
+  env.update(
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
+    JAX_PLATFORMS="cpu",
+    TF_CPP_MIN_LOG_LEVEL="2",
+    **(extra_env or {}),
+  )
+  # --verbose: the terms are read from clu's scalar lines (full precision), INFO logs of
+  # a library that the default console leaves out.
   with open(log_path, "w") as log:  # the child keeps its own handle
-    return subprocess.Popen([sys.executable, os.path.join(REPO, "main.py"), *args], cwd=REPO,
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+      [sys.executable, os.path.join(REPO, "main.py"), "--verbose", *args],
+      cwd=REPO,
+      env=env,
+      stdout=log,
+      stderr=subprocess.STDOUT,
+    )
 
 
 def _wait(runs: dict) -> None:
@@ -139,8 +157,9 @@ def _one_process(tmp_path, config, num_devices) -> tuple[str, str]:
   """`main.py` in one process with `num_devices` devices; (workdir, log)."""
   name = f"1 process, {num_devices} device{'s' if num_devices > 1 else ''}"
   workdir = str(tmp_path / f"one_host_{num_devices}")
-  log = _start_all(tmp_path, {name: ([f"--config={config}", f"--workdir={workdir}"], num_devices,
-                                     None)})[name]
+  log = _start_all(
+    tmp_path, {name: ([f"--config={config}", f"--workdir={workdir}"], num_devices, None)}
+  )[name]
   return workdir, log
 
 
@@ -158,12 +177,23 @@ def two_hosts(tmp_path_factory):
   port = _free_port()
   # The coordinator listens on loopback only (jax's default binds every interface).
   bind = {"JAX_COORDINATOR_BIND_ADDRESS": f"127.0.0.1:{port}"}
-  logs = _start_all(tmp_path, {
+  logs = _start_all(
+    tmp_path,
+    {
       f"process {process_id} of 2": (
-          [f"--config={config}", f"--workdir={workdir}",
-           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-           f"--process_id={process_id}"], 4, bind)
-      for process_id in range(2)})
+        [
+          f"--config={config}",
+          f"--workdir={workdir}",
+          f"--coordinator_address=127.0.0.1:{port}",
+          "--num_processes=2",
+          f"--process_id={process_id}",
+        ],
+        4,
+        bind,
+      )
+      for process_id in range(2)
+    },
+  )
   return tmp_path, config, workdir, [logs["process 0 of 2"], logs["process 1 of 2"]]
 
 
@@ -179,8 +209,9 @@ def _assert_terms_close(actual, expected, rtol, atol, what):
   for step in expected:
     assert actual[step].keys() == expected[step].keys(), what
     for key, value in expected[step].items():
-      np.testing.assert_allclose(actual[step][key], value, rtol=rtol, atol=atol,
-                                 err_msg=f"{what}: step {step} {key}")
+      np.testing.assert_allclose(
+        actual[step][key], value, rtol=rtol, atol=atol, err_msg=f"{what}: step {step} {key}"
+      )
 
 
 def test_two_processes_log_the_terms_of_one_with_8_devices(two_hosts, one_host_8):
@@ -197,15 +228,18 @@ def test_two_processes_log_the_terms_of_one_with_8_devices(two_hosts, one_host_8
   assert two and "encoder/R" in two[1] and "decoder/decoder_objective" in two[1]
   # The in-training evaluation ran on both processes (the jitted encoder and decoder span
   # the global mesh) at the last step, with the same results.
-  evals = [re.search(r"\[%d\] eval/eval_seconds.*eval/knn/top1=([0-9.e+-]+)" % NUM_STEPS, t)
-           for t in (text0, text1)]
+  evals = [
+    re.search(r"\[%d\] eval/eval_seconds.*eval/knn/top1=([0-9.e+-]+)" % NUM_STEPS, t)
+    for t in (text0, text1)
+  ]
   assert all(evals) and evals[0].group(1) == evals[1].group(1)
   # The terms are replicated results of the same all-reduces: both processes log them.
   _assert_terms_close(_logged_terms(log1), two, 1e-6, 0.0, "process 1 vs 0")
   # The same partitioned program in one process, with in-process instead of gloo
   # all-reduces: equal to about 1e-6 (2026-11-29).
-  _assert_terms_close(two, _logged_terms(one_host_8[1]), 1e-5, 1e-6,
-                      "2 processes vs 1 process with 8 devices")
+  _assert_terms_close(
+    two, _logged_terms(one_host_8[1]), 1e-5, 1e-6, "2 processes vs 1 process with 8 devices"
+  )
 
 
 @pytest.mark.slow
@@ -214,8 +248,9 @@ def test_two_processes_log_the_terms_of_one_with_1_device(two_hosts):
   _, log = _one_process(tmp_path, config, 1)
   # Other reduction orders: tolerances of test_train's 8-vs-1 device comparison
   # (seen: 2e-6 relative, 2026-11-29).
-  _assert_terms_close(_logged_terms(log0), _logged_terms(log), 2e-4, 2e-5,
-                      "2 processes vs 1 process with 1 device")
+  _assert_terms_close(
+    _logged_terms(log0), _logged_terms(log), 2e-4, 2e-5, "2 processes vs 1 process with 1 device"
+  )
 
 
 def test_two_process_checkpoint_restores_in_one_process(two_hosts, one_host_8):
@@ -231,8 +266,11 @@ def test_two_process_checkpoint_restores_in_one_process(two_hosts, one_host_8):
   # Float noise of the all-reduces, grown by 3 Adam steps: up to 1.6e-5 seen (2026-11-29).
   # Adam's first updates are ±lr = ±1.5e-4 wherever a gradient is ≈ 0, so a sign flipped
   # by that noise would show as a difference near 3e-4.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
-                                                       atol=1e-4), two.state, one.state)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4),
+    two.state,
+    one.state,
+  )
   x = np.random.default_rng(1).uniform(-1, 1, (4, 28, 28, 3)).astype(np.float32)
   np.testing.assert_allclose(two.decode(two.encode(x)), one.decode(one.encode(x)), atol=1e-4)
 
@@ -242,9 +280,14 @@ def test_two_process_checkpoint_restores_in_one_process(two_hosts, one_host_8):
 
 @pytest.fixture
 def no_distributed_env(monkeypatch):
-  for name in (distributed.ENV_COORDINATOR, distributed.ENV_NUM_PROCESSES,
-               distributed.ENV_PROCESS_ID, "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS",
-               "OMPI_COMM_WORLD_SIZE"):
+  for name in (
+    distributed.ENV_COORDINATOR,
+    distributed.ENV_NUM_PROCESSES,
+    distributed.ENV_PROCESS_ID,
+    "SLURM_NTASKS",
+    "SLURM_STEP_NUM_TASKS",
+    "OMPI_COMM_WORLD_SIZE",
+  ):
     monkeypatch.delenv(name, raising=False)
 
 

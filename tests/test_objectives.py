@@ -3,6 +3,7 @@
 The references transcribe EMP-SSL's total-coding-rate objective and SimCLR's NT-Xent
 with loops and `slogdet`, never the library's closed forms.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,15 +78,17 @@ def test_tcr_invariance_is_zero_for_identical_views_and_scale_free():
   assert float(objectives.views_mean_invariance(jnp.asarray(same)).max()) < 1e-6
   # Antipodal views average to nothing: the cosine to a zero target is 0, term 1.
   opposite = np.stack([Z, -Z])
-  np.testing.assert_allclose(objectives.views_mean_invariance(jnp.asarray(opposite)), 1.0,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    objectives.views_mean_invariance(jnp.asarray(opposite)), 1.0, atol=1e-6
+  )
 
 
 @pytest.mark.parametrize("V,n,T", [(2, 10, 0.2), (3, 7, 0.5), (2, 33, 0.07)])
 def test_nt_xent_matches_anchor_by_anchor_reference(V, n, T):
   Z_views = _views(n, V, n, 16)
-  np.testing.assert_allclose(objectives.nt_xent(jnp.asarray(Z_views), T),
-                             np_nt_xent(Z_views, T), rtol=2e-5, atol=2e-5)
+  np.testing.assert_allclose(
+    objectives.nt_xent(jnp.asarray(Z_views), T), np_nt_xent(Z_views, T), rtol=2e-5, atol=2e-5
+  )
 
 
 def test_nt_xent_two_views_equals_simclr_cross_entropy():
@@ -108,8 +111,9 @@ def test_nt_xent_prefers_aligned_views_and_is_permutation_invariant():
   shuffled[1] = shuffled[1][np.random.default_rng(0).permutation(16)]
   assert float(objectives.nt_xent(aligned, 0.2)) < float(objectives.nt_xent(shuffled, 0.2))
   perm = np.random.default_rng(1).permutation(16)
-  np.testing.assert_allclose(objectives.nt_xent(aligned[:, perm], 0.2),
-                             objectives.nt_xent(aligned, 0.2), rtol=1e-5)
+  np.testing.assert_allclose(
+    objectives.nt_xent(aligned[:, perm], 0.2), objectives.nt_xent(aligned, 0.2), rtol=1e-5
+  )
 
 
 def np_cos_dist(u, v):
@@ -122,15 +126,16 @@ def test_uctrl_mean_target_compares_image_and_views_with_the_views_mean(sample_d
   Z_all = _views(7, V + 1, n, d)
   Z, Z_aug = Z_all[0], Z_all[1:]
   Zhat = _views(8, 1, n, d)[0]
-  got = rr.uctrl_objective(Z, Zhat, Z_aug, 0.5, 2.0, 1.0, sample_distance,
-                           sample_reduction="mean", aug_target="mean")
+  got = rr.uctrl_objective(
+    Z, Zhat, Z_aug, 0.5, 2.0, 1.0, sample_distance, sample_reduction="mean", aug_target="mean"
+  )
   # Reference: per sample, z̄ the unit mean of the views; the image weighs as much as
   # all views together: ½ dist(z, z̄) + ½ mean_v dist(z_v, z̄).
   Z64 = Z_all.astype(np.float64)
   if sample_distance == "exact":
+
     def dist(u, v):  # ΔR({u}, {v}) as a 2-row set distance, d × d slogdets
-      return (np_rate(np.stack([u, v]), 0.5)
-              - 0.5 * (np_rate(u[None], 0.5) + np_rate(v[None], 0.5)))
+      return np_rate(np.stack([u, v]), 0.5) - 0.5 * (np_rate(u[None], 0.5) + np_rate(v[None], 0.5))
   else:
     dist = np_cos_dist
   terms = []
@@ -139,8 +144,9 @@ def test_uctrl_mean_target_compares_image_and_views_with_the_views_mean(sample_d
     views = np.mean([dist(Z64[m, i], target) for m in range(1, V + 1)])
     terms.append(0.5 * dist(Z64[0, i], target) + 0.5 * views)
   np.testing.assert_allclose(got["aug"], np.mean(terms), rtol=2e-4, atol=2e-5)
-  image = rr.uctrl_objective(Z, Zhat, Z_aug, 0.5, 2.0, 1.0, sample_distance,
-                             sample_reduction="mean", aug_target="image")
+  image = rr.uctrl_objective(
+    Z, Zhat, Z_aug, 0.5, 2.0, 1.0, sample_distance, sample_reduction="mean", aug_target="image"
+  )
   for key in ("R", "delta_R_z_zhat", "self"):  # the target changes the augmentation term only
     np.testing.assert_allclose(got[key], image[key], rtol=1e-6)
   with pytest.raises(ValueError, match="aug_target must be one of"):
@@ -158,8 +164,9 @@ def test_game_terms_without_views_leave_the_augmentation_term_out():
   for key in ("R", "delta_R_z_zhat", "self"):
     np.testing.assert_allclose(partial[key], full[key], rtol=1e-6)
   # The decoder's objective differs by the λ₁ term only, a constant for η.
-  np.testing.assert_allclose(partial["decoder_objective"],
-                             full["decoder_objective"] - lam1 * full["aug"], rtol=1e-5)
+  np.testing.assert_allclose(
+    partial["decoder_objective"], full["decoder_objective"] - lam1 * full["aug"], rtol=1e-5
+  )
 
 
 @pytest.mark.parametrize("mode", ["tcr", "simclr"])

@@ -1,8 +1,10 @@
-"""rate_reduction against float64 NumPy `slogdet` references written from SPEC §2-3.
+"""rate_reduction against float64 NumPy `slogdet` references written from
+docs/method.md#coding-rates and #the-game.
 
 The references below never use the library's shortcuts (smaller Gram side, Cholesky,
 closed-form pairwise term): they transcribe the definitions with d × d `slogdet`.
 """
+
 import functools
 
 import jax
@@ -17,12 +19,12 @@ EPS_SQ = 0.5
 
 
 # ----------------------------------------------------------------------------
-# Independent NumPy references (float64, definitions of SPEC §2).
+# Independent NumPy references (float64, definitions of docs/method.md#coding-rates).
 # ----------------------------------------------------------------------------
 
 
 def np_rate(Z, eps_sq=EPS_SQ, weights=None):
-  """R = ½ logdet(I_d + d/(n ε²) Zᵀ W Z), n = Σ w (SPEC §2)."""
+  """R = ½ logdet(I_d + d/(n ε²) Zᵀ W Z), n = Σ w (docs/method.md#coding-rates)."""
   Z = np.asarray(Z, np.float64)
   n, d = Z.shape
   w = np.ones(n) if weights is None else np.asarray(weights, np.float64)
@@ -34,13 +36,17 @@ def np_rate(Z, eps_sq=EPS_SQ, weights=None):
 
 def np_rate_reduction(Z, membership, eps_sq=EPS_SQ):
   n = Z.shape[0]
-  R_c = sum(membership[:, k].sum() / n * np_rate(Z, eps_sq, membership[:, k])
-            for k in range(membership.shape[1]))
+  R_c = sum(
+    membership[:, k].sum() / n * np_rate(Z, eps_sq, membership[:, k])
+    for k in range(membership.shape[1])
+  )
   return np_rate(Z, eps_sq) - R_c
 
 
 def np_rate_distance(Z, Zhat, eps_sq=EPS_SQ):
-  return np_rate(np.concatenate([Z, Zhat]), eps_sq) - 0.5 * (np_rate(Z, eps_sq) + np_rate(Zhat, eps_sq))
+  return np_rate(np.concatenate([Z, Zhat]), eps_sq) - 0.5 * (
+    np_rate(Z, eps_sq) + np_rate(Zhat, eps_sq)
+  )
 
 
 def np_pairwise(U, V, eps_sq=EPS_SQ):
@@ -89,8 +95,10 @@ def test_rate_reduction_labels_match_slogdet(n, d):
   labels = rng.integers(0, 3, n)  # with 5 classes, classes 3 and 4 are empty
   expected = np_rate_reduction(Z, np_one_hot(labels, 5))
   assert_close(rr.rate_reduction(Z, labels, 5, EPS_SQ), expected)
-  assert_close(rr.rate_reduction(Z, eps_sq=EPS_SQ, membership=np_one_hot(labels, 5).astype(np.float32)),
-               expected)
+  assert_close(
+    rr.rate_reduction(Z, eps_sq=EPS_SQ, membership=np_one_hot(labels, 5).astype(np.float32)),
+    expected,
+  )
 
 
 @pytest.mark.parametrize("n,d", [(12, 32), (100, 16)])
@@ -146,14 +154,19 @@ def _np_objective(Z, Zhat, Z_aug, lam_aug, lam_self, dist, reduction):
     aug, self_ = aug / n, self_ / n
   R, delta = np_rate(Z), np_rate_distance(Z, Zhat)
   return {
-      "R": R, "delta_R_z_zhat": delta, "aug": aug, "self": self_,
-      "encoder_objective": R + delta - lam_aug * aug - lam_self * self_,
-      "decoder_objective": R + delta + lam_aug * aug + lam_self * self_,
+    "R": R,
+    "delta_R_z_zhat": delta,
+    "aug": aug,
+    "self": self_,
+    "encoder_objective": R + delta - lam_aug * aug - lam_self * self_,
+    "decoder_objective": R + delta + lam_aug * aug + lam_self * self_,
   }
 
 
-@pytest.mark.parametrize("sample_distance,num_views,reduction",
-                         [("exact", 1, "sum"), ("exact", 3, "mean"), ("cosine", 2, "sum")])
+@pytest.mark.parametrize(
+  "sample_distance,num_views,reduction",
+  [("exact", 1, "sum"), ("exact", 3, "mean"), ("cosine", 2, "sum")],
+)
 @pytest.mark.parametrize("n,d", [(10, 32), (96, 16)])
 def test_uctrl_objective_terms_and_signs(sample_distance, num_views, reduction, n, d):
   rng = np.random.default_rng(n)
@@ -163,8 +176,9 @@ def test_uctrl_objective_terms_and_signs(sample_distance, num_views, reduction, 
   if num_views == 1:
     Z_aug = Z_aug[0]
   lam_aug, lam_self = 3.0, 0.7
-  got = rr.uctrl_objective(Z, Zhat, Z_aug, EPS_SQ, lam_aug, lam_self, sample_distance,
-                           sample_reduction=reduction)
+  got = rr.uctrl_objective(
+    Z, Zhat, Z_aug, EPS_SQ, lam_aug, lam_self, sample_distance, sample_reduction=reduction
+  )
   dist = np_pairwise if sample_distance == "exact" else np_cosine
   expected = _np_objective(Z, Zhat, Z_aug, lam_aug, lam_self, dist, reduction)
   for key, value in expected.items():
@@ -183,7 +197,9 @@ def test_ctrl_multi_objective_matches_slogdet():
   assert_close(got["delta_R_z"], np_rate_reduction(Z, Pi))
   assert_close(got["delta_R_zhat"], np_rate_reduction(Zhat, Pi))
   assert_close(got["class_distance"], expected_class)
-  assert_close(got["objective"], np_rate_reduction(Z, Pi) + np_rate_reduction(Zhat, Pi) + expected_class)
+  assert_close(
+    got["objective"], np_rate_reduction(Z, Pi) + np_rate_reduction(Zhat, Pi) + expected_class
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -200,12 +216,18 @@ def _directional_fd(f_np, args, index, direction, h=1e-5):
 
 
 GRAD_CASES = {
-    "coding_rate": (lambda Z: rr.coding_rate(Z, EPS_SQ), np_rate, 1),
-    "rate_reduction": (lambda Z: rr.rate_reduction(Z, np.arange(Z.shape[0]) % 3, 3, EPS_SQ),
-                       lambda Z: np_rate_reduction(Z, np_one_hot(np.arange(Z.shape[0]) % 3, 3)), 1),
-    "rate_distance": (lambda Z, Zh: rr.rate_distance(Z, Zh, EPS_SQ), np_rate_distance, 2),
-    "pairwise_sum": (lambda U, V: jnp.sum(rr.pairwise_rate_distance(U, V, EPS_SQ)),
-                     lambda U, V: np_pairwise(U, V).sum(), 2),
+  "coding_rate": (lambda Z: rr.coding_rate(Z, EPS_SQ), np_rate, 1),
+  "rate_reduction": (
+    lambda Z: rr.rate_reduction(Z, np.arange(Z.shape[0]) % 3, 3, EPS_SQ),
+    lambda Z: np_rate_reduction(Z, np_one_hot(np.arange(Z.shape[0]) % 3, 3)),
+    1,
+  ),
+  "rate_distance": (lambda Z, Zh: rr.rate_distance(Z, Zh, EPS_SQ), np_rate_distance, 2),
+  "pairwise_sum": (
+    lambda U, V: jnp.sum(rr.pairwise_rate_distance(U, V, EPS_SQ)),
+    lambda U, V: np_pairwise(U, V).sum(),
+    2,
+  ),
 }
 
 
@@ -228,7 +250,8 @@ def test_gradients_match_finite_differences(name, n, d):
 
 @pytest.mark.parametrize("n,d", [(12, 32), (60, 8)])
 def test_soft_membership_gradient_matches_finite_differences(n, d):
-  # Clustering (SPEC §4) differentiates ΔR(Z|Π) with respect to Π, zeros included.
+  # Clustering (docs/method.md#evaluation-protocols) differentiates ΔR(Z|Π) with respect to Π, zeros
+  # included.
   rng = np.random.default_rng(4)
   Z = sphere(rng, n, d)
   Pi = rng.uniform(size=(n, 3))
@@ -238,8 +261,9 @@ def test_soft_membership_gradient_matches_finite_differences(n, d):
   assert np.all(np.isfinite(grad))
   direction = rng.standard_normal(Pi.shape)
   fd = _directional_fd(lambda P: np_rate_reduction(Z, P), [Pi.astype(np.float64)], 0, direction)
-  np.testing.assert_allclose(float(np.sum(np.asarray(grad, np.float64) * direction)), fd,
-                             rtol=2e-3, atol=2e-4)
+  np.testing.assert_allclose(
+    float(np.sum(np.asarray(grad, np.float64) * direction)), fd, rtol=2e-3, atol=2e-4
+  )
 
 
 def test_pairwise_gradient_in_cosine_matches_closed_form():
@@ -248,9 +272,11 @@ def test_pairwise_gradient_in_cosine_matches_closed_form():
   a = d / (2 * EPS_SQ)
   e1, e2 = np.eye(d, dtype=np.float32)[:2]
   for c in (0.2, 0.9, 0.99):
+
     def f(t):
       v = jnp.cos(t) * e1 + jnp.sin(t) * e2
       return rr.pairwise_rate_distance(e1[None], v[None], EPS_SQ)[0]
+
     t = np.arccos(c)
     dfdt = jax.grad(f)(jnp.float32(t))
     dfdc = dfdt / -np.sin(t)  # c = cos t
@@ -272,13 +298,25 @@ def test_invariant_to_row_permutation_and_feature_rotation():
 
   def all_terms(Z, Zhat, Z_aug, labels):
     obj = rr.uctrl_objective(Z, Zhat, Z_aug, EPS_SQ, 1.0, 1.0)
-    return np.array([obj["encoder_objective"], obj["decoder_objective"], obj["R"],
-                     obj["delta_R_z_zhat"], obj["aug"], obj["self"],
-                     rr.rate_reduction(Z, labels, 4, EPS_SQ)])
+    return np.array(
+      [
+        obj["encoder_objective"],
+        obj["decoder_objective"],
+        obj["R"],
+        obj["delta_R_z_zhat"],
+        obj["aug"],
+        obj["self"],
+        rr.rate_reduction(Z, labels, 4, EPS_SQ),
+      ]
+    )
 
   base = all_terms(Z, Zhat, Z_aug, labels)
-  np.testing.assert_allclose(all_terms(Z[perm], Zhat[perm], Z_aug[perm], labels[perm]), base, rtol=1e-4)
-  np.testing.assert_allclose(all_terms(Z @ Q, Zhat @ Q, Z_aug @ Q, labels), base, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+    all_terms(Z[perm], Zhat[perm], Z_aug[perm], labels[perm]), base, rtol=1e-4
+  )
+  np.testing.assert_allclose(
+    all_terms(Z @ Q, Zhat @ Q, Z_aug @ Q, labels), base, rtol=1e-4, atol=1e-4
+  )
 
 
 def test_rate_distance_of_a_set_with_itself_is_zero():
@@ -292,10 +330,12 @@ def test_rate_distance_of_a_set_with_itself_is_zero():
 
 
 DEGENERATE = {
-    "collapsed": np.tile(sphere(np.random.default_rng(0), 1, 16), (32, 1)),
-    "zero_rows": np.concatenate([np.zeros((8, 16), np.float32), sphere(np.random.default_rng(1), 8, 16)]),
-    "all_zero": np.zeros((32, 16), np.float32),
-    "single_row": sphere(np.random.default_rng(2), 1, 16),
+  "collapsed": np.tile(sphere(np.random.default_rng(0), 1, 16), (32, 1)),
+  "zero_rows": np.concatenate(
+    [np.zeros((8, 16), np.float32), sphere(np.random.default_rng(1), 8, 16)]
+  ),
+  "all_zero": np.zeros((32, 16), np.float32),
+  "single_row": sphere(np.random.default_rng(2), 1, 16),
 }
 
 
@@ -308,8 +348,12 @@ def test_degenerate_features_have_finite_values_and_gradients(case):
   def total(Z):
     obj = rr.uctrl_objective(Z, Z[::-1], Z, EPS_SQ, 1.0, 1.0)
     cos = rr.uctrl_objective(Z, Z[::-1], Z, EPS_SQ, 1.0, 1.0, "cosine")
-    return (obj["encoder_objective"] + cos["encoder_objective"] + rr.rate_reduction(Z, labels, 2, EPS_SQ)
-            + rr.ctrl_multi_objective(Z, Z[::-1], labels, 2, EPS_SQ)["objective"])
+    return (
+      obj["encoder_objective"]
+      + cos["encoder_objective"]
+      + rr.rate_reduction(Z, labels, 2, EPS_SQ)
+      + rr.ctrl_multi_objective(Z, Z[::-1], labels, 2, EPS_SQ)["objective"]
+    )
 
   value, grad = jax.value_and_grad(total)(Z)
   assert np.isfinite(value)
@@ -343,30 +387,36 @@ def _mesh():
 def _inputs(n=128, d=32, views=2):
   rng = np.random.default_rng(21)
   Z = sphere(rng, n, d)
-  return dict(Z=Z, Zhat=sphere(rng, n, d) + Z, Z_aug=np.stack([sphere(rng, n, d) + Z] * views),
-              labels=rng.integers(0, 5, n).astype(np.int32))
+  return dict(
+    Z=Z,
+    Zhat=sphere(rng, n, d) + Z,
+    Z_aug=np.stack([sphere(rng, n, d) + Z] * views),
+    labels=rng.integers(0, 5, n).astype(np.int32),
+  )
 
 
 def _all_terms(Z, Zhat, Z_aug, labels, axis_name=None):
   exact = rr.uctrl_objective(Z, Zhat, Z_aug, EPS_SQ, 2.0, 0.5, axis_name=axis_name)
-  cosine = rr.uctrl_objective(Z, Zhat, Z_aug, EPS_SQ, 2.0, 0.5, "cosine", sample_reduction="mean",
-                              axis_name=axis_name)
+  cosine = rr.uctrl_objective(
+    Z, Zhat, Z_aug, EPS_SQ, 2.0, 0.5, "cosine", sample_reduction="mean", axis_name=axis_name
+  )
   multi = rr.ctrl_multi_objective(Z, Zhat, labels, 5, EPS_SQ, axis_name=axis_name)
   return {
-      **{f"exact/{k}": v for k, v in exact.items()},
-      **{f"cosine/{k}": v for k, v in cosine.items()},
-      **{f"multi/{k}": v for k, v in multi.items()},
-      "coding_rate": rr.coding_rate(Z, EPS_SQ, axis_name=axis_name),
-      "rate_reduction": rr.rate_reduction(Z, labels, 5, EPS_SQ, axis_name=axis_name),
-      "rate_distance": rr.rate_distance(Z, Zhat, EPS_SQ, axis_name=axis_name),
+    **{f"exact/{k}": v for k, v in exact.items()},
+    **{f"cosine/{k}": v for k, v in cosine.items()},
+    **{f"multi/{k}": v for k, v in multi.items()},
+    "coding_rate": rr.coding_rate(Z, EPS_SQ, axis_name=axis_name),
+    "rate_reduction": rr.rate_reduction(Z, labels, 5, EPS_SQ, axis_name=axis_name),
+    "rate_distance": rr.rate_distance(Z, Zhat, EPS_SQ, axis_name=axis_name),
   }
 
 
 def _assert_terms_equal(got, expected):
   assert got.keys() == expected.keys()
   for key in expected:
-    np.testing.assert_allclose(np.asarray(got[key]), np.asarray(expected[key]), rtol=2e-5, atol=2e-5,
-                               err_msg=key)
+    np.testing.assert_allclose(
+      np.asarray(got[key]), np.asarray(expected[key]), rtol=2e-5, atol=2e-5, err_msg=key
+    )
 
 
 def test_jit_over_globally_sharded_rows_equals_single_device():
@@ -374,9 +424,12 @@ def test_jit_over_globally_sharded_rows_equals_single_device():
   x = _inputs()
   expected = jax.jit(_all_terms)(**x)
   rows = NamedSharding(mesh, P("data"))
-  sharded = dict(Z=jax.device_put(x["Z"], rows), Zhat=jax.device_put(x["Zhat"], rows),
-                 Z_aug=jax.device_put(x["Z_aug"], NamedSharding(mesh, P(None, "data"))),
-                 labels=jax.device_put(x["labels"], rows))
+  sharded = dict(
+    Z=jax.device_put(x["Z"], rows),
+    Zhat=jax.device_put(x["Zhat"], rows),
+    Z_aug=jax.device_put(x["Z_aug"], NamedSharding(mesh, P(None, "data"))),
+    labels=jax.device_put(x["labels"], rows),
+  )
   assert len(sharded["Z"].sharding.device_set) == 8
   _assert_terms_equal(jax.jit(_all_terms)(**sharded), expected)
 
@@ -385,8 +438,12 @@ def test_shard_map_with_axis_name_equals_single_device():
   mesh = _mesh()
   x = _inputs()
   expected = _all_terms(**x)
-  f = jax.shard_map(functools.partial(_all_terms, axis_name="data"), mesh=mesh,
-                    in_specs=(P("data"), P("data"), P(None, "data"), P("data")), out_specs=P())
+  f = jax.shard_map(
+    functools.partial(_all_terms, axis_name="data"),
+    mesh=mesh,
+    in_specs=(P("data"), P("data"), P(None, "data"), P("data")),
+    out_specs=P(),
+  )
   _assert_terms_equal(jax.jit(f)(x["Z"], x["Zhat"], x["Z_aug"], x["labels"]), expected)
 
 
@@ -395,13 +452,17 @@ def test_shard_map_gradients_equal_single_device():
   x = _inputs()
 
   def encoder_objective(Z, Zhat, Z_aug, axis_name=None):
-    return rr.uctrl_objective(Z, Zhat, Z_aug, EPS_SQ, 2.0, 0.5, axis_name=axis_name)["encoder_objective"]
+    return rr.uctrl_objective(Z, Zhat, Z_aug, EPS_SQ, 2.0, 0.5, axis_name=axis_name)[
+      "encoder_objective"
+    ]
 
   expected = jax.grad(encoder_objective, argnums=(0, 1, 2))(x["Z"], x["Zhat"], x["Z_aug"])
   sharded_grad = jax.shard_map(
-      jax.grad(functools.partial(encoder_objective, axis_name="data"), argnums=(0, 1, 2)), mesh=mesh,
-      in_specs=(P("data"), P("data"), P(None, "data")),
-      out_specs=(P("data"), P("data"), P(None, "data")))
+    jax.grad(functools.partial(encoder_objective, axis_name="data"), argnums=(0, 1, 2)),
+    mesh=mesh,
+    in_specs=(P("data"), P("data"), P(None, "data")),
+    out_specs=(P("data"), P("data"), P(None, "data")),
+  )
   got = jax.jit(sharded_grad)(x["Z"], x["Zhat"], x["Z_aug"])
   for g, e in zip(got, expected):
     np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-4, atol=1e-5)
@@ -415,7 +476,9 @@ def test_shard_map_gradients_equal_single_device():
 Z16 = np.zeros((4, 16), np.float32)
 
 
-@pytest.mark.parametrize("call,message", [
+@pytest.mark.parametrize(
+  "call,message",
+  [
     (lambda: rr.coding_rate(np.zeros(16, np.float32), EPS_SQ), r"shape \(n, d\)"),
     (lambda: rr.coding_rate(np.zeros((2, 3, 4), np.float32), EPS_SQ), r"shape \(n, d\)"),
     (lambda: rr.coding_rate(np.zeros((0, 4), np.float32), EPS_SQ), "n ≥ 1"),
@@ -426,24 +489,49 @@ Z16 = np.zeros((4, 16), np.float32)
     (lambda: rr.rate_distance(Z16, np.zeros((4, 8), np.float32), EPS_SQ), "same feature dimension"),
     (lambda: rr.pairwise_rate_distance(Z16, np.zeros((5, 16), np.float32), EPS_SQ), "same shape"),
     (lambda: rr.cosine_distance(Z16, np.zeros((4, 8), np.float32)), "same shape"),
-    (lambda: rr.rate_reduction(Z16, np.array([0, 1, 2, 3]), 3, EPS_SQ), r"labels must lie in \[0, 3\)"),
+    (
+      lambda: rr.rate_reduction(Z16, np.array([0, 1, 2, 3]), 3, EPS_SQ),
+      r"labels must lie in \[0, 3\)",
+    ),
     (lambda: rr.rate_reduction(Z16, np.array([0, -1, 1, 1]), 3, EPS_SQ), r"labels must lie in"),
-    (lambda: rr.rate_reduction(Z16, np.array([0, 1, 1]), 3, EPS_SQ), r"labels must have shape \(n,\)"),
-    (lambda: rr.rate_reduction(Z16, np.array([0., 1, 1, 0]), 3, EPS_SQ), "labels must be integers"),
+    (
+      lambda: rr.rate_reduction(Z16, np.array([0, 1, 1]), 3, EPS_SQ),
+      r"labels must have shape \(n,\)",
+    ),
+    (
+      lambda: rr.rate_reduction(Z16, np.array([0.0, 1, 1, 0]), 3, EPS_SQ),
+      "labels must be integers",
+    ),
     (lambda: rr.rate_reduction(Z16, np.array([0, 1, 1, 0]), None, EPS_SQ), "num_classes"),
     (lambda: rr.rate_reduction(Z16, eps_sq=EPS_SQ), "exactly one of labels"),
-    (lambda: rr.rate_reduction(Z16, eps_sq=EPS_SQ, membership=np.ones((3, 2), np.float32)),
-     r"membership must have shape \(n, k\)"),
-    (lambda: rr.rate_reduction(Z16, eps_sq=EPS_SQ, membership=-np.ones((4, 2), np.float32)),
-     "non-negative"),
-    (lambda: rr.uctrl_objective(Z16, Z16[:3], Z16, EPS_SQ, 1.0, 1.0), "Zhat must have the shape of Z"),
+    (
+      lambda: rr.rate_reduction(Z16, eps_sq=EPS_SQ, membership=np.ones((3, 2), np.float32)),
+      r"membership must have shape \(n, k\)",
+    ),
+    (
+      lambda: rr.rate_reduction(Z16, eps_sq=EPS_SQ, membership=-np.ones((4, 2), np.float32)),
+      "non-negative",
+    ),
+    (
+      lambda: rr.uctrl_objective(Z16, Z16[:3], Z16, EPS_SQ, 1.0, 1.0),
+      "Zhat must have the shape of Z",
+    ),
     (lambda: rr.uctrl_objective(Z16, Z16, Z16[:, :8], EPS_SQ, 1.0, 1.0), "Z_aug must have shape"),
     (lambda: rr.uctrl_objective(Z16, Z16, Z16, EPS_SQ, -1.0, 1.0), "lambda_aug must be ≥ 0"),
-    (lambda: rr.uctrl_objective(Z16, Z16, Z16, EPS_SQ, 1.0, 1.0, "l2"), "sample_distance must be one of"),
-    (lambda: rr.uctrl_objective(Z16, Z16, Z16, EPS_SQ, 1.0, 1.0, sample_reduction="max"),
-     "sample_reduction must be one of"),
-    (lambda: rr.ctrl_multi_objective(Z16, Z16, np.array([0, 1, 2, 5]), 3, EPS_SQ), "labels must lie in"),
-])
+    (
+      lambda: rr.uctrl_objective(Z16, Z16, Z16, EPS_SQ, 1.0, 1.0, "l2"),
+      "sample_distance must be one of",
+    ),
+    (
+      lambda: rr.uctrl_objective(Z16, Z16, Z16, EPS_SQ, 1.0, 1.0, sample_reduction="max"),
+      "sample_reduction must be one of",
+    ),
+    (
+      lambda: rr.ctrl_multi_objective(Z16, Z16, np.array([0, 1, 2, 5]), 3, EPS_SQ),
+      "labels must lie in",
+    ),
+  ],
+)
 def test_bad_input_raises_clear_error(call, message):
   with pytest.raises(ValueError, match=message):
     call()

@@ -1,4 +1,5 @@
 """The README's API example runs as written and computes what it says."""
+
 import pathlib
 import re
 
@@ -18,6 +19,9 @@ def test_readme_python_example_runs():
   np.testing.assert_allclose(terms["aug"], aug, rtol=1e-5)
   np.testing.assert_allclose(terms["aug_per_sample"], aug / n, rtol=1e-5)
   np.testing.assert_allclose(
-      terms["encoder_objective"],
-      float(rr.coding_rate(Z, 0.5) + rr.rate_distance(Z, Zhat, 0.5)) - 10 * aug - 10 * float(terms["self"]),
-      rtol=1e-5)
+    terms["encoder_objective"],
+    float(rr.coding_rate(Z, 0.5) + rr.rate_distance(Z, Zhat, 0.5))
+    - 10 * aug
+    - 10 * float(terms["self"]),
+    rtol=1e-5,
+  )

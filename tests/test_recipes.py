@@ -1,4 +1,5 @@
 """benchmarks/recipes.py end to end: budgets from timed iterations, rows, table, curve."""
+
 import importlib.util
 import json
 import os
@@ -21,13 +22,20 @@ def _recipes():
   return module
 
 
-def test_recipes_train_each_seed_for_the_measured_budget_and_tabulate(fashion_mnist_data_dir,
-                                                                      tmp_path):
+def test_recipes_train_each_seed_for_the_measured_budget_and_tabulate(
+  fashion_mnist_data_dir, tmp_path
+):
   recipes = _recipes()
   out = tmp_path / "recipes"
-  common = [f"--out={out}", "--minutes=0.01", "--speed_iterations=1",
-            "--max_train_examples=600", "--max_test_examples=200",
-            "--evaluators=knn,reconstruction", f"--data_dir={fashion_mnist_data_dir}"]
+  common = [
+    f"--out={out}",
+    "--minutes=0.01",
+    "--speed_iterations=1",
+    "--max_train_examples=600",
+    "--max_test_examples=200",
+    "--evaluators=knn,reconstruction",
+    f"--data_dir={fashion_mnist_data_dir}",
+  ]
   rows = recipes.main(common + ["--only=tcr", "--seeds=0,1"])
   rows += recipes.main(common + ["--only=uctrl", "--seeds=0"])
   assert [r["name"] for r in rows] == ["tcr_seed0", "tcr_seed1", "uctrl_seed0"]
@@ -43,8 +51,9 @@ def test_recipes_train_each_seed_for_the_measured_budget_and_tabulate(fashion_mn
   assert "reconstruction/psnr" not in by_name["tcr_seed0"]  # encoder only: n/a
   # Two seeds, two runs.
   params = [uctrl_jax.load(str(out / f"tcr_seed{k}")).state.encoder_params for k in (0, 1)]
-  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params[0]),
-                                                      jax.tree.leaves(params[1])))
+  assert not all(
+    np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params[0]), jax.tree.leaves(params[1]))
+  )
   table = (out / "recipes.md").read_text()
   assert "| tcr_seed1 |" in table and "| **uctrl**:" in table and "| *raw pixels* |" in table
   assert "| *untrained encoder* |" in table

@@ -7,6 +7,7 @@ everything else runs in-process. A module-scoped run of 4 steps (checkpoints at 
 4) serves the determinism and damaged-checkpoint tests, and a module-wide persistent
 compilation cache keeps the many small runs cheap.
 """
+
 import logging
 import math
 import os
@@ -24,6 +25,7 @@ import pytest
 
 from configs import tiny
 from uctrl_jax import checkpointing
+from uctrl_jax import guards
 from uctrl_jax import train
 from uctrl_jax import validation
 
@@ -71,6 +73,7 @@ def _config(npz_path, **train):
 def _scalars(workdir, tag):
   """{step: value} of a TensorBoard scalar written by clu."""
   import tensorflow as tf
+
   values = {}
   for name in sorted(os.listdir(workdir)):
     if name.startswith("events.out.tfevents"):
@@ -116,8 +119,9 @@ def _damage(step_dir):
       f.truncate(10)
 
 
-def test_truncated_latest_checkpoint_falls_back_to_previous(npz_path, four_step_run, tmp_path,
-                                                            caplog):
+def test_truncated_latest_checkpoint_falls_back_to_previous(
+  npz_path, four_step_run, tmp_path, caplog
+):
   workdir = str(tmp_path / "run")
   shutil.copytree(four_step_run, workdir)
   ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -164,15 +168,20 @@ def test_injected_nan_stops_naming_term_and_keeps_last_checkpoint(npz_path, tmp_
     target = train.create_train_state(config, (28, 28, 1), jax.random.key(0))
     restored, extra = ckpt.restore(target)
   assert int(restored.step) == 2 and extra["batches_consumed"] == 2
-  assert train.nonfinite_state_leaves(restored) == []
+  assert guards.nonfinite_state_leaves(restored) == []
 
 
 def test_rollback_skips_bad_batches_and_never_saves_nan(npz_path, tmp_path, caplog):
   """The NaN appears at a checkpoint step that is not a log step: the check before the
   save catches it; rollback restores step 2 and goes on with the next batches."""
   workdir = str(tmp_path / "run")
-  config = _config(npz_path, fault_inject_nan_at_step=3, on_nonfinite="rollback",
-                   log_every=1000, checkpoint_every=1)
+  config = _config(
+    npz_path,
+    fault_inject_nan_at_step=3,
+    on_nonfinite="rollback",
+    log_every=1000,
+    checkpoint_every=1,
+  )
   with caplog.at_level(logging.WARNING, logger="absl"):
     state = train.train_and_evaluate(config, workdir)
   assert int(state.step) == 4
@@ -182,17 +191,20 @@ def test_rollback_skips_bad_batches_and_never_saves_nan(npz_path, tmp_path, capl
     assert ckpt.all_steps() == [2, 3, 4]
     for step in (2, 3, 4):
       restored, extra = ckpt.restore(state, step)
-      assert train.nonfinite_state_leaves(restored) == [], step
+      assert guards.nonfinite_state_leaves(restored) == [], step
     assert extra["batches_consumed"] == 5  # step 3's first batch was skipped
 
 
 def test_check_finite_names_state_arrays():
-  state = {"a": np.zeros(3, np.float32), "b": {"c": np.array([1.0, np.inf], np.float32)},
-           "n": np.zeros(2, np.int32)}
-  assert train.nonfinite_state_leaves(state) == ["['b']['c']"]
-  train.check_finite(5, {"x": 1.0}, {"a": np.ones(2, np.float32)})
+  state = {
+    "a": np.zeros(3, np.float32),
+    "b": {"c": np.array([1.0, np.inf], np.float32)},
+    "n": np.zeros(2, np.int32),
+  }
+  assert guards.nonfinite_state_leaves(state) == ["['b']['c']"]
+  guards.check_finite(5, {"x": 1.0}, {"a": np.ones(2, np.float32)})
   with pytest.raises(FloatingPointError, match=r"step 5: x, state \['b'\]\['c'\]; stopping"):
-    train.check_finite(5, {"x": float("nan")}, state)
+    guards.check_finite(5, {"x": float("nan")}, state)
 
 
 # ------------------------------------------------------------------ validation
@@ -205,6 +217,7 @@ def _mutate(path, value):
     for section in sections:
       node = node[section]
     node[key] = value
+
   apply.path, apply.value = path, value
   return apply
 
@@ -216,52 +229,64 @@ def _with_mode(mode, path, value):
   def apply(config):
     config.loss.mode = mode
     mutate(config)
+
   apply.path, apply.value = f"loss.mode={mode},{path}", value
   return apply
 
 
 INVALID = [
-    (_mutate("train.batch_size", 12), r"batch_size = 12 is not divisible by the 8 devices"),
-    (_mutate("loss.eps_sq", 0.0), r"config.loss.eps_sq must be a finite number > 0; got 0.0"),
-    (_mutate("loss.lambda_aug", -1.0), r"config.loss.lambda_aug must be a finite number ≥ 0"),
-    (_mutate("data.image_size", 64), r"image_size = 64 does not suit config.model.encoder"),
-    (_mutate("model.encoder", "resnet18"), r"does not suit config.model.encoder = 'resnet18'"),
-    (_mutate("model.feature_dim", 0), r"config.model.feature_dim must be an integer ≥ 1"),
-    (_mutate("train.encoder_steps", 0), r"config.train.encoder_steps must be an integer ≥ 1"),
-    (_mutate("model.decoder", "vgg"), r"config.model.decoder = 'vgg' is not one of"),
-    (_mutate("loss.mode", "gan"), r"config.loss.mode = 'gan' is not one of"),
-    (_mutate("loss.sample_distance", "l2"), r"config.loss.sample_distance = 'l2' is not one of"),
-    (_mutate("train.on_nonfinite", "ignore"), r"config.train.on_nonfinite = 'ignore'"),
-    (_mutate("data.name", "no_such_dataset"), r"'no_such_dataset' is not a tensorflow-datasets"),
-    (_mutate("data.name", "npz:/no/such.npz"), r"no such file or directory '/no/such.npz'"),
-    (_mutate("evals.during_training.names", ("knn", "knnn")),
-     r"config.evals.during_training.names has 'knnn', not one of"),
-    (_mutate("loss.rate_weight", -0.5), r"config.loss.rate_weight must be a finite number ≥ 0"),
-    (_mutate("train.eval_every", -1), r"config.train.eval_every must be an integer ≥ 0"),
-    (_mutate("train.host_blas_threads", 0), r"config.train.host_blas_threads must be an integer ≥ 1"),
-    (_mutate("train.encoder_b1", 1.0), r"config.train.encoder_b1 must be a number in \[0, 1\)"),
-    (_mutate("loss.aug_target", "views"), r"config.loss.aug_target = 'views' is not one of"),
-    (_mutate("train.encoder_bn_in_decoder_step", "eval"),
-     r"config.train.encoder_bn_in_decoder_step = 'eval' is not one of"),
-    (_with_mode("tcr", "data.num_views", 1),
-     r"'tcr' compares views with each other: config.data.num_views must be ≥ 2; got 1"),
-    (_with_mode("simclr", "train.encoder_steps", 2), r"config.train.encoder_steps must be 1; got 2"),
-    (_with_mode("simclr", "loss.temperature", 0.0),
-     r"config.loss.temperature must be a finite number > 0"),
+  (_mutate("train.batch_size", 12), r"batch_size = 12 is not divisible by the 8 devices"),
+  (_mutate("loss.eps_sq", 0.0), r"config.loss.eps_sq must be a finite number > 0; got 0.0"),
+  (_mutate("loss.lambda_aug", -1.0), r"config.loss.lambda_aug must be a finite number ≥ 0"),
+  (_mutate("data.image_size", 64), r"image_size = 64 does not suit config.model.encoder"),
+  (_mutate("model.encoder", "resnet18"), r"does not suit config.model.encoder = 'resnet18'"),
+  (_mutate("model.feature_dim", 0), r"config.model.feature_dim must be an integer ≥ 1"),
+  (_mutate("train.encoder_steps", 0), r"config.train.encoder_steps must be an integer ≥ 1"),
+  (_mutate("model.decoder", "vgg"), r"config.model.decoder = 'vgg' is not one of"),
+  (_mutate("loss.mode", "gan"), r"config.loss.mode = 'gan' is not one of"),
+  (_mutate("loss.sample_distance", "l2"), r"config.loss.sample_distance = 'l2' is not one of"),
+  (_mutate("train.on_nonfinite", "ignore"), r"config.train.on_nonfinite = 'ignore'"),
+  (_mutate("data.name", "no_such_dataset"), r"'no_such_dataset' is not a tensorflow-datasets"),
+  (_mutate("data.name", "npz:/no/such.npz"), r"no such file or directory '/no/such.npz'"),
+  (
+    _mutate("evals.during_training.names", ("knn", "knnn")),
+    r"config.evals.during_training.names has 'knnn', not one of",
+  ),
+  (_mutate("loss.rate_weight", -0.5), r"config.loss.rate_weight must be a finite number ≥ 0"),
+  (_mutate("train.eval_every", -1), r"config.train.eval_every must be an integer ≥ 0"),
+  (_mutate("train.host_blas_threads", 0), r"config.train.host_blas_threads must be an integer ≥ 1"),
+  (_mutate("train.encoder_b1", 1.0), r"config.train.encoder_b1 must be a number in \[0, 1\)"),
+  (_mutate("loss.aug_target", "views"), r"config.loss.aug_target = 'views' is not one of"),
+  (
+    _mutate("train.encoder_bn_in_decoder_step", "eval"),
+    r"config.train.encoder_bn_in_decoder_step = 'eval' is not one of",
+  ),
+  (
+    _with_mode("tcr", "data.num_views", 1),
+    r"'tcr' compares views with each other: config.data.num_views must be ≥ 2; got 1",
+  ),
+  (_with_mode("simclr", "train.encoder_steps", 2), r"config.train.encoder_steps must be 1; got 2"),
+  (
+    _with_mode("simclr", "loss.temperature", 0.0),
+    r"config.loss.temperature must be a finite number > 0",
+  ),
 ]
 
 
 @pytest.fixture
 def no_compile(monkeypatch):
   """Anything past validation (model init, step compilation) fails the test."""
+
   def refuse(*args, **kwargs):
     raise AssertionError("reached model initialisation / compilation")
+
   monkeypatch.setattr(train, "create_train_state", refuse)
   monkeypatch.setattr(train, "make_steps", refuse)
 
 
-@pytest.mark.parametrize("mutate, message", INVALID,
-                         ids=[f"{m.path}={m.value}" for m, _ in INVALID])
+@pytest.mark.parametrize(
+  "mutate, message", INVALID, ids=[f"{m.path}={m.value}" for m, _ in INVALID]
+)
 def test_invalid_config_fails_before_compiling(mutate, message, npz_path, tmp_path, no_compile):
   config = _config(npz_path)
   mutate(config)
@@ -277,9 +302,14 @@ def test_unwritable_workdir(npz_path, tmp_path, no_compile):
     train.train_and_evaluate(_config(npz_path), str(blocker / "run"))
 
 
-@pytest.mark.parametrize("path, value, key", [("model.feature_dim", 32, "model.feature_dim"),
-                                              ("model.width", 16, "model.width"),
-                                              ("data.image_size", 32, "data.image_size")])
+@pytest.mark.parametrize(
+  "path, value, key",
+  [
+    ("model.feature_dim", 32, "model.feature_dim"),
+    ("model.width", 16, "model.width"),
+    ("data.image_size", 32, "data.image_size"),
+  ],
+)
 def test_workdir_of_an_incompatible_run(path, value, key, npz_path, tmp_path, no_compile):
   workdir = str(tmp_path / "run")
   checkpointing.save_config(workdir, _config(npz_path))
@@ -299,28 +329,35 @@ def test_workdir_of_a_run_on_other_data(npz_path, tmp_path, no_compile):
 
 
 @pytest.mark.parametrize("saved_mode, new_mode", [("uctrl", "tcr"), ("simclr", "ctrl_binary")])
-def test_workdir_of_a_run_with_or_without_decoder(saved_mode, new_mode, npz_path, tmp_path,
-                                                  no_compile):
+def test_workdir_of_a_run_with_or_without_decoder(
+  saved_mode, new_mode, npz_path, tmp_path, no_compile
+):
   workdir = str(tmp_path / "run")
   saved = _config(npz_path)
   saved.loss.mode = saved_mode
   checkpointing.save_config(workdir, saved)
   config = _config(npz_path)
   config.loss.mode = new_mode
-  with pytest.raises(validation.ConfigError,
-                     match=rf"config.loss.mode = '{saved_mode}', this config has '{new_mode}'"):
+  with pytest.raises(
+    validation.ConfigError,
+    match=rf"config.loss.mode = '{saved_mode}', this config has '{new_mode}'",
+  ):
     train.train_and_evaluate(config, workdir)
 
 
 def test_schedule_changes_may_resume(npz_path, tmp_path):
   workdir = str(tmp_path / "run")
   checkpointing.save_config(workdir, _config(npz_path))
-  validation.validate_config(_config(npz_path, num_steps=100, log_every=7, checkpoint_every=9),
-                             workdir, image_shape=(28, 28, 1))
+  validation.validate_config(
+    _config(npz_path, num_steps=100, log_every=7, checkpoint_every=9),
+    workdir,
+    image_shape=(28, 28, 1),
+  )
 
 
-def test_resume_with_other_num_steps_under_cosine_is_refused_unless_allowed(npz_path, tmp_path,
-                                                                             caplog):
+def test_resume_with_other_num_steps_under_cosine_is_refused_unless_allowed(
+  npz_path, tmp_path, caplog
+):
   """The cosine schedule decays over num_steps: a resume with another num_steps would put
   the remaining steps on another learning-rate curve. The logged */lr show the curve."""
   workdir = str(tmp_path / "run")
@@ -330,13 +367,19 @@ def test_resume_with_other_num_steps_under_cosine_is_refused_unless_allowed(npz_
   # Iteration s (logged at step s) ran at state.step = s − 1.
   cosine = lambda s, n: lr * 0.5 * (1 + math.cos(math.pi * (s - 1) / n))  # noqa: E731
   logged = _scalars(workdir, "encoder/lr")
-  np.testing.assert_allclose([logged[s] for s in (1, 2, 3, 4)],
-                             [cosine(s, 4) for s in (1, 2, 3, 4)], rtol=1e-5, atol=1e-6 * lr)
+  np.testing.assert_allclose(
+    [logged[s] for s in (1, 2, 3, 4)],
+    [cosine(s, 4) for s in (1, 2, 3, 4)],
+    rtol=1e-5,
+    atol=1e-6 * lr,
+  )
 
   longer = _config(npz_path, schedule="cosine", num_steps=6)
-  with pytest.raises(validation.ConfigError,
-                     match=r"config.train.num_steps = 4, this config has 6: under the cosine "
-                           r".*config.train.allow_lr_curve_change=True") as e:
+  with pytest.raises(
+    validation.ConfigError,
+    match=r"config.train.num_steps = 4, this config has 6: under the cosine "
+    r".*config.train.allow_lr_curve_change=True",
+  ) as e:
     train.train_and_evaluate(longer, workdir)
   assert "\n" not in str(e.value)
   longer.train.allow_lr_curve_change = True
@@ -345,8 +388,9 @@ def test_resume_with_other_num_steps_under_cosine_is_refused_unless_allowed(npz_
   assert int(state.step) == 6
   assert "num_steps = 4, this config has 6" in caplog.text
   logged = _scalars(workdir, "decoder/lr")
-  np.testing.assert_allclose([logged[5], logged[6]], [cosine(5, 6), cosine(6, 6)], rtol=1e-5,
-                             atol=1e-6 * lr)
+  np.testing.assert_allclose(
+    [logged[5], logged[6]], [cosine(5, 6), cosine(6, 6)], rtol=1e-5, atol=1e-6 * lr
+  )
   # A constant schedule does not depend on num_steps: no question asked.
   validation.validate_config(_config(npz_path, num_steps=9), str(tmp_path / "other"))
 
@@ -358,14 +402,26 @@ class _Run:
   """`python main.py` on the tiny config in a subprocess, its log read line by line."""
 
   def __init__(self, workdir, npz_path, cache_dir, *flags):
-    cmd = [sys.executable, "main.py", "--config=configs/tiny.py", f"--workdir={workdir}",
-           f"--config.data.name=npz:{npz_path}", "--config.train.num_steps=100000",
-           "--config.train.log_every=1", "--config.train.image_every=100000",
-           "--config.train.schedule=constant", *flags]  # as _config: resumed with other num_steps
-    env = dict(os.environ,  # conftest's 8 CPU devices included
-               JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True)
+    cmd = [
+      sys.executable,
+      "main.py",
+      "--config=configs/tiny.py",
+      f"--workdir={workdir}",
+      f"--config.data.name=npz:{npz_path}",
+      "--config.train.num_steps=100000",
+      "--config.train.log_every=1",
+      "--config.train.image_every=100000",
+      "--config.train.schedule=constant",
+      *flags,
+    ]  # as _config: resumed with other num_steps
+    env = dict(
+      os.environ,  # conftest's 8 CPU devices included
+      JAX_COMPILATION_CACHE_DIR=cache_dir,
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
+    self.proc = subprocess.Popen(
+      cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     self.lines = []
     self._reader = threading.Thread(target=self._read, daemon=True)
     self._reader.start()
@@ -386,8 +442,9 @@ class _Run:
     while max(self.logged_steps(), default=0) < step:
       if self.proc.poll() is not None or time.monotonic() > deadline:
         self.proc.kill()
-        raise AssertionError(f"no step {step} logged; exit {self.proc.poll()}; log tail:\n"
-                             + self.text[-3000:])
+        raise AssertionError(
+          f"no step {step} logged; exit {self.proc.poll()}; log tail:\n" + self.text[-3000:]
+        )
       time.sleep(0.05)
 
   def finish(self, timeout=300):
@@ -397,7 +454,8 @@ class _Run:
 
 
 def test_sigterm_saves_then_resume_then_kill9_loses_at_most_checkpoint_every(
-    npz_path, compilation_cache, tmp_path):
+  npz_path, compilation_cache, tmp_path
+):
   workdir = str(tmp_path / "run")
   # 1. SIGTERM between scheduled checkpoints: a checkpoint of the current step, exit 0.
   run = _Run(workdir, npz_path, compilation_cache, "--config.train.checkpoint_every=100000")
@@ -426,8 +484,9 @@ def test_sigterm_saves_then_resume_then_kill9_loses_at_most_checkpoint_every(
   ckpt_dir = os.path.join(workdir, "checkpoints")
   partial = os.path.join(ckpt_dir, f"{latest + 2}.orbax-checkpoint-tmp")
   shutil.copytree(os.path.join(ckpt_dir, str(latest)), partial, dirs_exist_ok=True)
-  state = train.train_and_evaluate(_config(npz_path, num_steps=latest + 1, checkpoint_every=every),
-                                   workdir)
+  state = train.train_and_evaluate(
+    _config(npz_path, num_steps=latest + 1, checkpoint_every=every), workdir
+  )
   assert int(state.step) == latest + 1
   assert not os.path.exists(partial)
   assert checkpointing.Checkpointer(workdir).all_steps()[-2:] == [latest, latest + 1]

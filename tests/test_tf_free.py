@@ -8,6 +8,7 @@ saved with ``checkpointing`` loads with ``uctrl_jax.load`` and encodes as the st
 was saved from. ``tests/test_accelerator_bench.py`` goes further (no clu or
 ml_collections either).
 """
+
 import json
 import math
 import os
@@ -21,6 +22,7 @@ import json, sys, tempfile
 import jax, jax.numpy as jnp, numpy as np
 from uctrl_jax import models, objectives, rate_reduction, sharding, train
 from uctrl_jax import checkpointing
+from uctrl_jax import loading
 import uctrl_jax
 from configs import tiny
 
@@ -45,7 +47,7 @@ checkpointing.save_config(workdir, config)
 with checkpointing.Checkpointer(workdir) as ckpt:
   ckpt.save(1, state, {"step": 1})
 loaded = uctrl_jax.load(workdir)
-encode, _ = train._eval_mode_loop(config, shape)
+encode, _ = loading.eval_mode_loop(config, shape)
 x = jnp.asarray(host["image"][:4])
 Z = loaded.encode(x)
 print("RESULT " + json.dumps({
@@ -59,16 +61,23 @@ print("RESULT " + json.dumps({
 
 
 def _run(env, code):
-  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=600)
+  proc = subprocess.run(
+    [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   [line] = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-  return json.loads(line[len("RESULT "):])
+  return json.loads(line[len("RESULT ") :])
 
 
 def test_blocker_blocks(env_without):
-  proc = subprocess.run([sys.executable, "-c", "import tensorflow"], cwd=REPO, capture_output=True,
-                        text=True, env=env_without("tensorflow", "tensorflow_datasets"), timeout=60)
+  proc = subprocess.run(
+    [sys.executable, "-c", "import tensorflow"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    env=env_without("tensorflow", "tensorflow_datasets"),
+    timeout=60,
+  )
   assert proc.returncode == 1 and "No module named 'tensorflow'" in proc.stderr, proc.stderr
 
 

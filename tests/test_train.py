@@ -1,4 +1,5 @@
 """The alternating update of uctrl_jax/train.py on a tiny config and random images."""
+
 import re
 
 import jax
@@ -7,6 +8,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from uctrl_jax import guards
+from uctrl_jax import loading
 from uctrl_jax import models
 from uctrl_jax import objectives
 from uctrl_jax import rate_reduction as rr
@@ -25,9 +28,11 @@ def _config(**loss):
 def _batch(config, seed=0):
   rng = np.random.default_rng(seed)
   B, V = config.train.batch_size, config.data.num_views
-  return {"image": rng.uniform(-1, 1, (B, *IMAGE_SHAPE)).astype(np.float32),
-          "views": rng.uniform(-1, 1, (V, B, *IMAGE_SHAPE)).astype(np.float32),
-          "label": (np.arange(B) % 10).astype(np.int32)}
+  return {
+    "image": rng.uniform(-1, 1, (B, *IMAGE_SHAPE)).astype(np.float32),
+    "views": rng.uniform(-1, 1, (V, B, *IMAGE_SHAPE)).astype(np.float32),
+    "label": (np.arange(B) % 10).astype(np.int32),
+  }
 
 
 def _setup(config, devices):
@@ -79,30 +84,47 @@ def test_encoder_step_reports_the_objective_of_its_features():
   before = _copy(state)
   _, metrics = encoder_step(state, sharding.shard_batch(host_batch, mesh))
 
-  # Recompute the features outside the step, as SPEC §3 describes them.
+  # Recompute the features outside the step, as docs/method.md#the-game describes them.
   encoder, decoder = models.create_models(config, IMAGE_SHAPE)
   enc_vars = {"params": before.encoder_params, "batch_stats": before.encoder_batch_stats}
   B, V = config.train.batch_size, config.data.num_views
   x_all = np.concatenate([host_batch["image"], host_batch["views"].reshape(V * B, *IMAGE_SHAPE)])
   z_all, updates = encoder.apply(enc_vars, x_all, train=True, mutable=["batch_stats"])
   Z, Z_aug = z_all[:B], z_all[B:].reshape(V, B, -1)
-  Xhat = decoder.apply({"params": before.decoder_params, "batch_stats": before.decoder_batch_stats},
-                       Z, train=True, mutable=["batch_stats"])[0]
-  Zhat = encoder.apply({"params": before.encoder_params, "batch_stats": updates["batch_stats"]},
-                       Xhat, train=False)
-  expected = dict(rr.uctrl_objective(Z, Zhat, Z_aug, config.loss.eps_sq, config.loss.lambda_aug,
-                                     config.loss.lambda_self, config.loss.sample_distance,
-                                     sample_reduction=config.loss.sample_reduction,
-                                     aug_target=config.loss.aug_target))
+  Xhat = decoder.apply(
+    {"params": before.decoder_params, "batch_stats": before.decoder_batch_stats},
+    Z,
+    train=True,
+    mutable=["batch_stats"],
+  )[0]
+  Zhat = encoder.apply(
+    {"params": before.encoder_params, "batch_stats": updates["batch_stats"]}, Xhat, train=False
+  )
+  expected = dict(
+    rr.uctrl_objective(
+      Z,
+      Zhat,
+      Z_aug,
+      config.loss.eps_sq,
+      config.loss.lambda_aug,
+      config.loss.lambda_self,
+      config.loss.sample_distance,
+      sample_reduction=config.loss.sample_reduction,
+      aug_target=config.loss.aug_target,
+    )
+  )
   if config.loss.rate_on_views:  # the default: ½ (R(Z) + mean_v R(Z_v)) in place of R(Z)
+
     def rate(z):  # NumPy's slogdet, independent of the library's Gram-side closed form
       z = np.asarray(z, np.float64)
       n, d = z.shape
       return 0.5 * np.linalg.slogdet(np.eye(d) + d / (n * config.loss.eps_sq) * z.T @ z)[1]
+
     expected["encoder_objective"] += 0.5 * (np.mean([rate(z) for z in Z_aug]) - rate(Z))
   for key in ("R", "delta_R_z_zhat", "aug", "self", "encoder_objective"):
-    np.testing.assert_allclose(metrics[f"encoder/{key}"], expected[key], rtol=1e-4, atol=1e-5,
-                               err_msg=key)
+    np.testing.assert_allclose(
+      metrics[f"encoder/{key}"], expected[key], rtol=1e-4, atol=1e-5, err_msg=key
+    )
 
 
 @pytest.mark.parametrize("mode", ["uctrl", "ctrl_binary", "ctrl_multi"])
@@ -116,8 +138,9 @@ def test_eight_devices_give_the_single_device_iteration(mode):
     mesh, state, encoder_step, decoder_step = _setup(config, devices)
     batch = sharding.shard_batch(host_batch, mesh)
     assert len(batch["views"].sharding.device_set) == len(devices)
-    state, metrics = train.train_iteration(encoder_step, decoder_step, state, batch,
-                                           encoder_steps=2)
+    state, metrics = train.train_iteration(
+      encoder_step, decoder_step, state, batch, encoder_steps=2
+    )
     results.append((jax.device_get(metrics), _copy(state)))
   (metrics_1, state_1), (metrics_8, state_8) = results
   assert metrics_1.keys() == metrics_8.keys()
@@ -128,8 +151,9 @@ def test_eight_devices_give_the_single_device_iteration(mode):
   # computed from the encoder the first steps produced, carry the comparison instead.
   assert int(state_8.step) == int(state_1.step) == 1
   if mode == "ctrl_binary":
-    np.testing.assert_allclose(metrics_1["encoder/encoder_objective"],
-                               metrics_1["encoder/delta_R_z_zhat"])
+    np.testing.assert_allclose(
+      metrics_1["encoder/encoder_objective"], metrics_1["encoder/delta_R_z_zhat"]
+    )
 
 
 def test_bad_encoder_steps_and_batch_raise():
@@ -139,8 +163,9 @@ def test_bad_encoder_steps_and_batch_raise():
     train.train_iteration(encoder_step, decoder_step, state, None, encoder_steps=0)
   if jax.device_count() >= 8:
     with pytest.raises(ValueError, match="not divisible by its 8 local devices"):
-      sharding.shard_batch({"image": np.zeros((12, 2), np.float32)},
-                           sharding.create_mesh(jax.devices()[:8]))
+      sharding.shard_batch(
+        {"image": np.zeros((12, 2), np.float32)}, sharding.create_mesh(jax.devices()[:8])
+      )
 
 
 def _health_metrics(R, cos, mse):
@@ -148,28 +173,32 @@ def _health_metrics(R, cos, mse):
 
 
 def test_health_monitor_names_collapse_and_fooling():
-  monitor = train.HealthMonitor()
+  monitor = guards.HealthMonitor(**tiny.get_config().train.health)
   assert monitor.update(50, _health_metrics(60.0, 0.3, 0.80)) == []
   assert monitor.update(100, _health_metrics(62.0, 0.5, 0.70)) == []
   collapse = monitor.update(150, _health_metrics(20.0, 0.5, 0.60))
   assert len(collapse) == 1 and "feature collapse" in collapse[0] and "62.00" in collapse[0]
   fooling = monitor.update(200, _health_metrics(61.0, 0.96, 0.78))
   assert len(fooling) == 1 and "decoder fooling" in fooling[0] and "0.960" in fooling[0]
+  # A lasting condition is named once; again after it cleared and came back.
+  assert monitor.update(210, _health_metrics(61.0, 0.96, 0.78)) == []
   # The same cosine with reconstructions that did improve is transcription, not fooling.
   assert monitor.update(250, _health_metrics(61.0, 0.96, 0.30)) == []
+  assert "decoder fooling" in monitor.update(260, _health_metrics(61.0, 0.96, 0.79))[0]
 
 
 def test_check_finite_names_every_bad_term():
-  train.check_finite(3, {"encoder/R": 1.0, "decoder/recon_mse": 0.5})
+  guards.check_finite(3, {"encoder/R": 1.0, "decoder/recon_mse": 0.5})
   with pytest.raises(FloatingPointError, match=r"step 7: decoder/grad_norm, encoder/R; stopping"):
-    train.check_finite(7, {"encoder/R": float("nan"), "decoder/grad_norm": float("inf"),
-                           "encoder/aug": 0.1})
+    guards.check_finite(
+      7, {"encoder/R": float("nan"), "decoder/grad_norm": float("inf"), "encoder/aug": 0.1}
+    )
 
 
 def test_health_monitor_flags_the_noise_drawing_run_of_2026_11_29():
   # Logged (cos(z, ẑ), recon MSE) of configs/fashion_mnist.py at steps 50, 600, 1300:
-  # its reconstructions stayed mostly noise (README, "First run of the default").
-  monitor = train.HealthMonitor()
+  # its reconstructions stayed mostly noise (docs/experiments.md, "The default run").
+  monitor = guards.HealthMonitor(**tiny.get_config().train.health)
   assert monitor.update(50, _health_metrics(54.3, 0.506, 0.757)) == []
   assert monitor.update(600, _health_metrics(55.4, 0.817, 0.465)) == []
   assert "decoder fooling" in monitor.update(1300, _health_metrics(55.6, 0.794, 0.940))[0]
@@ -192,18 +221,26 @@ def test_ablation_weights_scale_r_and_delta_r_in_both_objectives(rate_weight, de
   assert config.loss.rate_on_views == ("R_views" in full)
   expansion = 0.5 * (R + float(full["R_views"])) if "R_views" in full else R
   sample = lam1 * float(full["aug"]) + lam2 * float(full["self"])
-  np.testing.assert_allclose(float(full["encoder_objective"]), expansion + delta - sample,
-                             rtol=1e-5)
-  np.testing.assert_allclose(float(ablated["encoder_objective"]),
-                             rate_weight * expansion + delta_weight * delta - sample, rtol=1e-5)
-  np.testing.assert_allclose(float(ablated["decoder_objective"]),
-                             rate_weight * expansion + delta_weight * delta + sample, rtol=1e-5)
+  np.testing.assert_allclose(
+    float(full["encoder_objective"]), expansion + delta - sample, rtol=1e-5
+  )
+  np.testing.assert_allclose(
+    float(ablated["encoder_objective"]),
+    rate_weight * expansion + delta_weight * delta - sample,
+    rtol=1e-5,
+  )
+  np.testing.assert_allclose(
+    float(ablated["decoder_objective"]),
+    rate_weight * expansion + delta_weight * delta + sample,
+    rtol=1e-5,
+  )
   assert float(ablated["R"]) == R  # the logged terms stay unweighted
 
 
 def test_iteration_with_host_blas_limited_equals_the_plain_iteration():
-  """Issue 8's optimisation (train.limit_host_blas) changes threads, not the math."""
+  """Issue 8's optimisation (guards.limit_host_blas) changes threads, not the math."""
   import threadpoolctl  # pylint: disable=import-outside-toplevel
+
   config = _config(sample_distance="exact")  # the Cholesky-heavy sample terms too
   mesh, state, encoder_step, decoder_step = _setup(config, jax.devices()[:1])
   batch = sharding.shard_batch(_batch(config), mesh)
@@ -211,10 +248,11 @@ def test_iteration_with_host_blas_limited_equals_the_plain_iteration():
   runs = []
   for threads in (None, 1):
     state = sharding.replicate(jax.tree.map(jnp.asarray, start), mesh)
-    with train.limit_host_blas(threads):
+    with guards.limit_host_blas(threads):
       if threads == 1:
-        blas = [i["num_threads"] for i in threadpoolctl.threadpool_info()
-                if i["user_api"] == "blas"]
+        blas = [
+          i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"
+        ]
         assert blas and set(blas) == {1}
       state, metrics = train.train_iteration(encoder_step, decoder_step, state, batch, 1)
       runs.append((_copy(state), jax.device_get(metrics)))
@@ -222,8 +260,9 @@ def test_iteration_with_host_blas_limited_equals_the_plain_iteration():
   assert metrics_a.keys() == metrics_b.keys()
   for key in metrics_a:
     np.testing.assert_allclose(metrics_b[key], metrics_a[key], rtol=1e-5, atol=1e-6, err_msg=key)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6), state_a,
-               state_b)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6), state_a, state_b
+  )
 
 
 @pytest.mark.parametrize("mode", ["tcr", "simclr"])
@@ -246,21 +285,28 @@ def test_encoder_only_modes_build_no_decoder_and_raise_their_objective(mode):
   V, B = config.data.num_views, config.train.batch_size
 
   def objective(params, batch_stats):
-    z = encoder.apply({"params": params, "batch_stats": batch_stats},
-                      host_batch["views"].reshape(V * B, *IMAGE_SHAPE), train=True,
-                      mutable=["batch_stats"])[0]
+    z = encoder.apply(
+      {"params": params, "batch_stats": batch_stats},
+      host_batch["views"].reshape(V * B, *IMAGE_SHAPE),
+      train=True,
+      mutable=["batch_stats"],
+    )[0]
     return objectives.encoder_only_terms(config, z.reshape(V, B, -1))["encoder_objective"]
 
-  np.testing.assert_allclose(metrics["encoder/encoder_objective"],
-                             objective(before.encoder_params, before.encoder_batch_stats),
-                             rtol=1e-4, atol=1e-5)
-  assert (float(objective(state.encoder_params, before.encoder_batch_stats))
-          > float(metrics["encoder/encoder_objective"]))
+  np.testing.assert_allclose(
+    metrics["encoder/encoder_objective"],
+    objective(before.encoder_params, before.encoder_batch_stats),
+    rtol=1e-4,
+    atol=1e-5,
+  )
+  assert float(objective(state.encoder_params, before.encoder_batch_stats)) > float(
+    metrics["encoder/encoder_objective"]
+  )
 
 
 def test_reconstruct_and_eval_loop_have_no_decoder_in_encoder_only_modes():
   config = _config(mode="tcr")
-  assert train.make_reconstruct(config, IMAGE_SHAPE) is None
+  assert loading.make_reconstruct(config, IMAGE_SHAPE) is None
   assert train.make_steps(config, IMAGE_SHAPE)[1] is None
 
 
@@ -281,17 +327,24 @@ def test_decoder_step_with_running_statistics_ignores_the_views():
   _assert_trees_equal(a.decoder_params, b.decoder_params)
   _assert_trees_equal(a.encoder_batch_stats, start.encoder_batch_stats)
   assert "decoder/aug" not in metrics_a and "decoder/self" in metrics_a
-  np.testing.assert_allclose(metrics_a["decoder/decoder_objective"],
-                             metrics_b["decoder/decoder_objective"])
+  np.testing.assert_allclose(
+    metrics_a["decoder/decoder_objective"], metrics_b["decoder/decoder_objective"]
+  )
   # Z is f(x) with the running statistics, as evaluation computes it.
   encoder, decoder = models.create_models(config, IMAGE_SHAPE)
   enc_vars = {"params": start.encoder_params, "batch_stats": start.encoder_batch_stats}
   Z = encoder.apply(enc_vars, _batch(config)["image"], train=False)
-  Xhat = decoder.apply({"params": start.decoder_params, "batch_stats": start.decoder_batch_stats},
-                       Z, train=True, mutable=["batch_stats"])[0]
-  np.testing.assert_allclose(metrics_a["decoder/recon_mse"],
-                             np.mean(np.square(np.asarray(Xhat) - _batch(config)["image"])),
-                             rtol=1e-4)
+  Xhat = decoder.apply(
+    {"params": start.decoder_params, "batch_stats": start.decoder_batch_stats},
+    Z,
+    train=True,
+    mutable=["batch_stats"],
+  )[0]
+  np.testing.assert_allclose(
+    metrics_a["decoder/recon_mse"],
+    np.mean(np.square(np.asarray(Xhat) - _batch(config)["image"])),
+    rtol=1e-4,
+  )
 
 
 def test_each_player_has_its_own_adam_beta1():
@@ -312,8 +365,9 @@ def _one_iteration(config):
   mesh, state, encoder_step, decoder_step = _setup(config, jax.devices()[:1])
   batch = sharding.shard_batch(_batch(config), mesh)
   hlo = encoder_step.lower(state, batch).as_text()
-  state, metrics = train.train_iteration(encoder_step, decoder_step, state, batch,
-                                         config.train.encoder_steps)
+  state, metrics = train.train_iteration(
+    encoder_step, decoder_step, state, batch, config.train.encoder_steps
+  )
   return state, jax.device_get(metrics), hlo
 
 
@@ -334,10 +388,19 @@ def test_bfloat16_iteration_agrees_with_float32():
   assert re.search(convolution.format("bf16"), hlo)  # the nets run in bf16 ...
   assert not re.search(convolution.format("bf16"), f32_hlo)
   assert re.search(convolution.format("f32"), f32_hlo)
-  for name in ("encoder_params", "encoder_batch_stats", "decoder_params", "decoder_batch_stats",
-               "encoder_opt_state", "decoder_opt_state"):  # ... on float32 state
-    dtypes = {leaf.dtype for leaf in jax.tree.leaves(getattr(state, name))
-              if jnp.issubdtype(leaf.dtype, jnp.floating)}
+  for name in (
+    "encoder_params",
+    "encoder_batch_stats",
+    "decoder_params",
+    "decoder_batch_stats",
+    "encoder_opt_state",
+    "decoder_opt_state",
+  ):  # ... on float32 state
+    dtypes = {
+      leaf.dtype
+      for leaf in jax.tree.leaves(getattr(state, name))
+      if jnp.issubdtype(leaf.dtype, jnp.floating)
+    }
     assert dtypes == {jnp.dtype(jnp.float32)}, (name, dtypes)
   assert set(bf16) == set(f32)
   for key, want in f32.items():

@@ -1,4 +1,5 @@
 """train_and_evaluate end to end on tiny data: outputs in the workdir, exact resume."""
+
 import os
 
 import jax
@@ -8,16 +9,21 @@ from configs import tiny
 import uctrl_jax
 from uctrl_jax import checkpointing
 from uctrl_jax import figures
+from uctrl_jax import loading
 from uctrl_jax import train
 
 
 def _assert_states_equal(a, b):
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6,
-                                                       atol=1e-7), a, b)
+  jax.tree.map(
+    lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7),
+    a,
+    b,
+  )
 
 
-def test_one_step_on_mock_cifar10_writes_checkpoint_config_pictures(mock_cifar10, mock_metadata_dir,
-                                                                   tmp_path):
+def test_one_step_on_mock_cifar10_writes_checkpoint_config_pictures(
+  mock_cifar10, mock_metadata_dir, tmp_path
+):
   config = tiny.get_config()
   config.data.name = "cifar10"
   config.data.data_dir = mock_metadata_dir
@@ -44,8 +50,7 @@ def test_one_step_on_mock_cifar10_writes_checkpoint_config_pictures(mock_cifar10
 def _npz_config(tmp_path):
   rng = np.random.default_rng(0)
   path = tmp_path / "data.npz"
-  np.savez(path, x=rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8),
-           y=rng.integers(0, 10, 64))
+  np.savez(path, x=rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8), y=rng.integers(0, 10, 64))
   config = tiny.get_config()
   config.data.name = f"npz:{path}"
   config.train.num_steps = 4
@@ -81,4 +86,6 @@ def test_interrupted_run_resumes_the_same_trajectory(tmp_path):
   np.testing.assert_allclose(np.linalg.norm(Z, axis=1), 1.0, rtol=1e-5)
   xhat = loaded.decode(Z)
   assert xhat.shape == x.shape and float(np.abs(xhat).max()) <= 1.0
-  np.testing.assert_allclose(xhat, train.make_reconstruct(config, (28, 28, 1))(resumed, x), atol=1e-5)
+  np.testing.assert_allclose(
+    xhat, loading.make_reconstruct(config, (28, 28, 1))(resumed, x), atol=1e-5
+  )

@@ -3,6 +3,7 @@
 Only where PyTorch is installed (a benchmark-only dependency; CI has none): the
 whole module is skipped otherwise.
 """
+
 import importlib.util
 import os
 import sys
@@ -46,8 +47,13 @@ def test_torch_objective_matches_jax(n, sample_distance, sample_reduction):
   Z = _unit_rows(rng, n, d)
   Zhat = _unit_rows(rng, n, d) + 2 * Z
   Z_aug = _unit_rows(rng, 2, n, d) + 2 * Z
-  kwargs = dict(eps_sq=0.5, lambda_aug=10.0, lambda_self=3.0, sample_distance=sample_distance,
-                sample_reduction=sample_reduction)
+  kwargs = dict(
+    eps_sq=0.5,
+    lambda_aug=10.0,
+    lambda_self=3.0,
+    sample_distance=sample_distance,
+    sample_reduction=sample_reduction,
+  )
   want = jax.device_get(rr.uctrl_objective(Z, Zhat, Z_aug, **kwargs))
   got = torch_uctrl.uctrl_objective(*(torch.from_numpy(a) for a in (Z, Zhat, Z_aug)), **kwargs)
   assert set(got) == set(want)
@@ -60,13 +66,14 @@ def test_benchmark_startup_check_passes():
   assert bench.check_objectives_agree(fashion_mnist.get_config(), sizes=(16, 128)) < 1e-4
 
 
-@pytest.mark.parametrize("encoder,decoder,image_shape", [
-    ("dcgan", "dcgan", (28, 28, 1)), ("resnet18", "resnet18", (32, 32, 3))])
+@pytest.mark.parametrize(
+  "encoder,decoder,image_shape",
+  [("dcgan", "dcgan", (28, 28, 1)), ("resnet18", "resnet18", (32, 32, 3))],
+)
 def test_torch_nets_have_the_jax_parameter_counts(encoder, decoder, image_shape):
   config = tiny.get_config()
   config.model.encoder, config.model.decoder = encoder, decoder
-  variables = jax.eval_shape(
-      lambda: models.init_models(config, image_shape, jax.random.key(0)))
+  variables = jax.eval_shape(lambda: models.init_models(config, image_shape, jax.random.key(0)))
   enc, dec = torch_uctrl.create_models(config, image_shape)
   assert torch_uctrl.count_params(enc) == models.count_params(variables["encoder_params"])
   assert torch_uctrl.count_params(dec) == models.count_params(variables["decoder_params"])
@@ -99,8 +106,7 @@ def test_torch_iteration_updates_only_the_stepped_player():
 def test_benchmark_runs_on_the_tiny_case(tmp_path):
   bench = _load("train_step_bench")
   out = tmp_path / "r.json"
-  [result] = bench.main(["--cases", "tiny", "--repeats", "1", "--breakdown",
-                         "--json", str(out)])
+  [result] = bench.main(["--cases", "tiny", "--repeats", "1", "--breakdown", "--json", str(out)])
   assert result["compiles_per_iteration"][0] > 0
   assert result["compiles_per_iteration"][1:] == [0, 0]
   assert out.exists()

@@ -8,6 +8,7 @@
 The runs share the tiny config's steps, so a module-wide persistent compilation cache
 compiles them once (as in test_reliability.py).
 """
+
 import json
 import logging
 import os
@@ -27,8 +28,12 @@ from uctrl_jax import train
 from uctrl_jax import validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LABEL_FREE = {"reconstruction/mse", "reconstruction/psnr", "conditional_generation/explained_variance",
-              "fid/frechet_z_zhat"}
+LABEL_FREE = {
+  "reconstruction/mse",
+  "reconstruction/psnr",
+  "conditional_generation/explained_variance",
+  "fid/frechet_z_zhat",
+}
 NEED_LABELS = ["knn", "linear_probe", "nearest_subspace", "clustering", "structure"]
 _CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
 
@@ -50,7 +55,7 @@ def _images(n, seed=0):
   kinds = np.arange(n) % 3
   x = rng.normal(30, 10, (n, 28, 28))
   for c in range(3):
-    x[kinds == c, 9 * c:9 * c + 9] += 180
+    x[kinds == c, 9 * c : 9 * c + 9] += 180
   return np.clip(x, 0, 255).astype(np.uint8), kinds
 
 
@@ -58,8 +63,16 @@ def _config(name, **evals):
   config = tiny.get_config()
   config.data.name = name
   config.train.num_steps = 1
-  config.evals.names = ("knn", "linear_probe", "nearest_subspace", "clustering", "structure",
-                        "reconstruction", "conditional_generation", "fid")
+  config.evals.names = (
+    "knn",
+    "linear_probe",
+    "nearest_subspace",
+    "clustering",
+    "structure",
+    "reconstruction",
+    "conditional_generation",
+    "fid",
+  )
   config.evals.linear_probe.steps = 20
   config.evals.clustering.update(num_restarts=2, mcr2_steps=10)
   config.evals.conditional_generation.num_clusters_without_labels = 3
@@ -77,8 +90,9 @@ def _train_and_evaluate(config, workdir, caplog):
 
 def _assert_label_free(results, workdir, lines):
   metrics = results["metrics"]
-  assert LABEL_FREE <= set(metrics) and all(np.isfinite(metrics[k]) for k in LABEL_FREE
-                                            if k != "reconstruction/psnr")
+  assert LABEL_FREE <= set(metrics) and all(
+    np.isfinite(metrics[k]) for k in LABEL_FREE if k != "reconstruction/psnr"
+  )
   assert not any(k.split("/")[0] in NEED_LABELS for k in metrics)
   assert "reconstruction/consistency" not in metrics
   assert "conditional_generation/sample_consistency" not in metrics
@@ -86,10 +100,15 @@ def _assert_label_free(results, workdir, lines):
   # One line from the in-training evaluation (kNN skipped), one from evaluate.
   assert len(lines) == 2, lines
   assert "knn skipped" in lines[0] and "reconstruction without label-based metrics" in lines[0]
-  assert lines[1].startswith("no labels in the evaluation's train and test split: "
-                             + ", ".join(NEED_LABELS) + " skipped")
-  assert set(results["figures"]) == {"reconstructions", "pca", "training_curves",
-                                     "conditional_generation"}
+  assert lines[1].startswith(
+    "no labels in the evaluation's train and test split: " + ", ".join(NEED_LABELS) + " skipped"
+  )
+  assert set(results["figures"]) == {
+    "reconstructions",
+    "pca",
+    "training_curves",
+    "conditional_generation",
+  }
   with open(os.path.join(workdir, "results.md")) as f:
     assert "| knn | skipped: no labels |" in f.read()
   # The in-training evaluation logged the label-free reconstruction metrics only.
@@ -100,8 +119,7 @@ def _assert_label_free(results, workdir, lines):
 def test_unlabelled_npz_trains_and_evaluates_without_labels(tmp_path, caplog):
   x, _ = _images(40)
   np.savez(tmp_path / "x.npz", x=x)  # no y
-  config = _config(f"npz:{tmp_path / 'x.npz'}", train_split="train[:80%]",
-                   test_split="train[80%:]")
+  config = _config(f"npz:{tmp_path / 'x.npz'}", train_split="train[:80%]", test_split="train[80%:]")
   config.data.train_split = "train[:80%]"
   workdir = str(tmp_path / "run")
   results, lines = _train_and_evaluate(config, workdir, caplog)
@@ -127,8 +145,7 @@ def test_unlabelled_image_folder_trains_and_evaluates_without_labels(tmp_path, c
 def test_single_labelled_npz_trains_on_a_slice_and_scores_the_rest(tmp_path, caplog, monkeypatch):
   x, y = _images(60)
   np.savez(tmp_path / "d.npz", x=x, y=y)
-  config = _config(f"npz:{tmp_path / 'd.npz'}", train_split="train[:80%]",
-                   test_split="train[80%:]")
+  config = _config(f"npz:{tmp_path / 'd.npz'}", train_split="train[:80%]", test_split="train[80%:]")
   config.data.train_split = "train[:80%]"
   read = []
   original = input_pipeline.create_dataset
@@ -146,8 +163,14 @@ def test_single_labelled_npz_trains_on_a_slice_and_scores_the_rest(tmp_path, cap
   assert results["num_train"] == 48 and results["num_test"] == 12 and lines == []
   assert not any("not held out" in r.getMessage() for r in caplog.records)
   metrics = results["metrics"]
-  for key in ("knn/top1", "linear_probe/top1", "clustering/kmeans_acc", "structure/score",
-              "reconstruction/consistency", "conditional_generation/sample_consistency"):
+  for key in (
+    "knn/top1",
+    "linear_probe/top1",
+    "clustering/kmeans_acc",
+    "structure/score",
+    "reconstruction/consistency",
+    "conditional_generation/sample_consistency",
+  ):
     assert np.isfinite(metrics[key]), key
   # The bands tell the kinds apart: the held-out images are classified perfectly on pixels.
   assert results["baselines"]["raw_pixels"]["knn/top1"] == 100.0
@@ -175,9 +198,13 @@ def test_supervised_mode_refuses_an_unlabelled_training_split(tmp_path, monkeypa
 
   def refuse(*args, **kwargs):
     raise AssertionError("reached model initialisation")
+
   monkeypatch.setattr(train, "create_train_state", refuse)
-  with pytest.raises(validation.ConfigError, match=r"'ctrl_multi' is supervised, but config.data."
-                     r"train_split 'train' of 'npz:.*x.npz' has no labels"):
+  with pytest.raises(
+    validation.ConfigError,
+    match=r"'ctrl_multi' is supervised, but config.data."
+    r"train_split 'train' of 'npz:.*x.npz' has no labels",
+  ):
     train.train_and_evaluate(config, str(tmp_path / "run"))
 
 
@@ -196,16 +223,31 @@ def test_cli_trains_and_evaluates_unlabelled_data(tmp_path, compilation_cache, k
     for i, image in enumerate(x):
       Image.fromarray(image).save(root / f"{i:02d}.png")
     name = f"image_folder:{tmp_path / 'imgs'}"
-  flags = ["--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}",
-           f"--config.data.name={name}",
-           "--config.data.train_split=train[:80%]", "--config.evals.train_split=train[:80%]",
-           "--config.evals.test_split=train[80%:]", "--config.train.num_steps=2",
-           "--config.evals.batch_size=16", "--config.evals.linear_probe.steps=20"]
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=compilation_cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  flags = [
+    "--config=configs/tiny.py",
+    f"--workdir={tmp_path / 'run'}",
+    f"--config.data.name={name}",
+    "--config.data.train_split=train[:80%]",
+    "--config.evals.train_split=train[:80%]",
+    "--config.evals.test_split=train[80%:]",
+    "--config.train.num_steps=2",
+    "--config.evals.batch_size=16",
+    "--config.evals.linear_probe.steps=20",
+  ]
+  env = dict(
+    os.environ,
+    JAX_COMPILATION_CACHE_DIR=compilation_cache,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+  )
   for mode in ("train", "eval"):
-    proc = subprocess.run([sys.executable, "main.py", f"--mode={mode}", *flags], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+      [sys.executable, "main.py", f"--mode={mode}", *flags],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=1800,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
   with open(tmp_path / "run" / "results.json") as f:
     results = json.load(f)

@@ -1,10 +1,14 @@
-"""uctrl_jax: unsupervised closed-loop transcription (uCTRL) in JAX/Flax."""
+"""uctrl_jax: unsupervised closed-loop transcription (uCTRL) in JAX/Flax.
+
+The package's entry point for users: ``uctrl_jax.load(workdir)`` (``loading.load``).
+"""
 
 
 def load(workdir: str, step=None):
-  """``train.load``: ``encode``/``decode`` callables of a trained run (see there).
+  """``loading.load``: ``encode``/``decode`` callables of a trained run (see there).
 
-  Imported lazily so that ``import uctrl_jax.rate_reduction`` stays free of TensorFlow.
+  Imported lazily so that ``import uctrl_jax.rate_reduction`` stays free of orbax.
   """
-  from uctrl_jax import train  # pylint: disable=import-outside-toplevel
-  return train.load(workdir, step)
+  from uctrl_jax import loading  # pylint: disable=import-outside-toplevel
+
+  return loading.load(workdir, step)

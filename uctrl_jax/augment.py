@@ -1,4 +1,6 @@
-"""SimCLR augmentations (SPEC §1, `τ`), stateless: the same seed gives the same view.
+"""SimCLR augmentations `τ`, stateless: the same seed gives the same view.
+
+The augmentation of the closed loop (docs/method.md#the-closed-loop).
 
 Every op takes a float32 image in [0, 1] of shape (H, W, C) and a seed of shape
 (2,) (int32 or int64, as for `tf.random.stateless_*`) and works eagerly and
@@ -14,6 +16,7 @@ hue and grayscale (they need colour). Its keyword
 arguments are the keys of `config.data.augment`, so
 `augment(image, seed, size=..., **config.data.augment)` works.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -23,11 +26,15 @@ import tensorflow as tf
 Image = tf.Tensor  # (H, W, C) float32 in [0, 1]
 
 
-def random_resized_crop(image: Image, seed: tf.Tensor, *,
-                        size: tuple[int, int],
-                        scale: Sequence[float] = (0.08, 1.0),
-                        ratio: Sequence[float] = (3 / 4, 4 / 3),
-                        max_attempts: int = 100) -> Image:
+def random_resized_crop(
+  image: Image,
+  seed: tf.Tensor,
+  *,
+  size: tuple[int, int],
+  scale: Sequence[float] = (0.08, 1.0),
+  ratio: Sequence[float] = (3 / 4, 4 / 3),
+  max_attempts: int = 100,
+) -> Image:
   """Crops a random box (area fraction in `scale`, w/h in `ratio`), resizes.
 
   As torchvision's RandomResizedCrop, except that after `max_attempts` failed
@@ -45,10 +52,15 @@ def random_resized_crop(image: Image, seed: tf.Tensor, *,
     (size[0], size[1], C) float32 in [0, 1].
   """
   begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-      seed=seed, min_object_covered=scale[0], aspect_ratio_range=ratio,
-      area_range=scale, max_attempts=max_attempts,
-      use_image_if_no_bounding_boxes=True)
+    tf.shape(image),
+    bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+    seed=seed,
+    min_object_covered=scale[0],
+    aspect_ratio_range=ratio,
+    area_range=scale,
+    max_attempts=max_attempts,
+    use_image_if_no_bounding_boxes=True,
+  )
   crop = tf.slice(image, begin, crop_size)
   # antialias: crops are also shrunk (e.g. STL-10 96 -> 64); bilinear alone aliases.
   out = tf.clip_by_value(tf.image.resize(crop, size, method="bilinear", antialias=True), 0.0, 1.0)
@@ -68,14 +80,19 @@ def random_brightness(image: Image, seed: tf.Tensor, strength: float) -> Image:
 
   Multiplicative as torchvision and SimCLR v2; tf.image's is additive.
   """
-  factor = tf.random.stateless_uniform(
-      [], seed, max(0.0, 1.0 - strength), 1.0 + strength)
+  factor = tf.random.stateless_uniform([], seed, max(0.0, 1.0 - strength), 1.0 + strength)
   return tf.clip_by_value(image * factor, 0.0, 1.0)
 
 
-def color_jitter(image: Image, seed: tf.Tensor, *, brightness: float = 0.0,
-                 contrast: float = 0.0, saturation: float = 0.0,
-                 hue: float = 0.0) -> Image:
+def color_jitter(
+  image: Image,
+  seed: tf.Tensor,
+  *,
+  brightness: float = 0.0,
+  contrast: float = 0.0,
+  saturation: float = 0.0,
+  hue: float = 0.0,
+) -> Image:
   """torchvision's ColorJitter: the four adjustments in a random order.
 
   Args:
@@ -88,26 +105,29 @@ def color_jitter(image: Image, seed: tf.Tensor, *, brightness: float = 0.0,
   Returns:
     (H, W, 3) float32 in [0, 1].
   """
-  order_seed, *op_seeds = tf.unstack(
-      tf.random.experimental.stateless_split(seed, 5))
+  order_seed, *op_seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
   ops: list[Callable[[Image, tf.Tensor], Image]] = []
   if brightness > 0:
     ops.append(lambda x, s: random_brightness(x, s, brightness))
   if contrast > 0:
-    ops.append(lambda x, s: tf.image.stateless_random_contrast(
-        x, max(0.0, 1.0 - contrast), 1.0 + contrast, s))
+    ops.append(
+      lambda x, s: tf.image.stateless_random_contrast(
+        x, max(0.0, 1.0 - contrast), 1.0 + contrast, s
+      )
+    )
   if saturation > 0:
-    ops.append(lambda x, s: tf.image.stateless_random_saturation(
-        x, max(0.0, 1.0 - saturation), 1.0 + saturation, s))
+    ops.append(
+      lambda x, s: tf.image.stateless_random_saturation(
+        x, max(0.0, 1.0 - saturation), 1.0 + saturation, s
+      )
+    )
   if hue > 0:
     ops.append(lambda x, s: tf.image.stateless_random_hue(x, hue, s))
   if not ops:
     return image
-  order = tf.random.experimental.stateless_shuffle(tf.range(len(ops)),
-                                                   order_seed)
+  order = tf.random.experimental.stateless_shuffle(tf.range(len(ops)), order_seed)
   for step, op_seed in zip(range(len(ops)), op_seeds):
-    branches = [lambda op=op: tf.clip_by_value(op(image, op_seed), 0.0, 1.0)
-                for op in ops]
+    branches = [lambda op=op: tf.clip_by_value(op(image, op_seed), 0.0, 1.0) for op in ops]
     image = tf.switch_case(order[step], branches)
   return image
 
@@ -117,8 +137,7 @@ def to_grayscale(image: Image) -> Image:
   return tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(image))
 
 
-def random_apply(fn: Callable[[Image], Image], image: Image, seed: tf.Tensor,
-                 prob: float) -> Image:
+def random_apply(fn: Callable[[Image], Image], image: Image, seed: tf.Tensor, prob: float) -> Image:
   """`fn(image)` with probability `prob`, else `image`."""
   if prob <= 0:
     return image
@@ -128,12 +147,21 @@ def random_apply(fn: Callable[[Image], Image], image: Image, seed: tf.Tensor,
   return tf.cond(apply, lambda: fn(image), lambda: image)
 
 
-def augment(image: Image, seed: tf.Tensor, *, size: int | tuple[int, int],
-            crop_scale: Sequence[float] = (0.08, 1.0),
-            crop_ratio: Sequence[float] = (3 / 4, 4 / 3), flip: bool = True,
-            jitter_prob: float = 0.8, brightness: float = 0.4,
-            contrast: float = 0.4, saturation: float = 0.4, hue: float = 0.1,
-            grayscale_prob: float = 0.2) -> Image:
+def augment(
+  image: Image,
+  seed: tf.Tensor,
+  *,
+  size: int | tuple[int, int],
+  crop_scale: Sequence[float] = (0.08, 1.0),
+  crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
+  flip: bool = True,
+  jitter_prob: float = 0.8,
+  brightness: float = 0.4,
+  contrast: float = 0.4,
+  saturation: float = 0.4,
+  hue: float = 0.1,
+  grayscale_prob: float = 0.2,
+) -> Image:
   """One SimCLR view of `image` (see the module docstring).
 
   Args:
@@ -152,21 +180,28 @@ def augment(image: Image, seed: tf.Tensor, *, size: int | tuple[int, int],
   size = (size, size) if isinstance(size, int) else tuple(size)
   _check_args(crop_scale, crop_ratio, jitter_prob, hue, grayscale_prob)
   crop_seed, flip_seed, jitter_seed, gray_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, 4))
-  image = random_resized_crop(image, crop_seed, size=size, scale=crop_scale,
-                              ratio=crop_ratio)
+    tf.random.experimental.stateless_split(seed, 4)
+  )
+  image = random_resized_crop(image, crop_seed, size=size, scale=crop_scale, ratio=crop_ratio)
   if flip:
     image = random_flip(image, flip_seed)
   colour = image.shape[-1] == 3
-  apply_seed, op_seed = tf.unstack(
-      tf.random.experimental.stateless_split(jitter_seed, 2))
+  apply_seed, op_seed = tf.unstack(tf.random.experimental.stateless_split(jitter_seed, 2))
   # Brightness and contrast mean the same for a 1-channel image; saturation, hue and
   # grayscale only for colour.
   image = random_apply(
-      lambda x: color_jitter(x, op_seed, brightness=brightness, contrast=contrast,
-                             saturation=saturation if colour else 0.0,
-                             hue=hue if colour else 0.0),
-      image, apply_seed, jitter_prob)
+    lambda x: color_jitter(
+      x,
+      op_seed,
+      brightness=brightness,
+      contrast=contrast,
+      saturation=saturation if colour else 0.0,
+      hue=hue if colour else 0.0,
+    ),
+    image,
+    apply_seed,
+    jitter_prob,
+  )
   if colour:
     image = random_apply(to_grayscale, image, gray_seed, grayscale_prob)
   return image
@@ -178,8 +213,7 @@ def _check_args(crop_scale, crop_ratio, jitter_prob, hue, grayscale_prob):
     raise ValueError(f"crop_scale {crop_scale} must satisfy 0 < lo <= hi <= 1.")
   if not 0 < crop_ratio[0] <= crop_ratio[1]:
     raise ValueError(f"crop_ratio {crop_ratio} must satisfy 0 < lo <= hi.")
-  for name, p in (("jitter_prob", jitter_prob),
-                  ("grayscale_prob", grayscale_prob)):
+  for name, p in (("jitter_prob", jitter_prob), ("grayscale_prob", grayscale_prob)):
     if not 0 <= p <= 1:
       raise ValueError(f"{name} = {p} is not a probability.")
   if not 0 <= hue <= 0.5:

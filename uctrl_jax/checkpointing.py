@@ -20,6 +20,7 @@ process writes/reads its own shards; process 0 writes the metadata and the JSON)
 Calling them from process 0 only deadlocks. ``save_config`` writes from process 0
 only; ``load_config`` may be called anywhere.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,13 +60,15 @@ class Checkpointer:
       raise ValueError(f"max_to_keep must be ≥ 1, got {max_to_keep}")
     self.directory = os.path.join(os.fspath(workdir), CHECKPOINT_SUBDIR)
     options = ocp.CheckpointManagerOptions(
-        # `max_to_keep=` on the options is deprecated in favour of a preservation policy.
-        preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep),
-        # Partial saves left by a crash (uncommitted tmp dirs) are removed on start.
-        cleanup_tmp_directories=True,
-        create=True)
+      # `max_to_keep=` on the options is deprecated in favour of a preservation policy.
+      preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep),
+      # Partial saves left by a crash (uncommitted tmp dirs) are removed on start.
+      cleanup_tmp_directories=True,
+      create=True,
+    )
     self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=(_STATE, _EXTRA))
+      self.directory, options=options, item_names=(_STATE, _EXTRA)
+    )
 
   def latest_step(self) -> Optional[int]:
     """The newest committed step, or None when there is none."""
@@ -95,14 +98,18 @@ class Checkpointer:
     if step in existing:
       return
     if existing and step < existing[-1]:
-      raise ValueError(f"step {step} is older than the latest checkpoint {existing[-1]} in "
-                       f"{self.directory}; restore it or use a fresh workdir")
+      raise ValueError(
+        f"step {step} is older than the latest checkpoint {existing[-1]} in "
+        f"{self.directory}; restore it or use a fresh workdir"
+      )
     json.dumps(extra)  # fail here, with the caller's stack, if not JSON-serialisable
     self._manager.save(
-        step,
-        args=ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state),
-                                   _EXTRA: ocp.args.JsonSave(extra)}),
-        force=True)
+      step,
+      args=ocp.args.Composite(
+        **{_STATE: ocp.args.StandardSave(state), _EXTRA: ocp.args.JsonSave(extra)}
+      ),
+      force=True,
+    )
     # Saves are asynchronous; wait so that a crash right after loses nothing.
     self._manager.wait_until_finished()
 
@@ -127,18 +134,22 @@ class Checkpointer:
       if step is None:
         raise FileNotFoundError(f"no checkpoint in {self.directory}")
     elif step not in self.all_steps():
-      raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory} "
-                              f"(have {self.all_steps()})")
+      raise FileNotFoundError(
+        f"no checkpoint for step {step} in {self.directory} (have {self.all_steps()})"
+      )
     # ShapeDtypeStructs keep each leaf's sharding, so orbax reads straight onto it.
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
     restored = self._manager.restore(
-        step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract),
-                                         _EXTRA: ocp.args.JsonRestore()}))
+      step,
+      args=ocp.args.Composite(
+        **{_STATE: ocp.args.StandardRestore(abstract), _EXTRA: ocp.args.JsonRestore()}
+      ),
+    )
     return restored[_STATE], dict(restored[_EXTRA])
 
-  def restore_latest_readable(self, target_state: Any,
-                              check: Optional[Callable[[Any], None]] = None
-                              ) -> Optional[Tuple[Any, dict]]:
+  def restore_latest_readable(
+    self, target_state: Any, check: Optional[Callable[[Any], None]] = None
+  ) -> Optional[Tuple[Any, dict]]:
     """Restores the newest checkpoint that reads back, moving unreadable ones aside.
 
     A checkpoint whose files were truncated or deleted after its commit (a full disk,
@@ -173,19 +184,25 @@ class Checkpointer:
       except Exception as e:  # orbax/tensorstore raise many types for damaged files
         first_line = str(e).splitlines()[0][:300] if str(e) else ""
         failures.append((step, path, f"{type(e).__name__}: {first_line}"))
-        logging.warning("checkpoint %s is unreadable (%s); trying the previous step",
-                        path, failures[-1][2])
+        logging.warning(
+          "checkpoint %s is unreadable (%s); trying the previous step", path, failures[-1][2]
+        )
         continue
       # Only now that an older step restored are the newer ones set aside: when none
       # restores, everything stays in place, so the next start cannot begin at step 0.
       for bad_step, bad_path, _ in failures:
-        logging.warning("resuming from step %d: moved the unreadable checkpoint %s to %s",
-                        step, bad_path, self._set_aside(bad_step))
+        logging.warning(
+          "resuming from step %d: moved the unreadable checkpoint %s to %s",
+          step,
+          bad_path,
+          self._set_aside(bad_step),
+        )
       return state, extra
     raise RunLoadError(
-        f"no readable checkpoint in {self.directory}: " +
-        "; ".join(f"{path} ({reason})" for _, path, reason in failures) +
-        ". Not restarting from step 0 over them: repair or remove them, or use a fresh workdir")
+      f"no readable checkpoint in {self.directory}: "
+      + "; ".join(f"{path} ({reason})" for _, path, reason in failures)
+      + ". Not restarting from step 0 over them: repair or remove them, or use a fresh workdir"
+    )
 
   def _set_aside(self, step: int) -> str:
     """Moves step ``step``'s directory out of orbax's sight; returns the new path."""
@@ -200,6 +217,7 @@ class Checkpointer:
       os.rename(os.path.join(self.directory, str(step)), target)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       multihost_utils.sync_global_devices(f"uctrl_set_aside_{step}")
     self._manager.reload()  # forget the cached step list
     return target

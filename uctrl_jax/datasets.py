@@ -8,7 +8,7 @@ Names (`config.data.name`):
   default, ~/tensorflow_datasets). Nothing is downloaded unless `download=True`,
   so an offline machine fails at once instead of retrying DNS for minutes.
   `fashion_mnist` is prepared from the Debian package `dataset-fashion-mnist`
-  (SPEC §5) when it is installed: see `prepare_fashion_mnist`.
+  (docs/method.md#data-without-network) when it is installed: see `prepare_fashion_mnist`.
 - `image_folder:PATH`, `.png`/`.jpg`/`.jpeg` files (hidden files and folders are
   ignored), laid out one of three ways:
     - `PATH/*.png` (images directly in PATH): one unlabelled split `train`, every
@@ -56,6 +56,7 @@ API:
 Bad input raises `DataError` (a ValueError) with a one-line message naming the
 file (and the first bad index), before any tf.data pipeline is built.
 """
+
 from __future__ import annotations
 
 import abc
@@ -73,8 +74,8 @@ import tensorflow_datasets as tfds
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 # File names shared by the Debian package and the upstream release.
 _FASHION_MNIST_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+  "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+  "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 # tf.io.decode_image reads only these; anything else in an image folder is an error.
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -101,6 +102,7 @@ class DatasetInfo:
     class_names: label names, `num_classes` of them.
     unlabelled_splits: the splits without labels (their examples' label is -1).
   """
+
   name: str
   image_shape: tuple[int, int, int]
   num_classes: int
@@ -114,16 +116,14 @@ def has_labels(info: DatasetInfo, split: str) -> bool:
   return split.split("[", 1)[0] not in info.unlabelled_splits
 
 
-def shard_bounds(num_examples: int, process_index: int,
-                 process_count: int) -> tuple[int, int]:
+def shard_bounds(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
   """[start, stop) of process `process_index`'s contiguous shard.
 
   Shards are disjoint, cover [0, num_examples) and differ in size by at most
   one, like `tfds.even_splits(..., drop_remainder=False)`.
   """
   if not 0 <= process_index < process_count:
-    raise ValueError(
-        f"process_index {process_index} not in [0, {process_count}).")
+    raise ValueError(f"process_index {process_index} not in [0, {process_count}).")
   start = num_examples * process_index // process_count
   stop = num_examples * (process_index + 1) // process_count
   return start, stop
@@ -140,21 +140,22 @@ def _bound(text: str, n: int, split: str) -> Optional[int]:
     return None
   match = _BOUND.fullmatch(text)
   if not match:
-    raise DataError(f"Bad split {split!r}: slice bound {text!r} is not an integer "
-                    "or a percentage like 90%.")
+    raise DataError(
+      f"Bad split {split!r}: slice bound {text!r} is not an integer or a percentage like 90%."
+    )
   value = int(match.group(1))
   if match.group(2):
     if not -100 <= value <= 100:
       raise DataError(f"Bad split {split!r}: {text} is outside [-100%, 100%].")
     return int(round(value * n / 100))  # tfds's "closest" rounding
   if not -n <= value <= n:
-    raise DataError(f"Bad split {split!r}: index {value} is out of range for its "
-                    f"{n} examples.")
+    raise DataError(f"Bad split {split!r}: index {value} is out of range for its {n} examples.")
   return value
 
 
-def split_positions(split: str, num_examples: int, *,
-                    shuffled: bool = True) -> Optional[np.ndarray]:
+def split_positions(
+  split: str, num_examples: int, *, shuffled: bool = True
+) -> Optional[np.ndarray]:
   """Positions in the stored split of the examples of `split`, in reading order.
 
   Args:
@@ -170,18 +171,24 @@ def split_positions(split: str, num_examples: int, *,
   """
   match = _SPLIT.fullmatch(split)
   if not match:
-    raise DataError(f"Bad split {split!r}: expected NAME or NAME[START:STOP], e.g. "
-                    "train[:90%], train[90%:], train[100:200].")
+    raise DataError(
+      f"Bad split {split!r}: expected NAME or NAME[START:STOP], e.g. "
+      "train[:90%], train[90%:], train[100:200]."
+    )
   if match.group("start") is None:
     return None
   start = _bound(match.group("start"), num_examples, split)
   stop = _bound(match.group("stop"), num_examples, split)
-  order = (np.random.RandomState(SLICE_SHUFFLE_SEED).permutation(num_examples)
-           if shuffled else np.arange(num_examples))
+  order = (
+    np.random.RandomState(SLICE_SHUFFLE_SEED).permutation(num_examples)
+    if shuffled
+    else np.arange(num_examples)
+  )
   positions = order[start:stop].astype(np.int64)
   if not len(positions):
-    raise DataError(f"Split {split!r} is empty (its split {match.group('base')!r} "
-                    f"has {num_examples} examples).")
+    raise DataError(
+      f"Split {split!r} is empty (its split {match.group('base')!r} has {num_examples} examples)."
+    )
   return positions
 
 
@@ -190,8 +197,14 @@ class Source(abc.ABC):
 
   info: DatasetInfo
 
-  def read(self, split: str, *, process_index: int = 0, process_count: int = 1,
-           shuffle_seed: int | None = None) -> tf.data.Dataset:
+  def read(
+    self,
+    split: str,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle_seed: int | None = None,
+  ) -> tf.data.Dataset:
     """This process's shard of `split`, decoded, in a fixed order.
 
     Args:
@@ -226,12 +239,10 @@ class Source(abc.ABC):
     self._check_split(split_b)
     n = self.info.num_examples[base_a]
     try:
-      a, b = (split_positions(s, n, shuffled=self._SHUFFLED_SLICES)
-              for s in (split_a, split_b))
+      a, b = (split_positions(s, n, shuffled=self._SHUFFLED_SLICES) for s in (split_a, split_b))
     except DataError:
       return None
-    return len(np.intersect1d(np.arange(n) if a is None else a,
-                              np.arange(n) if b is None else b))
+    return len(np.intersect1d(np.arange(n) if a is None else a, np.arange(n) if b is None else b))
 
   _SHUFFLED_SLICES = False  # slices of the stored order (tfds)
 
@@ -239,8 +250,9 @@ class Source(abc.ABC):
     base = split.split("[", 1)[0]
     if base not in self.info.num_examples:
       raise DataError(
-          f"Dataset {self.info.name!r} has no split {split!r}; its splits are "
-          f"{sorted(self.info.num_examples)}.")
+        f"Dataset {self.info.name!r} has no split {split!r}; its splits are "
+        f"{sorted(self.info.num_examples)}."
+      )
 
   @abc.abstractmethod
   def _read(self, split, process_index, process_count, shuffle_seed):
@@ -249,8 +261,7 @@ class Source(abc.ABC):
 
 def _image_and_label(example):
   """Drops other features (tfds ids, file names); labels as int32."""
-  return {"image": example["image"],
-          "label": tf.cast(example["label"], tf.int32)}
+  return {"image": example["image"], "label": tf.cast(example["label"], tf.int32)}
 
 
 class _TfdsSource(Source):
@@ -261,19 +272,24 @@ class _TfdsSource(Source):
     features = builder.info.features
     if "image" not in features or "label" not in features:
       raise DataError(
-          f"tfds dataset {name!r} has no 'image' and 'label' features "
-          f"(it has {sorted(features.keys())}); it is not an image "
-          "classification dataset.")
+        f"tfds dataset {name!r} has no 'image' and 'label' features "
+        f"(it has {sorted(features.keys())}); it is not an image "
+        "classification dataset."
+      )
     shape = features["image"].shape
     if None in shape:
       raise DataError(
-          f"tfds dataset {name!r} stores images of varying size {shape}; "
-          "only fixed-size image datasets are supported.")
+        f"tfds dataset {name!r} stores images of varying size {shape}; "
+        "only fixed-size image datasets are supported."
+      )
     label = features["label"]
     self.info = DatasetInfo(
-        name=name, image_shape=tuple(shape), num_classes=label.num_classes,
-        num_examples={k: v.num_examples for k, v in builder.info.splits.items()},
-        class_names=tuple(label.names))
+      name=name,
+      image_shape=tuple(shape),
+      num_classes=label.num_classes,
+      num_examples={k: v.num_examples for k, v in builder.info.splits.items()},
+      class_names=tuple(label.names),
+    )
 
   def split_size(self, split):
     self._check_split(split)
@@ -288,10 +304,13 @@ class _TfdsSource(Source):
 
   def _read(self, split, process_index, process_count, shuffle_seed):
     shard = tfds.split_for_jax_process(
-        split, process_index=process_index, process_count=process_count)
+      split, process_index=process_index, process_count=process_count
+    )
     return self._builder.as_dataset(
-        split=shard, shuffle_files=shuffle_seed is not None,
-        read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed))
+      split=shard,
+      shuffle_files=shuffle_seed is not None,
+      read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed),
+    )
 
 
 class _IndexedSource(Source):
@@ -333,22 +352,24 @@ def _unlabelled(n: int) -> np.ndarray:
 class _ArraySource(_IndexedSource):
   """In-memory arrays, one pair (x, y or None) per split (the `npz:` datasets)."""
 
-  def __init__(self, name: str,
-               arrays: Mapping[str, tuple[np.ndarray, Optional[np.ndarray]]]):
+  def __init__(self, name: str, arrays: Mapping[str, tuple[np.ndarray, Optional[np.ndarray]]]):
     self._arrays = arrays
     x0 = next(iter(arrays.values()))[0]
-    num_classes = int(max((y.max() for _, y in arrays.values() if y is not None),
-                          default=-1)) + 1
+    num_classes = int(max((y.max() for _, y in arrays.values() if y is not None), default=-1)) + 1
     self.info = DatasetInfo(
-        name=name, image_shape=tuple(x0.shape[1:]), num_classes=num_classes,
-        num_examples={k: len(x) for k, (x, _) in arrays.items()},
-        class_names=tuple(str(i) for i in range(num_classes)),
-        unlabelled_splits=tuple(k for k, (_, y) in arrays.items() if y is None))
+      name=name,
+      image_shape=tuple(x0.shape[1:]),
+      num_classes=num_classes,
+      num_examples={k: len(x) for k, (x, _) in arrays.items()},
+      class_names=tuple(str(i) for i in range(num_classes)),
+      unlabelled_splits=tuple(k for k, (_, y) in arrays.items() if y is None),
+    )
 
   def _examples(self, split, positions):
     x, y = self._arrays[split]
     if len(positions) and np.array_equal(
-        positions, np.arange(positions[0], positions[0] + len(positions))):
+      positions, np.arange(positions[0], positions[0] + len(positions))
+    ):
       positions = slice(positions[0], positions[0] + len(positions))  # A view, no copy.
     images = x[positions]
     labels = _unlabelled(len(images)) if y is None else y[positions]
@@ -361,10 +382,13 @@ class _ImageFolderSource(_IndexedSource):
   def __init__(self, name: str, root: str):
     self._files, class_names, self._shape = _scan_image_folder(root)
     self.info = DatasetInfo(
-        name=name, image_shape=self._shape, num_classes=len(class_names),
-        num_examples={k: len(paths) for k, (paths, _) in self._files.items()},
-        class_names=class_names,
-        unlabelled_splits=tuple(k for k, (_, y) in self._files.items() if y is None))
+      name=name,
+      image_shape=self._shape,
+      num_classes=len(class_names),
+      num_examples={k: len(paths) for k, (paths, _) in self._files.items()},
+      class_names=class_names,
+      unlabelled_splits=tuple(k for k, (_, y) in self._files.items() if y is None),
+    )
 
   def _examples(self, split, positions):
     paths, labels = self._files[split]
@@ -373,17 +397,23 @@ class _ImageFolderSource(_IndexedSource):
     shape = self._shape
 
     def decode(example):
-      image = tf.io.decode_image(tf.io.read_file(example["path"]), channels=shape[-1],
-                                 expand_animations=False)
+      image = tf.io.decode_image(
+        tf.io.read_file(example["path"]), channels=shape[-1], expand_animations=False
+      )
       return {"image": tf.ensure_shape(image, shape), "label": example["label"]}
 
     return tf.data.Dataset.from_tensor_slices({"path": paths, "label": labels}).map(
-            decode, num_parallel_calls=tf.data.AUTOTUNE)
+      decode, num_parallel_calls=tf.data.AUTOTUNE
+    )
 
 
-def open_dataset(name: str, *, data_dir: str | None = None,
-                 download: bool = False,
-                 fashion_mnist_dir: str = DEBIAN_FASHION_MNIST_DIR) -> Source:
+def open_dataset(
+  name: str,
+  *,
+  data_dir: str | None = None,
+  download: bool = False,
+  fashion_mnist_dir: str = DEBIAN_FASHION_MNIST_DIR,
+) -> Source:
   """Opens a dataset by name (see the module docstring).
 
   Args:
@@ -409,13 +439,13 @@ def open_dataset(name: str, *, data_dir: str | None = None,
   base_name = name.split("/", 1)[0].split(":", 1)[0]
   if base_name not in tfds.list_builders(with_community_datasets=False):
     raise DataError(
-        f"Unknown dataset {name!r}: expected a tensorflow-datasets name "
-        "(cifar10, cifar100, stl10, mnist, fashion_mnist, ...), "
-        "'image_folder:PATH' or 'npz:PATH'.")
+      f"Unknown dataset {name!r}: expected a tensorflow-datasets name "
+      "(cifar10, cifar100, stl10, mnist, fashion_mnist, ...), "
+      "'image_folder:PATH' or 'npz:PATH'."
+    )
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
-    if base_name == "fashion_mnist" and _has_fashion_mnist_files(
-        fashion_mnist_dir):
+    if base_name == "fashion_mnist" and _has_fashion_mnist_files(fashion_mnist_dir):
       prepare_fashion_mnist(data_dir, source_dir=fashion_mnist_dir)
     elif download:
       builder.download_and_prepare(file_format="tfrecord")
@@ -426,19 +456,23 @@ def open_dataset(name: str, *, data_dir: str | None = None,
 
 
 def _not_prepared_message(name, builder, fashion_mnist_dir) -> str:
-  msg = (f"Dataset {name!r} is not prepared in {os.fspath(builder.data_dir)} "
-         "and downloading is off (config.data.download=False). ")
+  msg = (
+    f"Dataset {name!r} is not prepared in {os.fspath(builder.data_dir)} "
+    "and downloading is off (config.data.download=False). "
+  )
   if name == "fashion_mnist":
     return msg + (
-        f"No Fashion-MNIST files in {fashion_mnist_dir} either. Get the data "
-        "one of two ways: `apt-get install dataset-fashion-mnist` (offline "
-        "copy, prepared here automatically), or a networked tfds download "
-        "(config.data.download=True, or `tfds build fashion_mnist "
-        "--data_dir=DATA_DIR`).")
+      f"No Fashion-MNIST files in {fashion_mnist_dir} either. Get the data "
+      "one of two ways: `apt-get install dataset-fashion-mnist` (offline "
+      "copy, prepared here automatically), or a networked tfds download "
+      "(config.data.download=True, or `tfds build fashion_mnist "
+      "--data_dir=DATA_DIR`)."
+    )
   return msg + (
-      f"Prepare it on a machine with network (`tfds build {name} "
-      "--data_dir=DATA_DIR`, or config.data.download=True) and copy DATA_DIR "
-      "here.")
+    f"Prepare it on a machine with network (`tfds build {name} "
+    "--data_dir=DATA_DIR`, or config.data.download=True) and copy DATA_DIR "
+    "here."
+  )
 
 
 def _existing_path(path: str, name: str) -> str:
@@ -456,14 +490,16 @@ def _check_label_ids(present, where: str) -> None:
   missing = sorted(set(range(max(present) + 1)) - present)
   if missing:
     raise DataError(
-        f"{where}: label ids must be 0..C-1, each used; the labels are "
-        f"{_few(sorted(present))}, so {_few(missing)} never occur (first missing: "
-        f"{missing[0]}); renumber the {len(present)} classes 0..{len(present) - 1}.")
+      f"{where}: label ids must be 0..C-1, each used; the labels are "
+      f"{_few(sorted(present))}, so {_few(missing)} never occur (first missing: "
+      f"{missing[0]}); renumber the {len(present)} classes 0..{len(present) - 1}."
+    )
 
 
 def _few(values, k: int = 8) -> str:
-  return ", ".join(map(str, values[:k])) + (f", … ({len(values)} in all)"
-                                            if len(values) > k else "")
+  return ", ".join(map(str, values[:k])) + (
+    f", … ({len(values)} in all)" if len(values) > k else ""
+  )
 
 
 # --- npz ---
@@ -472,21 +508,27 @@ def _few(values, k: int = 8) -> str:
 def _load_npz(path: str) -> dict[str, tuple[np.ndarray, Optional[np.ndarray]]]:
   """Split name -> (x (N, H, W, C) uint8, y (N,) int32 or None) from `npz:PATH`."""
   if os.path.isdir(path):
-    files = {f[:-len(".npz")]: os.path.join(path, f)
-             for f in sorted(os.listdir(path)) if f.endswith(".npz")}
+    files = {
+      f[: -len(".npz")]: os.path.join(path, f)
+      for f in sorted(os.listdir(path))
+      if f.endswith(".npz")
+    }
     if not files:
-      raise DataError(f"npz directory {path!r} holds no .npz files "
-                      "(expected e.g. train.npz, test.npz).")
+      raise DataError(
+        f"npz directory {path!r} holds no .npz files (expected e.g. train.npz, test.npz)."
+      )
   else:
     files = {"train": path}
   arrays = {split: _read_npz_file(f) for split, f in files.items()}
   shapes = {split: x.shape[1:] for split, (x, _) in arrays.items()}
   if len(set(shapes.values())) > 1:
-    raise DataError(f"npz splits in {path!r} have different image shapes "
-                    f"{shapes}.")
-  _check_label_ids(np.unique(np.concatenate(
-      [y for _, y in arrays.values() if y is not None] or [np.zeros(0, np.int32)])),
-                   f"npz {path!r}")
+    raise DataError(f"npz splits in {path!r} have different image shapes {shapes}.")
+  _check_label_ids(
+    np.unique(
+      np.concatenate([y for _, y in arrays.values() if y is not None] or [np.zeros(0, np.int32)])
+    ),
+    f"npz {path!r}",
+  )
   return arrays
 
 
@@ -502,55 +544,67 @@ def _read_npz_file(path: str) -> tuple[np.ndarray, Optional[np.ndarray]]:
       keys = set(npz.files)
       if "x" not in keys:
         raise DataError(
-            f"npz file {path!r} lacks array(s) ['x']: it needs 'x' (N, H, W[, C]) "
-            f"images and optionally 'y' (N,) labels; it has {sorted(keys)}.")
+          f"npz file {path!r} lacks array(s) ['x']: it needs 'x' (N, H, W[, C]) "
+          f"images and optionally 'y' (N,) labels; it has {sorted(keys)}."
+        )
       x = npz["x"]
       y = npz["y"] if "y" in keys else None
   except DataError:
     raise
   except Exception as e:  # np.load raises several types for non-npz files.
-    raise DataError(f"Cannot read {path!r} as a .npz file: "
-                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    raise DataError(
+      f"Cannot read {path!r} as a .npz file: "
+      f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    ) from e
   if x.ndim == 3:
     x = x[..., None]
   if x.ndim != 4 or x.shape[-1] not in (1, 3):
-    raise DataError(f"npz {path!r}: x has shape {x.shape}; expected (N, H, W), "
-                    "(N, H, W, 1) or (N, H, W, 3) (1 or 3 channels).")
+    raise DataError(
+      f"npz {path!r}: x has shape {x.shape}; expected (N, H, W), "
+      "(N, H, W, 1) or (N, H, W, 3) (1 or 3 channels)."
+    )
   if len(x) == 0:
-    raise DataError(f"npz {path!r}: x holds no images (shape {x.shape}): the split "
-                    "is empty.")
+    raise DataError(f"npz {path!r}: x holds no images (shape {x.shape}): the split is empty.")
   if np.issubdtype(x.dtype, np.floating):
     bad = ~np.isfinite(x)
     if bad.any():
       i = _first(bad)
-      raise DataError(f"npz {path!r}: x[{i}] holds a non-finite value "
-                      f"({x[i][bad[i]].flat[0]}); pixels must be finite, in [0, 1].")
+      raise DataError(
+        f"npz {path!r}: x[{i}] holds a non-finite value "
+        f"({x[i][bad[i]].flat[0]}); pixels must be finite, in [0, 1]."
+      )
     bad = (x < 0) | (x > 1)
     if bad.any():
       i = _first(bad)
-      raise DataError(f"npz {path!r}: float x must lie in [0, 1]; x[{i}] holds "
-                      f"{x[i][bad[i]].flat[0]} (x spans [{x.min()}, {x.max()}]); or "
-                      "store uint8 in [0, 255].")
+      raise DataError(
+        f"npz {path!r}: float x must lie in [0, 1]; x[{i}] holds "
+        f"{x[i][bad[i]].flat[0]} (x spans [{x.min()}, {x.max()}]); or "
+        "store uint8 in [0, 255]."
+      )
     logging.info("npz %s: float x in [0, 1] is stored as uint8 round(255 x)", path)
     x = np.round(x * 255).astype(np.uint8)
   elif np.issubdtype(x.dtype, np.integer) and x.dtype != np.uint8:
     bad = (x < 0) | (x > 255)
     if bad.any():
       i = _first(bad)
-      raise DataError(f"npz {path!r}: integer x must lie in [0, 255]; x[{i}] holds "
-                      f"{x[i][bad[i]].flat[0]}.")
-    logging.info("npz %s: x of dtype %s (values in [0, 255]) is read as uint8", path,
-                 x.dtype)
+      raise DataError(
+        f"npz {path!r}: integer x must lie in [0, 255]; x[{i}] holds {x[i][bad[i]].flat[0]}."
+      )
+    logging.info("npz %s: x of dtype %s (values in [0, 255]) is read as uint8", path, x.dtype)
     x = x.astype(np.uint8)
   elif x.dtype != np.uint8:
-    raise DataError(f"npz {path!r}: x has dtype {x.dtype}; expected uint8, integers "
-                    "in [0, 255] or float in [0, 1].")
+    raise DataError(
+      f"npz {path!r}: x has dtype {x.dtype}; expected uint8, integers "
+      "in [0, 255] or float in [0, 1]."
+    )
   if y is None:
     return x, None
   if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
-    raise DataError(f"npz {path!r}: y has shape {y.shape} and dtype {y.dtype}; "
-                    f"expected ({len(x)},) integer class ids 0..C-1 (map names or "
-                    "strings to ids first).")
+    raise DataError(
+      f"npz {path!r}: y has shape {y.shape} and dtype {y.dtype}; "
+      f"expected ({len(x)},) integer class ids 0..C-1 (map names or "
+      "strings to ids first)."
+    )
   if (y < 0).any():
     i = int(np.argmax(y < 0))
     raise DataError(f"npz {path!r}: labels y must be >= 0; y[{i}] = {y[i]}.")
@@ -559,8 +613,14 @@ def _read_npz_file(path: str) -> tuple[np.ndarray, Optional[np.ndarray]]:
 
 # --- image folder ---
 
-_GRAY_MODES = {"1": None, "L": None, "I;16": "16-bit", "I;16B": "16-bit",
-               "I;16L": "16-bit", "I": "16-bit"}  # mode -> conversion (None: none)
+_GRAY_MODES = {
+  "1": None,
+  "L": None,
+  "I;16": "16-bit",
+  "I;16B": "16-bit",
+  "I;16L": "16-bit",
+  "I": "16-bit",
+}  # mode -> conversion (None: none)
 _COLOUR_MODES = {"RGB": None, "P": "palette"}
 
 
@@ -576,8 +636,9 @@ def _walk_images(folder: str) -> list[str]:
       path = os.path.join(dirpath, f)
       if not f.lower().endswith(_IMAGE_EXTENSIONS):
         raise DataError(
-            f"image_folder: {path!r} is not an image file; image folders may hold "
-            f"only {', '.join(_IMAGE_EXTENSIONS)} files.")
+          f"image_folder: {path!r} is not an image file; image folders may hold "
+          f"only {', '.join(_IMAGE_EXTENSIONS)} files."
+        )
       paths.append(path)
   return paths
 
@@ -597,15 +658,19 @@ def _class_ids(names: set[str], root: str) -> dict[str, int]:
   numbered = {n for n in names if n.isdigit()}
   if numbered and numbered != names:
     raise DataError(
-        f"image_folder {root!r}: class folders mix numbers and names "
-        f"({_few(sorted(numbered, key=int)[:3] + sorted(names - numbered)[:3])}); "
-        "name them all by number 0..C-1 or all by name.")
+      f"image_folder {root!r}: class folders mix numbers and names "
+      f"({_few(sorted(numbered, key=int)[:3] + sorted(names - numbered)[:3])}); "
+      "name them all by number 0..C-1 or all by name."
+    )
   if numbered:
     _check_label_ids((int(n) for n in names), f"image_folder {root!r} class folders")
     return {n: int(n) for n in names}
   ids = {n: i for i, n in enumerate(sorted(names))}
-  logging.info("image_folder %s: classes numbered by sorted name: %s", root,
-               _few([f"{i} {n}" for n, i in ids.items()]))
+  logging.info(
+    "image_folder %s: classes numbered by sorted name: %s",
+    root,
+    _few([f"{i} {n}" for n, i in ids.items()]),
+  )
   return ids
 
 
@@ -627,7 +692,7 @@ def _scan_image_folder(root: str):
   layout = {}  # split -> [(class name or None, image paths)]
   if has_files:
     layout["train"] = [(None, _walk_images(root))]
-  for split in ([] if has_files else dirs):
+  for split in [] if has_files else dirs:
     split_dir = os.path.join(root, split)
     classes, split_has_files = _entries(split_dir)
     if split_has_files or not classes:
@@ -637,15 +702,18 @@ def _scan_image_folder(root: str):
     for label, paths in layout[split]:
       if not paths:
         where = split_dir if label is None else os.path.join(split_dir, label)
-        raise DataError(f"image_folder: {where!r} holds no images; expected "
-                        "PATH/SPLIT/LABEL/*.png (labelled), PATH/SPLIT/*.png or "
-                        "PATH/*.png (unlabelled).")
+        raise DataError(
+          f"image_folder: {where!r} holds no images; expected "
+          "PATH/SPLIT/LABEL/*.png (labelled), PATH/SPLIT/*.png or "
+          "PATH/*.png (unlabelled)."
+        )
   if not layout:
-    raise DataError(f"image_folder {root!r} holds no images; expected "
-                    "PATH/SPLIT/LABEL/*.png (labelled), PATH/SPLIT/*.png or "
-                    "PATH/*.png (unlabelled).")
-  ids = _class_ids({c for groups in layout.values() for c, _ in groups if c is not None},
-                   root)
+    raise DataError(
+      f"image_folder {root!r} holds no images; expected "
+      "PATH/SPLIT/LABEL/*.png (labelled), PATH/SPLIT/*.png or "
+      "PATH/*.png (unlabelled)."
+    )
+  ids = _class_ids({c for groups in layout.values() for c, _ in groups if c is not None}, root)
 
   first_of_size: dict[tuple[int, int], str] = {}
   conversions: dict[str, list[str]] = {}  # kind -> paths converted
@@ -657,8 +725,7 @@ def _scan_image_folder(root: str):
           with Image.open(path) as img:
             size, mode, info = img.size, img.mode, img.info
         except (UnidentifiedImageError, OSError) as e:
-          raise DataError(
-              f"image_folder: {path!r} is not a readable image: {e}") from e
+          raise DataError(f"image_folder: {path!r} is not a readable image: {e}") from e
         if mode in _GRAY_MODES:
           gray.append(path)
           kind = _GRAY_MODES[mode]
@@ -668,34 +735,42 @@ def _scan_image_folder(root: str):
         else:
           bands = Image.getmodebands(mode) + ("transparency" in info)
           raise DataError(
-              f"image_folder: {path!r} has {bands} channels (mode {mode}"
-              f"{' with transparency' if 'transparency' in info else ''}); expected 1 "
-              "(grayscale) or 3 (RGB): convert it first, e.g. PIL's "
-              "Image.convert('RGB').")
+            f"image_folder: {path!r} has {bands} channels (mode {mode}"
+            f"{' with transparency' if 'transparency' in info else ''}); expected 1 "
+            "(grayscale) or 3 (RGB): convert it first, e.g. PIL's "
+            "Image.convert('RGB')."
+          )
         if kind:
           conversions.setdefault(kind, []).append(path)
         if first_of_size and size not in first_of_size:
           (w0, h0), first = next(iter(first_of_size.items()))
           raise DataError(
-              f"image_folder {root!r} mixes image sizes: {path!r} is "
-              f"{size[0]}x{size[1]}, {first!r} is {w0}x{h0}; resize them to one "
-              "size first.")
+            f"image_folder {root!r} mixes image sizes: {path!r} is "
+            f"{size[0]}x{size[1]}, {first!r} is {w0}x{h0}; resize them to one "
+            "size first."
+          )
         first_of_size.setdefault(size, path)
   if colour and gray:
     conversions["grayscale"] = gray
-  notes = {"16-bit": "16-bit images are scaled to 8 bits",
-           "palette": "palette images are read as RGB",
-           "grayscale": "grayscale images are read as RGB (gray in all 3 channels), "
-                        "as the folder holds colour images too"}
+  notes = {
+    "16-bit": "16-bit images are scaled to 8 bits",
+    "palette": "palette images are read as RGB",
+    "grayscale": "grayscale images are read as RGB (gray in all 3 channels), "
+    "as the folder holds colour images too",
+  }
   for kind, paths in conversions.items():
-    logging.info("image_folder %s: %s: %d image(s), the first %s", root, notes[kind],
-                 len(paths), paths[0])
-  (w, h), = first_of_size
+    logging.info(
+      "image_folder %s: %s: %d image(s), the first %s", root, notes[kind], len(paths), paths[0]
+    )
+  ((w, h),) = first_of_size
   files = {}
   for split, groups in layout.items():
     paths = np.array([p for _, ps in groups for p in ps])
-    labels = (None if groups[0][0] is None else
-              np.concatenate([np.full(len(ps), ids[c], np.int32) for c, ps in groups]))
+    labels = (
+      None
+      if groups[0][0] is None
+      else np.concatenate([np.full(len(ps), ids[c], np.int32) for c, ps in groups])
+    )
     files[split] = (paths, labels)
   class_names = tuple(sorted(ids, key=ids.get))
   return files, class_names, (h, w, 3 if colour else 1)
@@ -705,8 +780,11 @@ def _scan_image_folder(root: str):
 
 
 def _has_fashion_mnist_files(source_dir: str) -> bool:
-  return all(os.path.isfile(os.path.join(source_dir, f))
-             for pair in _FASHION_MNIST_FILES.values() for f in pair)
+  return all(
+    os.path.isfile(os.path.join(source_dir, f))
+    for pair in _FASHION_MNIST_FILES.values()
+    for f in pair
+  )
 
 
 def _read_idx(path: str) -> np.ndarray:
@@ -716,16 +794,14 @@ def _read_idx(path: str) -> np.ndarray:
   zero, dtype_code, ndim = data[0:2], data[2], data[3]
   if zero != b"\0\0" or dtype_code != 0x08:
     raise DataError(f"{path!r} is not an IDX file of uint8 data.")
-  shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big")
-                for i in range(ndim))
+  shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
   array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
   if array.size != np.prod(shape):
     raise DataError(f"{path!r} is truncated: header says {shape}.")
   return array.reshape(shape)
 
 
-class _LocalFashionMNIST(tfds.image_classification.FashionMNIST,
-                         skip_registration=True):
+class _LocalFashionMNIST(tfds.image_classification.FashionMNIST, skip_registration=True):
   """tfds's FashionMNIST (same name, version, features, example keys) built
   from local IDX files instead of downloaded ones, so the stock
   `tfds.builder("fashion_mnist", data_dir=...)` reads the result."""
@@ -739,11 +815,14 @@ class _LocalFashionMNIST(tfds.image_classification.FashionMNIST,
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.
     return [
-        tfds.core.SplitGenerator(
-            name=split,
-            gen_kwargs=dict(images=os.path.join(self._source_dir, images),
-                            labels=os.path.join(self._source_dir, labels)))
-        for split, (images, labels) in _FASHION_MNIST_FILES.items()
+      tfds.core.SplitGenerator(
+        name=split,
+        gen_kwargs=dict(
+          images=os.path.join(self._source_dir, images),
+          labels=os.path.join(self._source_dir, labels),
+        ),
+      )
+      for split, (images, labels) in _FASHION_MNIST_FILES.items()
     ]
 
   def _generate_examples(self, images, labels):  # pylint: disable=arguments-differ
@@ -756,8 +835,8 @@ class _LocalFashionMNIST(tfds.image_classification.FashionMNIST,
 
 
 def prepare_fashion_mnist(
-    data_dir: str | None = None, *,
-    source_dir: str = DEBIAN_FASHION_MNIST_DIR) -> None:
+  data_dir: str | None = None, *, source_dir: str = DEBIAN_FASHION_MNIST_DIR
+) -> None:
   """Prepares tfds `fashion_mnist` in `data_dir` from local IDX files, offline.
 
   Idempotent: a prepared dataset is left alone. tfds writes into a temporary
@@ -772,17 +851,19 @@ def prepare_fashion_mnist(
   """
   if not _has_fashion_mnist_files(source_dir):
     raise DataError(
-        f"No Fashion-MNIST IDX files in {source_dir!r} (expected "
-        f"{[f for pair in _FASHION_MNIST_FILES.values() for f in pair]}); "
-        "`apt-get install dataset-fashion-mnist` installs them.")
+      f"No Fashion-MNIST IDX files in {source_dir!r} (expected "
+      f"{[f for pair in _FASHION_MNIST_FILES.values() for f in pair]}); "
+      "`apt-get install dataset-fashion-mnist` installs them."
+    )
   builder = _LocalFashionMNIST(source_dir=source_dir, data_dir=data_dir)
   if builder.is_prepared():
     return
   try:
     builder.download_and_prepare(
-        file_format="tfrecord",
-        # try_download_gcs=False: the GCS probe would hang on an offline machine.
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+      file_format="tfrecord",
+      # try_download_gcs=False: the GCS probe would hang on an offline machine.
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+    )
   except Exception:
     # Another process may have prepared it concurrently; its rename won.
     if not tfds.builder("fashion_mnist", data_dir=data_dir).is_prepared():

@@ -19,6 +19,7 @@ Where the settings come from, first match wins for each:
 
 Call it before anything touches a JAX device (``jax.devices()``, any array).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -46,8 +47,11 @@ def _env_int(name: str) -> Optional[int]:
 
 def _launched_as_many_tasks() -> Optional[str]:
   """Names the launcher when this process is one of several it started, else None."""
-  for name, launcher in (("SLURM_STEP_NUM_TASKS", "srun"), ("SLURM_NTASKS", "srun"),
-                         ("OMPI_COMM_WORLD_SIZE", "mpirun")):
+  for name, launcher in (
+    ("SLURM_STEP_NUM_TASKS", "srun"),
+    ("SLURM_NTASKS", "srun"),
+    ("OMPI_COMM_WORLD_SIZE", "mpirun"),
+  ):
     try:
       if int(os.environ.get(name, "1")) > 1:
         return f"{launcher} (${name} = {os.environ[name]})"
@@ -56,10 +60,15 @@ def _launched_as_many_tasks() -> Optional[str]:
   return None
 
 
-def initialize(*, enabled: bool = False, coordinator_address: Optional[str] = None,
-               num_processes: Optional[int] = None, process_id: Optional[int] = None,
-               local_device_ids: Optional[Sequence[int]] = None,
-               initialization_timeout: int = 300) -> bool:
+def initialize(
+  *,
+  enabled: bool = False,
+  coordinator_address: Optional[str] = None,
+  num_processes: Optional[int] = None,
+  process_id: Optional[int] = None,
+  local_device_ids: Optional[Sequence[int]] = None,
+  initialization_timeout: int = 300,
+) -> bool:
   """Starts ``jax.distributed`` when asked to; returns whether it did.
 
   Asked means ``enabled``, or any of the three settings given as an argument or in
@@ -93,8 +102,11 @@ def initialize(*, enabled: bool = False, coordinator_address: Optional[str] = No
   if not asked:
     launcher = _launched_as_many_tasks()
     if launcher:
-      logging.warning("started by %s but not as a distributed job: each process will train "
-                      "on its own; pass --distributed to join them into one job", launcher)
+      logging.warning(
+        "started by %s but not as a distributed job: each process will train "
+        "on its own; pass --distributed to join them into one job",
+        launcher,
+      )
     return False
   if num_processes is not None and num_processes < 1:
     raise ValueError(f"num_processes = {num_processes} must be ≥ 1")
@@ -102,13 +114,20 @@ def initialize(*, enabled: bool = False, coordinator_address: Optional[str] = No
     raise ValueError(f"process_id = {process_id} is not in [0, {num_processes})")
   if jax.config.jax_cpu_collectives_implementation is None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  logging.info("jax.distributed.initialize(coordinator_address=%s, num_processes=%s, "
-               "process_id=%s) (None: auto-detected)", coordinator_address, num_processes,
-               process_id)
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id,
-                             local_device_ids=local_device_ids,
-                             initialization_timeout=initialization_timeout)
+  logging.info(
+    "jax.distributed.initialize(coordinator_address=%s, num_processes=%s, "
+    "process_id=%s) (None: auto-detected)",
+    coordinator_address,
+    num_processes,
+    process_id,
+  )
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address,
+    num_processes=num_processes,
+    process_id=process_id,
+    local_device_ids=local_device_ids,
+    initialization_timeout=initialization_timeout,
+  )
   return True
 
 
@@ -141,17 +160,22 @@ def meet_before_first_run(fn: Callable, name: str) -> Callable:
     if not met:
       fn.lower(*args, **kwargs).compile()
       from orbax.checkpoint import multihost  # pylint: disable=import-outside-toplevel
+
       logging.info("%s compiled; waiting for the other processes", name)
-      multihost.get_barrier_sync_fn()(key=f"uctrl_jax_{name}_{next(_barrier_ids)}",
-                                      timeout_ms=BARRIER_TIMEOUT_S * 1000)
+      multihost.get_barrier_sync_fn()(
+        key=f"uctrl_jax_{name}_{next(_barrier_ids)}", timeout_ms=BARRIER_TIMEOUT_S * 1000
+      )
       met = True
     return fn(*args, **kwargs)
+
   return run
 
 
 def describe() -> str:
   """One line about this process's place in the job, for the log."""
   local = jax.local_devices()
-  return (f"JAX process {jax.process_index()}/{jax.process_count()}: {len(local)} local "
-          f"{local[0].platform} device(s) {[d.id for d in local]} of {jax.device_count()} "
-          f"in all ({local[0].device_kind})")
+  return (
+    f"JAX process {jax.process_index()}/{jax.process_count()}: {len(local)} local "
+    f"{local[0].platform} device(s) {[d.id for d in local]} of {jax.device_count()} "
+    f"in all ({local[0].device_kind})"
+  )

@@ -1,11 +1,12 @@
-"""Evaluation of a trained run (``main.py --mode=eval``): metrics, baselines, figures.
+"""Evaluation of a trained run: ``main.py --mode=eval`` (metrics, baselines, figures) and
+the in-training evaluation (``PeriodicEval``), both over the evaluators' registry.
 
 ``evaluate(config, workdir)`` loads the checkpoint (``uctrl_jax.load``), reads the
 train/test splits as the input pipeline presents them, and runs every evaluator of
 ``config.evals.names`` (``uctrl_jax/evaluators``) on the trained encoder/decoder, and
 the feature-only ones (kNN, linear probe, nearest subspace, clustering) on two
 baselines: raw pixels, and the encoder at initialisation (the same architecture and
-seed, ``train.create_train_state``; batch-norm at its initial statistics). It writes
+seed, ``state.create_train_state``; batch-norm at its initial statistics). It writes
 to ``WORKDIR``:
 
 - ``results.json``: every metric, both baselines, step, sizes, hardware, wall time,
@@ -16,27 +17,28 @@ to ``WORKDIR``:
 ``config`` supplies the evaluation settings (``config.evals``) and where the data are
 (``config.data``); the model comes from the work directory.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import platform
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 from absl import logging
 import jax
 import ml_collections
 import numpy as np
 
-import uctrl_jax
 from uctrl_jax import datasets
 from uctrl_jax import evaluators
 from uctrl_jax import figures
 from uctrl_jax import input_pipeline
+from uctrl_jax import loading
 from uctrl_jax import models
-from uctrl_jax import train
 from uctrl_jax import validation
+from uctrl_jax.state import TrainState, create_train_state
 
 
 def load_data(config: ml_collections.ConfigDict) -> evaluators.EvalData:
@@ -47,26 +49,37 @@ def load_data(config: ml_collections.ConfigDict) -> evaluators.EvalData:
   labels gives ``y`` None. Warns when the test split shares images with the reference
   split or with ``config.data.train_split`` (not held out).
   """
-  evals = config.get("evals", None) or ml_collections.ConfigDict()
+  evals = config.evals
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.data.cache = False  # read once; a partial read must not leave a partial cache
   info = input_pipeline.get_dataset_info(config)
-  train_split, test_split = evals.get("train_split", "train"), evals.get("test_split", "test")
+  train_split, test_split = evals.train_split, evals.test_split
   source = input_pipeline.open_source(config)
-  for field, split in (("config.evals.train_split", train_split),
-                       ("config.data.train_split", config.data.train_split)):
+  for field, split in (
+    ("config.evals.train_split", train_split),
+    ("config.data.train_split", config.data.train_split),
+  ):
     shared = source.shared_examples(test_split, split)
     if shared:
-      logging.warning("config.evals.test_split %r shares %d of its images with %s %r: they "
-                      "are not held out (slice one split instead, e.g. train[:90%%] and "
-                      "train[90%%:])", test_split, shared, field, split)
+      logging.warning(
+        "config.evals.test_split %r shares %d of its images with %s %r: they "
+        "are not held out (slice one split instead, e.g. train[:90%%] and "
+        "train[90%%:])",
+        test_split,
+        shared,
+        field,
+        split,
+      )
   arrays = []
-  for split, limit in ((train_split, evals.get("max_train_examples", None)),
-                       (test_split, evals.get("max_test_examples", None))):
+  for split, limit in (
+    (train_split, evals.max_train_examples),
+    (test_split, evals.max_test_examples),
+  ):
     # The evaluation pipeline: every example once, in order, padding marked by `mask`.
-    ds = input_pipeline.create_dataset(config, split, process_index=0, process_count=1,
-                                       training=False, num_views=0)
+    ds = input_pipeline.create_dataset(
+      config, split, process_index=0, process_count=1, training=False, num_views=0
+    )
     images, labels, count = [], [], 0
     for batch in ds.as_numpy_iterator():
       keep = batch["mask"]
@@ -80,9 +93,73 @@ def load_data(config: ml_collections.ConfigDict) -> evaluators.EvalData:
   return evaluators.EvalData(*arrays, num_classes=info.num_classes)
 
 
+class PeriodicEval:
+  """The in-training evaluation: ``config.evals.during_training`` on the current state.
+
+  ``during_training.names`` (default kNN and reconstruction) run on the first
+  ``max_train_examples`` / ``max_test_examples`` of each split, read once on first use
+  (the splits are not read at all when ``names`` is empty or ``eval_every`` is 0).
+  Every process computes the same metrics (the same images, the replicated state;
+  tested with two processes); the caller's writer logs process 0's.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, image_shape: Tuple[int, ...]):
+    evals = config.evals
+    during = evals.during_training
+    self.names = tuple(during.names)
+    self.every = int(config.train.eval_every)
+    splits = [evals.train_split, evals.test_split]
+    available = input_pipeline.get_dataset_info(config).num_examples
+    missing = [s for s in splits if s.split("[", 1)[0] not in available]
+    if self.names and self.every > 0 and missing:
+      # A single .npz file holds a train split only: train anyway, without evaluations.
+      logging.warning(
+        "in-training evaluation off: %s has no split %s (it has %s); set "
+        "config.evals.train_split / test_split",
+        config.data.name,
+        " or ".join(map(repr, missing)),
+        ", ".join(sorted(available)),
+      )
+      self.names = ()
+    self._config = config.copy_and_resolve_references()
+    if self.names:
+      with self._config.unlocked():
+        self._config.evals.max_train_examples = during.max_train_examples
+        self._config.evals.max_test_examples = during.max_test_examples
+    encode, decode = loading.eval_mode_loop(config, image_shape)
+    self._encode = jax.jit(encode)
+    self._decode = None if decode is None else jax.jit(decode)
+    self._data, self._evaluators = None, None
+
+  def due(self, step: int, last: bool) -> bool:
+    return bool(self.names) and self.every > 0 and (step % self.every == 0 or last)
+
+  def __call__(self, state: TrainState) -> dict:
+    """``{"eval/<evaluator>/<metric>": float}`` of ``state`` (eval-mode BN statistics)."""
+    if self._data is None:
+      self._data = load_data(self._config)
+      # Those the labels allow; the one line on the others is logged here, once.
+      self._evaluators, note = evaluators.without_labels(
+        evaluators.build(self._config, names=self.names), self._data
+      )
+      if note:
+        logging.info("in-training evaluation: %s", note)
+    batch_size = int(self._config.evals.batch_size)
+    metrics = evaluators.run_all(
+      self._evaluators,
+      lambda x: self._encode(state, x),
+      None if self._decode is None else lambda Z: self._decode(state, Z),
+      self._data,
+      batch_size=batch_size,
+      log_labels=False,
+      log_times=False,
+    )
+    return {f"eval/{k}": v for k, v in metrics.items()}
+
+
 def random_encoder(config: ml_collections.ConfigDict, image_shape, seed: int):
   """``encode(x) -> Z`` of the encoder as initialised by ``train`` with ``seed`` (eval mode)."""
-  state = train.create_train_state(config, image_shape, jax.random.key(seed))
+  state = create_train_state(config, image_shape, jax.random.key(seed))
   encoder, _ = models.create_models(config, image_shape)
   apply = jax.jit(lambda variables, x: encoder.apply(variables, x, train=False))
   variables = {"params": state.encoder_params, "batch_stats": state.encoder_batch_stats}
@@ -93,9 +170,12 @@ def _training_record(workdir: str, loaded) -> dict[str, Any]:
   """Where a loaded run comes from: its mode, step and training minutes (None when its
   checkpoint predates the record)."""
   seconds = loaded.extra.get("train_seconds")
-  return {"workdir": os.path.abspath(workdir), "loss_mode": loaded.config.loss.mode,
-          "step": int(loaded.state.step),
-          "train_minutes": None if seconds is None else float(seconds) / 60}
+  return {
+    "workdir": os.path.abspath(workdir),
+    "loss_mode": loaded.config.loss.mode,
+    "step": int(loaded.state.step),
+    "train_minutes": None if seconds is None else float(seconds) / 60,
+  }
 
 
 def _flatten(x):
@@ -105,8 +185,10 @@ def _flatten(x):
 def _hardware() -> str:
   devices = jax.devices()
   kinds = sorted({d.device_kind for d in devices})
-  return (f"{len(devices)} × {', '.join(kinds)} ({jax.default_backend()}), "
-          f"{os.cpu_count()} CPU cores, {platform.machine()}")
+  return (
+    f"{len(devices)} × {', '.join(kinds)} ({jax.default_backend()}), "
+    f"{os.cpu_count()} CPU cores, {platform.machine()}"
+  )
 
 
 def _fmt(value: Optional[float]) -> str:
@@ -121,21 +203,29 @@ def results_markdown(results: dict[str, Any]) -> str:
   """``results.md``: header facts, metrics beside baselines, timings, configs."""
   metrics, baselines = results["metrics"], results.get("baselines", {})
   names = list(baselines)
-  lines = [f"# Evaluation of `{results['workdir']}` at step {results['step']}", "",
-           f"- dataset: {results['dataset']} ({results['num_train']} train / "
-           f"{results['num_test']} test examples)",
-           f"- hardware: {results['hardware']}",
-           f"- evaluation wall time: {results['wall_time_s']:.1f} s"]
+  lines = [
+    f"# Evaluation of `{results['workdir']}` at step {results['step']}",
+    "",
+    f"- dataset: {results['dataset']} ({results['num_train']} train / "
+    f"{results['num_test']} test examples)",
+    f"- hardware: {results['hardware']}",
+    f"- evaluation wall time: {results['wall_time_s']:.1f} s",
+  ]
   for label, record in [("this run", results.get("training"))] + list(
-      results.get("compared_runs", {}).items()):
+    results.get("compared_runs", {}).items()
+  ):
     if record:
       minutes = record["train_minutes"]
-      lines.append(f"- {label}: `{record['workdir']}`, loss.mode {record['loss_mode']}, step "
-                   f"{record['step']}, " + ("training time not recorded" if minutes is None
-                                           else f"{minutes:.1f} min of training"))
-  lines += ["",
-           "| metric | trained |" + "".join(f" {n.replace('_', ' ')} |" for n in names),
-           "|---|---:|" + "---:|" * len(names)]
+      lines.append(
+        f"- {label}: `{record['workdir']}`, loss.mode {record['loss_mode']}, step "
+        f"{record['step']}, "
+        + ("training time not recorded" if minutes is None else f"{minutes:.1f} min of training")
+      )
+  lines += [
+    "",
+    "| metric | trained |" + "".join(f" {n.replace('_', ' ')} |" for n in names),
+    "|---|---:|" + "---:|" * len(names),
+  ]
   for key, value in metrics.items():
     if not key.startswith("eval_seconds/"):
       row = [_fmt(value)] + [_fmt(baselines[n].get(key)) for n in names]
@@ -144,25 +234,45 @@ def results_markdown(results: dict[str, Any]) -> str:
     lines.append(f"| {name} | n/a (encoder-only run: no decoder) |" + " |" * len(names))
   for name in results.get("skipped_without_labels", ()):
     lines.append(f"| {name} | skipped: no labels |" + " |" * len(names))
-  lines += ["", "Accuracies (`top1`, `acc`, `consistency`) in %; NMI in [0, 1]; "
-            "PSNR in dB (peak-to-peak 2); MSE on [-1, 1].", "", "## Evaluation time (s)", "",
-            "| part | trained |" + "".join(f" {n} |" for n in names),
-            "|---|---:|" + "---:|" * len(names)]
+  lines += [
+    "",
+    "Accuracies (`top1`, `acc`, `consistency`) in %; NMI in [0, 1]; "
+    "PSNR in dB (peak-to-peak 2); MSE on [-1, 1].",
+    "",
+    "## Evaluation time (s)",
+    "",
+    "| part | trained |" + "".join(f" {n} |" for n in names),
+    "|---|---:|" + "---:|" * len(names),
+  ]
   for key, value in metrics.items():
     if key.startswith("eval_seconds/"):
       row = [_fmt(value)] + [_fmt(baselines[n].get(key)) for n in names]
       lines.append(f"| {key.split('/', 1)[1]} | " + " | ".join(row) + " |")
   if results.get("figures"):
-    lines += ["", "## Figures", ""] + [f"- {k}: `{os.path.relpath(v, results['workdir'])}`"
-                                       for k, v in results["figures"].items()]
-  lines += ["", "## Evaluation settings", "", "```json",
-            json.dumps(results["evals_config"], indent=2), "```", "",
-            "## Run config", "", "```json", json.dumps(results["config"], indent=2), "```", ""]
+    lines += ["", "## Figures", ""] + [
+      f"- {k}: `{os.path.relpath(v, results['workdir'])}`" for k, v in results["figures"].items()
+    ]
+  lines += [
+    "",
+    "## Evaluation settings",
+    "",
+    "```json",
+    json.dumps(results["evals_config"], indent=2),
+    "```",
+    "",
+    "## Run config",
+    "",
+    "```json",
+    json.dumps(results["config"], indent=2),
+    "```",
+    "",
+  ]
   return "\n".join(lines)
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str,
-             step: Optional[int] = None) -> dict[str, Any]:
+def evaluate(
+  config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None
+) -> dict[str, Any]:
   """Evaluates the checkpoint at ``step`` (latest when None) of ``workdir``.
 
   Returns:
@@ -171,92 +281,116 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
     ``step``, ``wall_time_s``, ``figures`` and the configs.
   """
   start = time.time()
-  loaded = uctrl_jax.load(workdir, step)
+  loaded = loading.load(workdir, step)
   run_config = loaded.config
   if config.data.name != run_config.data.name:
     raise validation.ConfigError(
-        f"config.data.name = {config.data.name!r}, but {workdir} was trained on "
-        f"{run_config.data.name!r}; pass the run's config (--config=...)")
+      f"config.data.name = {config.data.name!r}, but {workdir} was trained on "
+      f"{run_config.data.name!r}; pass the run's config (--config=...)"
+    )
   image_shape = tuple(run_config.data.image_shape)
-  evals = config.get("evals", None) or ml_collections.ConfigDict()
+  evals = config.evals
   data = load_data(config)
   if data.x_train.shape[1:] != image_shape:
     raise validation.ConfigError(
-        f"the data come as {data.x_train.shape[1:]} images, the run's models read "
-        f"{image_shape}; set config.data.image_size as in the run")
+      f"the data come as {data.x_train.shape[1:]} images, the run's models read "
+      f"{image_shape}; set config.data.image_size as in the run"
+    )
   write = jax.process_index() == 0
   out_dir = os.path.join(workdir, "figures")
-  batch_size = int(evals.get("batch_size", 500))
+  batch_size = int(evals.batch_size)
   built = evaluators.build(config)
   step_done = int(loaded.state.step)
-  logging.info("evaluating %s at step %d on %d train / %d test examples", workdir, step_done,
-               len(data.x_train), len(data.x_test))
+  logging.info(
+    "evaluating %s at step %d on %d train / %d test examples",
+    workdir,
+    step_done,
+    len(data.x_train),
+    len(data.x_test),
+  )
 
-  context = evaluators.Context(data, loaded.encode, loaded.decode, batch_size,
-                               out_dir if write else None, None)
+  context = evaluators.Context(
+    data, loaded.encode, loaded.decode, batch_size, out_dir if write else None, None
+  )
   metrics = evaluators.run_context(built, context)
   baselines = {}
   # Only those the labels allow (run_context logged which were skipped, and why).
   runnable, _ = evaluators.without_labels(built, data)
   skipped = [e.name for e in built if e not in runnable]
   classifiers = [e for e in runnable if e.name in evaluators.CLASSIFIERS]
-  if evals.get("baselines", True) and classifiers:
+  if evals.baselines and classifiers:
     # The initial state train_and_evaluate starts from: what training added.
-    for name, encode in (("raw_pixels", _flatten),
-                         ("random_encoder", random_encoder(run_config, image_shape,
-                                                           int(run_config.seed)))):
+    for name, encode in (
+      ("raw_pixels", _flatten),
+      ("random_encoder", random_encoder(run_config, image_shape, int(run_config.seed))),
+    ):
       logging.info("baseline %s", name)
       baselines[name] = evaluators.run_all(classifiers, encode, None, data, batch_size=batch_size)
   # Other runs on the same data (e.g. the encoder-only baselines trained for the same
   # minutes): their features through the same classifiers, one column each.
   compared = {}
   for path in evals.compare_workdirs:
-    other = uctrl_jax.load(path)
-    if (other.config.data.name != run_config.data.name
-        or tuple(other.config.data.image_shape) != image_shape):
-      raise validation.ConfigError(f"config.evals.compare_workdirs: {path} was trained on "
-                       f"{other.config.data.name!r} {tuple(other.config.data.image_shape)}, this "
-                       f"run on {run_config.data.name!r} {image_shape}")
+    other = loading.load(path)
+    if (
+      other.config.data.name != run_config.data.name
+      or tuple(other.config.data.image_shape) != image_shape
+    ):
+      raise validation.ConfigError(
+        f"config.evals.compare_workdirs: {path} was trained on "
+        f"{other.config.data.name!r} {tuple(other.config.data.image_shape)}, this "
+        f"run on {run_config.data.name!r} {image_shape}"
+      )
     name = f"{other.config.loss.mode}: {os.path.basename(os.path.normpath(path))}"
     logging.info("compared run %s", name)
-    baselines[name] = evaluators.run_all(classifiers, other.encode, None, data,
-                                         batch_size=batch_size)
+    baselines[name] = evaluators.run_all(
+      classifiers, other.encode, None, data, batch_size=batch_size
+    )
     compared[name] = _training_record(path, other)
 
   # Encoder-only runs (loss.mode "tcr", "simclr") have no g: what needs it is "n/a".
   not_applicable = [] if loaded.decode is not None else [e.name for e in built if e.needs_decode]
   if not_applicable:
-    logging.info("%s: n/a, the run is encoder-only (loss.mode %r, no decoder)",
-                 ", ".join(not_applicable), run_config.loss.mode)
+    logging.info(
+      "%s: n/a, the run is encoder-only (loss.mode %r, no decoder)",
+      ", ".join(not_applicable),
+      run_config.loss.mode,
+    )
   paths = {}
-  if write and evals.get("figures", True):
+  if write and evals.figures:
     decoded = loaded.decode is not None
-    paths = dict(figures.write_all(
-        out_dir, x_test=data.x_test, x_hat=context.x_hat if decoded else None,
-        z_test=context.z_test, zhat_test=context.zhat_test if decoded else None,
-        y_test=data.y_test, workdir=workdir,
-        class_names=input_pipeline.get_dataset_info(config).class_names))
+    paths = dict(
+      figures.write_all(
+        out_dir,
+        x_test=data.x_test,
+        x_hat=context.x_hat if decoded else None,
+        z_test=context.z_test,
+        zhat_test=context.zhat_test if decoded else None,
+        y_test=data.y_test,
+        workdir=workdir,
+        class_names=input_pipeline.get_dataset_info(config).class_names,
+      )
+    )
     cond = os.path.join(out_dir, "conditional_generation.png")
     if os.path.isfile(cond) and any(e.name == "conditional_generation" for e in built):
       paths["conditional_generation"] = cond
 
   results = {
-      "workdir": os.path.abspath(workdir),
-      "step": step_done,
-      "dataset": run_config.data.name,
-      "num_train": int(len(data.x_train)),
-      "num_test": int(len(data.x_test)),
-      "hardware": _hardware(),
-      "wall_time_s": time.time() - start,
-      "training": _training_record(workdir, loaded),
-      "compared_runs": compared,
-      "metrics": metrics,
-      "not_applicable": not_applicable,
-      "skipped_without_labels": skipped,
-      "baselines": baselines,
-      "figures": paths,
-      "evals_config": evals.to_dict() if hasattr(evals, "to_dict") else dict(evals),
-      "config": run_config.to_dict(),
+    "workdir": os.path.abspath(workdir),
+    "step": step_done,
+    "dataset": run_config.data.name,
+    "num_train": int(len(data.x_train)),
+    "num_test": int(len(data.x_test)),
+    "hardware": _hardware(),
+    "wall_time_s": time.time() - start,
+    "training": _training_record(workdir, loaded),
+    "compared_runs": compared,
+    "metrics": metrics,
+    "not_applicable": not_applicable,
+    "skipped_without_labels": skipped,
+    "baselines": baselines,
+    "figures": paths,
+    "evals_config": evals.to_dict() if hasattr(evals, "to_dict") else dict(evals),
+    "config": run_config.to_dict(),
   }
   if write:
     with open(os.path.join(workdir, "results.json"), "w") as f:

@@ -2,8 +2,8 @@
 
 - ``reconstructions.png``: test inputs above their reconstructions ``g(f(x))``;
 - ``similarity.png``: ``|cos|`` between test samples sorted by label, ``|Z Zᵀ|`` and
-  ``|Z Ẑᵀ|`` (SPEC §4 writes them ``|ZᵀZ|``, ``|ZᵀẐ|`` with samples as columns);
-  block-diagonal = structured;
+  ``|Z Ẑᵀ|`` (docs/method.md#evaluation-protocols writes them ``|ZᵀZ|``, ``|ZᵀẐ|`` with samples as
+  columns); block-diagonal = structured;
 - ``spectra.png``: singular values of each class's features (normalised by the largest);
   a few large values per class = low-dimensional class subspaces;
 - ``pca.png``: the test features on their top two principal components, by label;
@@ -13,6 +13,7 @@
 Without test labels, ``similarity.png`` and ``spectra.png`` (both are about classes) are
 left out and ``pca.png`` has one colour.
 """
+
 from __future__ import annotations
 
 import glob
@@ -52,35 +53,46 @@ def reconstructions(x: np.ndarray, x_hat: np.ndarray, path: str, num: int = 16) 
   k = max(1, min(num, len(x)) // 2)
   rows = [x[:k], x_hat[:k]]
   if len(x) >= 2 * k:
-    rows += [x[k:2 * k], x_hat[k:2 * k]]
+    rows += [x[k : 2 * k], x_hat[k : 2 * k]]
   return image_grid.save_png(path, image_grid.image_grid(rows))
 
 
-def similarity(Z: np.ndarray, Zhat: Optional[np.ndarray], labels: np.ndarray, path: str,
-               per_class: int = 50) -> str:
+def similarity(
+  Z: np.ndarray, Zhat: Optional[np.ndarray], labels: np.ndarray, path: str, per_class: int = 50
+) -> str:
   """Heatmaps of ``|cos|`` between samples sorted by label: ``Z`` vs ``Z`` (and vs ``Ẑ``)."""
   idx = balanced_subset(labels, per_class)
   Z = _unit(Z[idx])
   panels = [("|Z Zᵀ| (real vs real)", np.abs(Z @ Z.T))]
   if Zhat is not None:
     panels.append(("|Z Ẑᵀ| (real vs reconstructed)", np.abs(Z @ _unit(Zhat[idx]).T)))
-  return _heatmaps(panels, np.asarray(labels)[idx], path,
-                   f"|cos| between test samples sorted by label ({per_class} per class)")
+  return _heatmaps(
+    panels,
+    np.asarray(labels)[idx],
+    path,
+    f"|cos| between test samples sorted by label ({per_class} per class)",
+  )
 
 
-def similarity_runs(runs: Sequence[tuple[str, np.ndarray]], labels: np.ndarray, path: str,
-                    per_class: int = 50) -> str:
+def similarity_runs(
+  runs: Sequence[tuple[str, np.ndarray]], labels: np.ndarray, path: str, per_class: int = 50
+) -> str:
   """``|Z Zᵀ|`` heatmaps of several runs side by side, ``runs = [(title, Z (n, d)), ...]``,
   all on the same test samples ``labels: (n,)``, sorted by label."""
   idx = balanced_subset(labels, per_class)
   units = [(title, _unit(Z[idx])) for title, Z in runs]
   panels = [(title, np.abs(U @ U.T)) for title, U in units]
-  return _heatmaps(panels, np.asarray(labels)[idx], path,
-                   f"|cos| between test features sorted by label ({per_class} per class)")
+  return _heatmaps(
+    panels,
+    np.asarray(labels)[idx],
+    path,
+    f"|cos| between test features sorted by label ({per_class} per class)",
+  )
 
 
-def _heatmaps(panels: Sequence[tuple[str, np.ndarray]], sorted_labels: np.ndarray, path: str,
-              title: str) -> str:
+def _heatmaps(
+  panels: Sequence[tuple[str, np.ndarray]], sorted_labels: np.ndarray, path: str, title: str
+) -> str:
   fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
   bounds = np.flatnonzero(np.diff(sorted_labels)) + 0.5  # class boundaries
   for ax, (name, M) in zip(axes[0], panels):
@@ -96,8 +108,9 @@ def _heatmaps(panels: Sequence[tuple[str, np.ndarray]], sorted_labels: np.ndarra
   return _save(fig, path)
 
 
-def spectra(Z: np.ndarray, labels: np.ndarray, path: str,
-            class_names: Optional[Sequence[str]] = None) -> str:
+def spectra(
+  Z: np.ndarray, labels: np.ndarray, path: str, class_names: Optional[Sequence[str]] = None
+) -> str:
   """Normalised singular values of each class's features, one line per class."""
   Z, labels = _unit(Z), np.asarray(labels)
   fig, ax = plt.subplots(figsize=(6, 4))
@@ -113,8 +126,12 @@ def spectra(Z: np.ndarray, labels: np.ndarray, path: str,
   return _save(fig, path)
 
 
-def pca(Z: np.ndarray, labels: Optional[np.ndarray], path: str,
-        class_names: Optional[Sequence[str]] = None) -> str:
+def pca(
+  Z: np.ndarray,
+  labels: Optional[np.ndarray],
+  path: str,
+  class_names: Optional[Sequence[str]] = None,
+) -> str:
   """The features on their top two principal components, coloured by label (None: one
   colour)."""
   if labels is None:
@@ -142,6 +159,7 @@ def read_scalars(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   # pylint: disable=import-outside-toplevel  (tensorboard is slow to import; only here)
   from tensorboard.backend.event_processing import event_accumulator as ea
   from tensorboard.util import tensor_util
+
   series: dict[str, dict[int, float]] = {}
   for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
     acc = ea.EventAccumulator(path, size_guidance={ea.TENSORS: 0, ea.SCALARS: 0})
@@ -155,8 +173,10 @@ def read_scalars(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     for tag in tags.get("scalars", []):
       for e in acc.Scalars(tag):
         series.setdefault(tag, {})[e.step] = float(e.value)
-  return {tag: (np.array(sorted(v)), np.array([v[s] for s in sorted(v)]))
-          for tag, v in sorted(series.items())}
+  return {
+    tag: (np.array(sorted(v)), np.array([v[s] for s in sorted(v)]))
+    for tag, v in sorted(series.items())
+  }
 
 
 def training_curves(workdir: str, path: str) -> Optional[str]:
@@ -171,22 +191,33 @@ def training_curves(workdir: str, path: str) -> Optional[str]:
     ax.plot(steps, values, lw=1, marker="." if len(steps) < 30 else None)  # few points: visible
     ax.set_title(tag, fontsize=8)
     ax.tick_params(labelsize=7)
-  for ax in list(axes.flat)[len(series):]:
+  for ax in list(axes.flat)[len(series) :]:
     ax.axis("off")
   fig.tight_layout()
   return _save(fig, path)
 
 
-def write_all(out_dir: str, *, x_test: np.ndarray, x_hat: Optional[np.ndarray], z_test: np.ndarray,
-              zhat_test: Optional[np.ndarray], y_test: Optional[np.ndarray],
-              workdir: Optional[str] = None,
-              class_names: Optional[Sequence[str]] = None) -> Mapping[str, str]:
+def write_all(
+  out_dir: str,
+  *,
+  x_test: np.ndarray,
+  x_hat: Optional[np.ndarray],
+  z_test: np.ndarray,
+  zhat_test: Optional[np.ndarray],
+  y_test: Optional[np.ndarray],
+  workdir: Optional[str] = None,
+  class_names: Optional[Sequence[str]] = None,
+) -> Mapping[str, str]:
   """Every figure of the module docstring into ``out_dir``: ``{name: path}``."""
   paths = {}
   if x_hat is not None:
-    paths["reconstructions"] = reconstructions(x_test, x_hat, os.path.join(out_dir, "reconstructions.png"))
+    paths["reconstructions"] = reconstructions(
+      x_test, x_hat, os.path.join(out_dir, "reconstructions.png")
+    )
   if y_test is not None:
-    paths["similarity"] = similarity(z_test, zhat_test, y_test, os.path.join(out_dir, "similarity.png"))
+    paths["similarity"] = similarity(
+      z_test, zhat_test, y_test, os.path.join(out_dir, "similarity.png")
+    )
     paths["spectra"] = spectra(z_test, y_test, os.path.join(out_dir, "spectra.png"), class_names)
   paths["pca"] = pca(z_test, y_test, os.path.join(out_dir, "pca.png"), class_names)
   if workdir is not None:

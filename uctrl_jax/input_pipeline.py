@@ -1,4 +1,6 @@
-"""tf.data input pipeline on the CPU: images and their augmented views (SPEC §1).
+"""tf.data input pipeline on the CPU: images and their augmented views.
+
+The batches the closed loop reads (docs/method.md#the-closed-loop).
 
 API for the trainer and evaluators:
 
@@ -29,6 +31,7 @@ Randomness comes from config.seed only: process p's shuffle and augmentations
 are seeded from (config.seed, p), and the k-th example it emits gets
 augmentation seed fold_in(seed, k). The same config gives the same batches.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,34 +59,41 @@ _hide_accelerators_from_tf()
 
 def open_source(config: ml_collections.ConfigDict) -> datasets.Source:
   """The dataset named by `config.data` (see uctrl_jax/datasets.py)."""
-  return datasets.open_dataset(config.data.name, data_dir=config.data.data_dir,
-                               download=config.data.download)
+  return datasets.open_dataset(
+    config.data.name, data_dir=config.data.data_dir, download=config.data.download
+  )
 
 
 def get_dataset_info(config: ml_collections.ConfigDict) -> datasets.DatasetInfo:
   """Dataset facts, with image_shape as batches carry it: (S, S, C)."""
   info = open_source(config).info
   size = _image_size(config, info)
-  return dataclasses.replace(info, image_shape=(*size, info.image_shape[-1]),
-                             num_examples=dict(info.num_examples))
+  return dataclasses.replace(
+    info, image_shape=(*size, info.image_shape[-1]), num_examples=dict(info.num_examples)
+  )
 
 
-def per_process_batch_size(config: ml_collections.ConfigDict,
-                           process_count: int) -> int:
+def per_process_batch_size(config: ml_collections.ConfigDict, process_count: int) -> int:
   """config.train.batch_size (global) split over processes."""
   batch_size = config.train.batch_size
   if batch_size % process_count:
     raise ValueError(
-        f"config.train.batch_size = {batch_size} (global) is not divisible by "
-        f"the number of processes, {process_count}.")
+      f"config.train.batch_size = {batch_size} (global) is not divisible by "
+      f"the number of processes, {process_count}."
+    )
   return batch_size // process_count
 
 
-def create_dataset(config: ml_collections.ConfigDict, split: str, *,
-                   process_index: int, process_count: int,
-                   training: bool | None = None,
-                   num_views: int | None = None,
-                   skip_batches: int = 0) -> tf.data.Dataset:
+def create_dataset(
+  config: ml_collections.ConfigDict,
+  split: str,
+  *,
+  process_index: int,
+  process_count: int,
+  training: bool | None = None,
+  num_views: int | None = None,
+  skip_batches: int = 0,
+) -> tf.data.Dataset:
   """Batches of images and views for one process (see the module docstring).
 
   Args:
@@ -107,27 +117,34 @@ def create_dataset(config: ml_collections.ConfigDict, split: str, *,
   training = split.startswith("train") if training is None else training
   num_views = config.data.num_views if num_views is None else num_views
   if num_views < (1 if training else 0):
-    raise ValueError(f"num_views = {num_views}: training needs at least 1 "
-                     "augmented view per image.")
+    raise ValueError(
+      f"num_views = {num_views}: training needs at least 1 augmented view per image."
+    )
   batch_size = per_process_batch_size(config, process_count)
   # Independent streams per process, all derived from config.seed.
-  shuffle_seed, *augment_seed = np.random.SeedSequence(
-      [config.seed, process_index]).generate_state(3)
+  shuffle_seed, *augment_seed = np.random.SeedSequence([config.seed, process_index]).generate_state(
+    3
+  )
   source = open_source(config)
   info = source.info
   if source.split_size(split) < process_count:
     raise datasets.DataError(
-        f"Split {split!r} of {info.name!r} has {source.split_size(split)} "
-        f"examples: too few for {process_count} processes.")
-  ds = source.read(split, process_index=process_index,
-                   process_count=process_count,
-                   shuffle_seed=int(shuffle_seed) if training else None)
+      f"Split {split!r} of {info.name!r} has {source.split_size(split)} "
+      f"examples: too few for {process_count} processes."
+    )
+  ds = source.read(
+    split,
+    process_index=process_index,
+    process_count=process_count,
+    shuffle_seed=int(shuffle_seed) if training else None,
+  )
   if config.data.cache:
     ds = ds.cache()  # Decoded images in memory; augmentations are redrawn.
 
   if training:
-    ds = ds.shuffle(config.data.shuffle_buffer, seed=int(shuffle_seed),
-                    reshuffle_each_iteration=True)
+    ds = ds.shuffle(
+      config.data.shuffle_buffer, seed=int(shuffle_seed), reshuffle_each_iteration=True
+    )
     ds = ds.repeat()
   else:
     ds = ds.map(_with_mask(True))
@@ -135,13 +152,17 @@ def create_dataset(config: ml_collections.ConfigDict, split: str, *,
     largest_shard = math.ceil(source.split_size(split) / process_count)
     num_batches = math.ceil(largest_shard / batch_size)
     padding = tf.data.Dataset.from_tensors(
-        _with_mask(False)(_zeros_like_spec(ds.element_spec))).repeat()
+      _with_mask(False)(_zeros_like_spec(ds.element_spec))
+    ).repeat()
     ds = ds.concatenate(padding).take(num_batches * batch_size)
 
   preprocess = functools.partial(
-      _preprocess, size=_image_size(config, info), num_views=num_views,
-      seed=tf.constant(augment_seed, tf.int64),
-      augment_kwargs=dict(config.data.augment))
+    _preprocess,
+    size=_image_size(config, info),
+    num_views=num_views,
+    seed=tf.constant(augment_seed, tf.int64),
+    augment_kwargs=dict(config.data.augment),
+  )
   # enumerate before skip: the k-th example keeps augmentation seed fold_in(seed, k).
   ds = ds.enumerate()
   if skip_batches:
@@ -167,6 +188,7 @@ def _with_mask(value: bool):
   def add_mask(example):
     label = example["label"] if value else -tf.ones_like(example["label"])
     return {**example, "label": label, "mask": tf.constant(value)}
+
   return add_mask
 
 
@@ -194,11 +216,14 @@ def _preprocess(index, example, *, size, num_views, seed, augment_kwargs):
   out["image"] = _to_signed(tf.clip_by_value(resized, 0.0, 1.0))
   if num_views:
     view_seeds = tf.random.experimental.stateless_split(
-        tf.random.experimental.stateless_fold_in(seed, index), num_views)
-    out["views"] = tf.stack([
-        _to_signed(augment.augment(image, view_seeds[v], size=size,
-                                   **augment_kwargs))
-        for v in range(num_views)])
+      tf.random.experimental.stateless_fold_in(seed, index), num_views
+    )
+    out["views"] = tf.stack(
+      [
+        _to_signed(augment.augment(image, view_seeds[v], size=size, **augment_kwargs))
+        for v in range(num_views)
+      ]
+    )
   return out
 
 

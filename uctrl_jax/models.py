@@ -1,4 +1,6 @@
-"""Encoder ``f`` and decoder ``g`` of the closed loop (SPEC §1), in Flax linen.
+"""Encoder ``f`` and decoder ``g`` of the closed loop, in Flax linen.
+
+Their roles: docs/method.md#the-closed-loop.
 
 Families, chosen by config name (``config.model.encoder`` / ``config.model.decoder``):
 
@@ -21,13 +23,13 @@ Families, chosen by config name (``config.model.encoder`` / ``config.model.decod
   upsamples 2× (stages 2-4), then a 3×3 conv to ``C`` and tanh. Image sizes 32 and 96
   (STL-10; there the linear map is ``d × 12²·8w`` ≈ 9.4 M parameters at w = 64).
 
-Every encoder ends in ``l2_normalize`` of a float32 linear map (SPEC §1-2), so its rows
-are float32 unit vectors whatever the compute dtype.
+Every encoder ends in ``l2_normalize`` of a float32 linear map (docs/method.md#the-closed-loop), so
+its rows are float32 unit vectors whatever the compute dtype.
 
 Upsampling (``config.model.upsample``), the decoder's only family-independent choice:
 
 * ``"conv_transpose"`` — 4×4 stride-2 transposed conv (CTRL's). Its weight gradient is
-  very slow in XLA:CPU (shared/ENVIRONMENT.md); fine on GPU/TPU. Avoid it with
+  very slow in XLA:CPU (docs/benchmarks.md); fine on GPU/TPU. Avoid it with
   ``resnet18`` on CPU: one 4×4-map 512 → 256 layer alone took 2.9 s fwd+bwd at batch 128.
 * ``"pixel_shuffle"`` — 3×3 conv to ``4·C_out`` channels, then ``depth_to_space``.
   A stride-2 4×4 transposed conv is exactly such a conv with a sparsity pattern on
@@ -57,6 +59,7 @@ Public API::
   (with train=True pass mutable=["batch_stats"]; apply returns (out, {"batch_stats":…}))
   count_params(tree) -> int;  l2_normalize(z);  depth_to_space(x, r)
 """
+
 from __future__ import annotations
 
 import functools
@@ -134,13 +137,15 @@ def _pad_to(x: Array, size: int) -> Array:
 def _crop_to(x: Array, h: int, w: int) -> Array:
   """Centre-crops ``(B, H', W', C)`` to ``(B, h, w, C)``; the inverse of ``_pad_to``."""
   top, left = (x.shape[1] - h) // 2, (x.shape[2] - w) // 2
-  return x[:, top:top + h, left:left + w, :]
+  return x[:, top : top + h, left : left + w, :]
 
 
 def _check_input(name: str, x: Array, image_shape: Sequence[int]) -> None:
   if tuple(x.shape[1:]) != tuple(image_shape):
-    raise ValueError(f"{name} was built for images of shape {tuple(image_shape)} "
-                     f"(H, W, C); got a batch of shape {tuple(x.shape)}")
+    raise ValueError(
+      f"{name} was built for images of shape {tuple(image_shape)} "
+      f"(H, W, C); got a batch of shape {tuple(x.shape)}"
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -151,8 +156,7 @@ def _check_input(name: str, x: Array, image_shape: Sequence[int]) -> None:
 def _batch_norm(train: bool, dtype: Any) -> nn.BatchNorm:
   # PyTorch/CTRL defaults (momentum 0.1 there is 0.9 here); flax reduces the batch
   # statistics in float32 also under bf16 compute.
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      dtype=dtype)
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
 
 
 class Upsample2x(nn.Module):
@@ -161,6 +165,7 @@ class Upsample2x(nn.Module):
   With ``use_bias``, ``pixel_shuffle`` has one bias per output channel *and* sub-pixel
   position (``4·features``), the others ``features``.
   """
+
   features: int
   method: str
   use_bias: bool = False
@@ -169,13 +174,20 @@ class Upsample2x(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    conv = functools.partial(nn.Conv, use_bias=self.use_bias, dtype=self.dtype,
-                             kernel_init=self.kernel_init)
+    conv = functools.partial(
+      nn.Conv, use_bias=self.use_bias, dtype=self.dtype, kernel_init=self.kernel_init
+    )
     if self.method == "conv_transpose":
       # 'SAME' with stride 2 gives exactly 2H × 2W (PyTorch's k=4, s=2, p=1).
-      return nn.ConvTranspose(self.features, (4, 4), strides=(2, 2), padding="SAME",
-                              use_bias=self.use_bias, dtype=self.dtype,
-                              kernel_init=self.kernel_init)(x)
+      return nn.ConvTranspose(
+        self.features,
+        (4, 4),
+        strides=(2, 2),
+        padding="SAME",
+        use_bias=self.use_bias,
+        dtype=self.dtype,
+        kernel_init=self.kernel_init,
+      )(x)
     if self.method == "pixel_shuffle":
       return depth_to_space(conv(4 * self.features, (3, 3), padding="SAME")(x), 2)
     if self.method == "resize_conv":
@@ -192,6 +204,7 @@ class ResBlock(nn.Module):
   is ``Upsample2x(upsample)``, shortcut nearest 2× + 1×1 conv + BN — the decoder's).
   The shortcut is a projection whenever the shape changes, identity otherwise.
   """
+
   features: int
   resample: Optional[str] = None
   upsample: str = "pixel_shuffle"
@@ -199,12 +212,10 @@ class ResBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             kernel_init=_resnet_init)
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_resnet_init)
     stride = 2 if self.resample == "down" else 1
     if self.resample == "up":
-      y = Upsample2x(self.features, self.upsample, dtype=self.dtype,
-                     kernel_init=_resnet_init)(x)
+      y = Upsample2x(self.features, self.upsample, dtype=self.dtype, kernel_init=_resnet_init)(x)
     else:
       y = conv(self.features, (3, 3), strides=stride, padding=((1, 1), (1, 1)))(x)
     y = nn.relu(_batch_norm(train, self.dtype)(y))
@@ -224,8 +235,9 @@ class FeatureHead(nn.Module):
   """``(B, ...) -> (B, d)`` float32 unit rows: flatten, linear map, L2 normalise.
 
   The linear map runs in float32 (it is small) so the features the float32 rate terms
-  see are not rounded to bf16 (SPEC §2).
+  see are not rounded to bf16 (docs/method.md#coding-rates).
   """
+
   feature_dim: int
   kernel_init: Callable = nn.initializers.lecun_normal()
 
@@ -242,6 +254,7 @@ class FeatureStem(nn.Module):
   The decoder's entry, the mirror of ``FeatureHead`` (CTRL's first 4×4 transposed
   conv on a 1×1 input is exactly this linear map).
   """
+
   spatial: int
   features: int
   dtype: Any = jnp.float32
@@ -249,8 +262,12 @@ class FeatureStem(nn.Module):
 
   @nn.compact
   def __call__(self, z: Array, train: bool) -> Array:
-    h = nn.Dense(self.spatial * self.spatial * self.features, use_bias=False,
-                 dtype=self.dtype, kernel_init=self.kernel_init)(z.astype(self.dtype))
+    h = nn.Dense(
+      self.spatial * self.spatial * self.features,
+      use_bias=False,
+      dtype=self.dtype,
+      kernel_init=self.kernel_init,
+    )(z.astype(self.dtype))
     h = h.reshape(z.shape[0], self.spatial, self.spatial, self.features)
     return nn.relu(_batch_norm(train, self.dtype)(h))
 
@@ -269,6 +286,7 @@ class DCGANEncoder(nn.Module):
   ``depth`` (``config.model.encoder_depth``, 0 in CTRL) adds that many 3×3 stride-1
   convs (+ BN + LeakyReLU) after each strided one, at its width and resolution.
   """
+
   image_shape: Tuple[int, int, int]
   feature_dim: int
   width: int = 64
@@ -280,14 +298,27 @@ class DCGANEncoder(nn.Module):
     _check_input("DCGANEncoder", x, self.image_shape)
     h = _pad_to(x, _DCGAN_SIZE).astype(self.dtype)
     for i, mult in enumerate((1, 2, 4)):
-      h = nn.Conv(self.width * mult, (4, 4), strides=2, padding=((1, 1), (1, 1)),
-                  use_bias=(i == 0), dtype=self.dtype, kernel_init=_dcgan_init)(h)
+      h = nn.Conv(
+        self.width * mult,
+        (4, 4),
+        strides=2,
+        padding=((1, 1), (1, 1)),
+        use_bias=(i == 0),
+        dtype=self.dtype,
+        kernel_init=_dcgan_init,
+      )(h)
       if i > 0:
         h = _batch_norm(train, self.dtype)(h)
       h = nn.leaky_relu(h, 0.2)
       for _ in range(self.depth):  # extra 3×3 convs at this resolution (depth > 0)
-        h = nn.Conv(self.width * mult, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                    dtype=self.dtype, kernel_init=_dcgan_init)(h)
+        h = nn.Conv(
+          self.width * mult,
+          (3, 3),
+          padding=((1, 1), (1, 1)),
+          use_bias=False,
+          dtype=self.dtype,
+          kernel_init=_dcgan_init,
+        )(h)
         h = nn.leaky_relu(_batch_norm(train, self.dtype)(h), 0.2)
     return FeatureHead(self.feature_dim, kernel_init=_dcgan_init)(h)
 
@@ -299,6 +330,7 @@ class DCGANDecoder(nn.Module):
   ``Upsample2x`` (``2w, w, C``; BN + ReLU after all but the last) to 32×32, tanh,
   centre-crop to S (28 or 32).
   """
+
   image_shape: Tuple[int, int, int]
   width: int = 64
   upsample: str = "pixel_shuffle"
@@ -306,14 +338,15 @@ class DCGANDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, z: Array, train: bool) -> Array:
-    h = FeatureStem(_DCGAN_SIZE // 8, 4 * self.width, dtype=self.dtype,
-                    kernel_init=_dcgan_init)(z, train)
+    h = FeatureStem(_DCGAN_SIZE // 8, 4 * self.width, dtype=self.dtype, kernel_init=_dcgan_init)(
+      z, train
+    )
     for mult in (2, 1):
-      h = Upsample2x(self.width * mult, self.upsample, dtype=self.dtype,
-                     kernel_init=_dcgan_init)(h)
+      h = Upsample2x(self.width * mult, self.upsample, dtype=self.dtype, kernel_init=_dcgan_init)(h)
       h = nn.relu(_batch_norm(train, self.dtype)(h))
-    h = Upsample2x(self.image_shape[-1], self.upsample, use_bias=True, dtype=self.dtype,
-                   kernel_init=_dcgan_init)(h)
+    h = Upsample2x(
+      self.image_shape[-1], self.upsample, use_bias=True, dtype=self.dtype, kernel_init=_dcgan_init
+    )(h)
     x = jnp.tanh(h.astype(jnp.float32))
     return _crop_to(x, *self.image_shape[:2])
 
@@ -334,6 +367,7 @@ class ResNet18Encoder(nn.Module):
   average pool; ``FeatureHead``. At w = 64 the trunk is the standard CIFAR
   ResNet-18 without its classifier: 11 168 832 parameters.
   """
+
   image_shape: Tuple[int, int, int]
   feature_dim: int
   width: int = 64
@@ -342,8 +376,14 @@ class ResNet18Encoder(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     _check_input("ResNet18Encoder", x, self.image_shape)
-    h = nn.Conv(self.width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                dtype=self.dtype, kernel_init=_resnet_init)(x.astype(self.dtype))
+    h = nn.Conv(
+      self.width,
+      (3, 3),
+      padding=((1, 1), (1, 1)),
+      use_bias=False,
+      dtype=self.dtype,
+      kernel_init=_resnet_init,
+    )(x.astype(self.dtype))
     h = nn.relu(_batch_norm(train, self.dtype)(h))
     for stage, mult in enumerate(_STAGES):
       for block in range(_BLOCKS_PER_STAGE):
@@ -360,6 +400,7 @@ class ResNet18Decoder(nn.Module):
   (``8w, 4w, 2w, w``; stages 2-4 start with an upsampling block, its first conv
   being ``Upsample2x(upsample)``) to S; 3×3 conv (with bias) to C; tanh.
   """
+
   image_shape: Tuple[int, int, int]
   width: int = 64
   upsample: str = "pixel_shuffle"
@@ -372,10 +413,16 @@ class ResNet18Decoder(nn.Module):
     for stage, mult in enumerate(reversed(_STAGES)):
       for block in range(_BLOCKS_PER_STAGE):
         up = "up" if stage > 0 and block == 0 else None
-        h = ResBlock(self.width * mult, resample=up, upsample=self.upsample,
-                     dtype=self.dtype)(h, train)
-    h = nn.Conv(self.image_shape[-1], (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                kernel_init=_resnet_init)(h)
+        h = ResBlock(self.width * mult, resample=up, upsample=self.upsample, dtype=self.dtype)(
+          h, train
+        )
+    h = nn.Conv(
+      self.image_shape[-1],
+      (3, 3),
+      padding=((1, 1), (1, 1)),
+      dtype=self.dtype,
+      kernel_init=_resnet_init,
+    )(h)
     return jnp.tanh(h.astype(jnp.float32))
 
 
@@ -387,14 +434,13 @@ _ENCODER_CLASSES = {"dcgan": DCGANEncoder, "resnet18": ResNet18Encoder}
 _DECODER_CLASSES = {"dcgan": DCGANDecoder, "resnet18": ResNet18Decoder}
 
 
-def _choice(model_config, key: str, choices, default=None):
-  """``model_config[key]`` (``default`` if unset), checked against ``choices``."""
-  value = model_config.get(key, None)
-  if value is None:
-    value = default
+def _choice(model_config, key: str, choices):
+  """``model_config[key]``, checked against ``choices``."""
+  value = model_config[key]
   if value not in choices:
-    raise ValueError(f"config.model.{key} = {value!r} is not supported; choose one of "
-                     f"{tuple(choices)}")
+    raise ValueError(
+      f"config.model.{key} = {value!r} is not supported; choose one of {tuple(choices)}"
+    )
   return value
 
 
@@ -403,49 +449,56 @@ def _check_image_shape(family: str, role: str, image_shape) -> Tuple[int, int, i
     raise ValueError(f"image_shape must be (H, W, C); got {tuple(image_shape)}")
   h, w, c = (int(v) for v in image_shape)
   if h != w or h not in IMAGE_SIZES[family] or c < 1:
-    raise ValueError(f"{role} {family!r} supports square images of size "
-                     f"{IMAGE_SIZES[family]} (H = W) with C ≥ 1 channels; got image_shape "
-                     f"{tuple(image_shape)}")
+    raise ValueError(
+      f"{role} {family!r} supports square images of size "
+      f"{IMAGE_SIZES[family]} (H = W) with C ≥ 1 channels; got image_shape "
+      f"{tuple(image_shape)}"
+    )
   return h, w, c
 
 
 def create_models(config, image_shape: Sequence[int]) -> Tuple[nn.Module, nn.Module]:
   """The ``(encoder, decoder)`` linen modules named by ``config.model``.
 
-  Reads ``encoder``, ``decoder``, ``feature_dim``,
-  ``upsample`` (default ``"pixel_shuffle"``), ``width`` (default 64) and ``dtype``
-  (default ``"float32"``). ``image_shape = (H, W, C)`` of the images the encoder reads
-  and the decoder writes. Raises ``ValueError`` naming the bad value for an unknown
-  name, upsample or dtype, a non-positive width / feature_dim, or an image size the
-  family does not support (``IMAGE_SIZES``).
+  Reads ``encoder``, ``decoder``, ``feature_dim``, ``upsample``, ``width``,
+  ``encoder_depth`` and ``dtype`` (``configs/default.py`` holds their defaults).
+  ``image_shape = (H, W, C)`` of the images the encoder reads and the decoder writes.
+  Raises ``ValueError`` naming the bad value for an unknown name, upsample or dtype, a
+  non-positive width / feature_dim, or an image size the family does not support
+  (``IMAGE_SIZES``).
   """
   m = config.model
   enc_name = _choice(m, "encoder", ENCODERS)
   dec_name = _choice(m, "decoder", DECODERS)
-  upsample = _choice(m, "upsample", UPSAMPLES, default="pixel_shuffle")
-  dtype = DTYPES[_choice(m, "dtype", tuple(DTYPES), default="float32")]
-  width = int(m.get("width", None) or 64)
-  feature_dim = m.get("feature_dim", None)
+  upsample = _choice(m, "upsample", UPSAMPLES)
+  dtype = DTYPES[_choice(m, "dtype", tuple(DTYPES))]
+  width = int(m.width)
+  feature_dim = m.feature_dim
   if feature_dim is None or int(feature_dim) < 1:
     raise ValueError(f"config.model.feature_dim must be a positive int; got {feature_dim!r}")
   if width < 1:
     raise ValueError(f"config.model.width must be a positive int; got {width!r}")
   enc_shape = _check_image_shape(enc_name, "encoder", image_shape)
   dec_shape = _check_image_shape(dec_name, "decoder", image_shape)
-  depth = int(m.get("encoder_depth", None) or 0)
+  depth = int(m.encoder_depth)
   if depth < 0 or (depth and enc_name != "dcgan"):
-    raise ValueError(f"config.model.encoder_depth = {depth} must be ≥ 0, and > 0 only with "
-                     f"the 'dcgan' encoder (got {enc_name!r})")
+    raise ValueError(
+      f"config.model.encoder_depth = {depth} must be ≥ 0, and > 0 only with "
+      f"the 'dcgan' encoder (got {enc_name!r})"
+    )
   extra = {"depth": depth} if enc_name == "dcgan" else {}
-  encoder = _ENCODER_CLASSES[enc_name](image_shape=enc_shape, feature_dim=int(feature_dim),
-                                       width=width, dtype=dtype, **extra)
-  decoder = _DECODER_CLASSES[dec_name](image_shape=dec_shape, width=width,
-                                       upsample=upsample, dtype=dtype)
+  encoder = _ENCODER_CLASSES[enc_name](
+    image_shape=enc_shape, feature_dim=int(feature_dim), width=width, dtype=dtype, **extra
+  )
+  decoder = _DECODER_CLASSES[dec_name](
+    image_shape=dec_shape, width=width, upsample=upsample, dtype=dtype
+  )
   return encoder, decoder
 
 
-def init_models(config, image_shape: Sequence[int], rng: Array, *,
-                with_decoder: bool = True) -> dict:
+def init_models(
+  config, image_shape: Sequence[int], rng: Array, *, with_decoder: bool = True
+) -> dict:
   """Initial variables of ``create_models(config, image_shape)``.
 
   Returns ``dict(encoder_params, encoder_batch_stats, decoder_params,
@@ -461,12 +514,15 @@ def init_models(config, image_shape: Sequence[int], rng: Array, *,
 
   @jax.jit
   def init(k_enc, k_dec):
-    dec_vars = (decoder.init(k_dec, z, train=False) if with_decoder
-                else {"params": {}, "batch_stats": {}})
+    dec_vars = (
+      decoder.init(k_dec, z, train=False) if with_decoder else {"params": {}, "batch_stats": {}}
+    )
     return encoder.init(k_enc, x, train=False), dec_vars
 
   enc_vars, dec_vars = init(k_enc, k_dec)
-  return dict(encoder_params=enc_vars["params"],
-              encoder_batch_stats=enc_vars["batch_stats"],
-              decoder_params=dec_vars["params"],
-              decoder_batch_stats=dec_vars["batch_stats"])
+  return dict(
+    encoder_params=enc_vars["params"],
+    encoder_batch_stats=enc_vars["batch_stats"],
+    decoder_params=dec_vars["params"],
+    decoder_batch_stats=dec_vars["batch_stats"],
+  )

@@ -19,6 +19,7 @@ augmentations, evaluators and budget, whether the game costs the features anythi
 
 Every function here is pure and jit-able; features are float32 rows.
 """
+
 from __future__ import annotations
 
 import jax
@@ -105,8 +106,11 @@ def simclr_objective(Z_views: Array, temperature, eps_sq) -> dict:
   objective, so that the trainer's collapse check reads the same quantity in every mode.
   """
   loss = nt_xent(Z_views, temperature)
-  return {"nt_xent": loss, "R": jax.lax.stop_gradient(rr.coding_rate(Z_views[0], eps_sq)),
-          "encoder_objective": -loss}
+  return {
+    "nt_xent": loss,
+    "R": jax.lax.stop_gradient(rr.coding_rate(Z_views[0], eps_sq)),
+    "encoder_objective": -loss,
+  }
 
 
 def encoder_only_terms(config, Z_views: Array) -> dict:
@@ -116,12 +120,13 @@ def encoder_only_terms(config, Z_views: Array) -> dict:
     return tcr_objective(Z_views, loss.eps_sq, loss.lambda_aug)
   if loss.mode == "simclr":
     return simclr_objective(Z_views, loss.temperature, loss.eps_sq)
-  raise ValueError(f"config.loss.mode = {loss.mode!r} is not an encoder-only mode "
-                   f"{ENCODER_ONLY_MODES}")
+  raise ValueError(
+    f"config.loss.mode = {loss.mode!r} is not an encoder-only mode {ENCODER_ONLY_MODES}"
+  )
 
 
 def game_terms(config, Z: Array, Zhat: Array, Z_aug: Array, labels: Array) -> dict:
-  """The closed-loop game's terms for ``config.loss.mode`` (docs/method.md, the game).
+  """The closed-loop game's terms for ``config.loss.mode`` (docs/method.md#the-game).
 
   Args:
     Z, Zhat: (B, d) float32 global-batch features of ``X`` and ``X̂``.
@@ -140,10 +145,19 @@ def game_terms(config, Z: Array, Zhat: Array, Z_aug: Array, labels: Array) -> di
     return terms
   binary = loss.mode == "ctrl_binary"
   lambda_aug = 0.0 if binary or Z_aug is None else loss.lambda_aug
-  terms = dict(rr.uctrl_objective(
-      Z, Zhat, Z[None] if Z_aug is None else Z_aug, loss.eps_sq, lambda_aug,
-      0.0 if binary else loss.lambda_self, loss.sample_distance,
-      sample_reduction=loss.sample_reduction, aug_target=loss.aug_target))
+  terms = dict(
+    rr.uctrl_objective(
+      Z,
+      Zhat,
+      Z[None] if Z_aug is None else Z_aug,
+      loss.eps_sq,
+      lambda_aug,
+      0.0 if binary else loss.lambda_self,
+      loss.sample_distance,
+      sample_reduction=loss.sample_reduction,
+      aug_target=loss.aug_target,
+    )
+  )
   if Z_aug is None:
     del terms["aug"], terms["aug_per_sample"]
   if binary:  # CTRL-Binary: only ΔR(Z, Ẑ) is played.

@@ -1,7 +1,7 @@
-"""Coding-rate terms of uCTRL and its CTRL relatives (SPEC §2-3).
+"""Coding-rate terms of uCTRL and its CTRL relatives (docs/method.md#coding-rates, #the-game).
 
 Pure, jit-able, differentiable functions. Features are rows: ``Z: (n, d)``.
-Everything is computed in float32 whatever the input dtype (SPEC §2), and every
+Everything is computed in float32 whatever the input dtype (docs/method.md#coding-rates), and every
 log-det is a Cholesky factorisation of ``I + c·Gram`` on the smaller side of the Gram
 matrix (``I_n + α Z Zᵀ`` when ``n < d``, else ``I_d + α ZᵀZ``), which is SPD by
 construction, so collapsed features, zero rows and ``n = 1`` give finite values and
@@ -14,8 +14,9 @@ Sharding. Two ways to run on data sharded over devices, both exact:
   batch.
 * Inside ``shard_map`` / ``pmap`` where each device sees its rows only: pass
   ``axis_name``. The per-device ``ZᵀZ``, row counts and sums are ``psum``'ed, never
-  averaged per device, so the value equals the unsharded one (SPEC §2, last bullet).
-  With ``axis_name`` the ``d × d`` side is always used, since only it is a sum over rows.
+  averaged per device, so the value equals the unsharded one
+  (docs/method.md#closed-forms-the-code-uses). With ``axis_name`` the ``d × d`` side is always used,
+  since only it is a sum over rows.
 
 Public API (names used by the trainer, evaluators and users):
 ``coding_rate``, ``rate_reduction``, ``rate_distance``, ``pairwise_rate_distance``,
@@ -26,6 +27,7 @@ Validation: ranks, shapes and static arguments raise ``ValueError`` at trace tim
 calls, or Python/NumPy values passed into a jitted caller); under tracing, labels
 outside ``[0, num_classes)`` are the caller's contract (they would get no class).
 """
+
 from __future__ import annotations
 
 import functools
@@ -78,16 +80,19 @@ def _check_paired(name_a: str, A, name_b: str, B) -> tuple[Array, Array]:
   """Both as float32 ``(n, d)`` features, paired row by row (so of one shape)."""
   A, B = _check_features(name_a, A), _check_features(name_b, B)
   if A.shape != B.shape:
-    raise ValueError(f"{name_b} must have the shape of {name_a} (the same shape, paired rows); "
-                     f"got {name_a}: {A.shape}, {name_b}: {B.shape}")
+    raise ValueError(
+      f"{name_b} must have the shape of {name_a} (the same shape, paired rows); "
+      f"got {name_a}: {A.shape}, {name_b}: {B.shape}"
+    )
   return A, B
 
 
 def _check_same_width(name_a: str, A: Array, name_b: str, B: Array) -> None:
   if A.shape[1] != B.shape[1]:
     raise ValueError(
-        f"{name_a} and {name_b} must have the same feature dimension d; "
-        f"got {name_a}: {A.shape}, {name_b}: {B.shape}")
+      f"{name_a} and {name_b} must have the same feature dimension d; "
+      f"got {name_a}: {A.shape}, {name_b}: {B.shape}"
+    )
 
 
 def _check_choice(name: str, value: str, choices) -> None:
@@ -103,14 +108,16 @@ def _labels_to_membership(labels, num_classes, n: int) -> Array:
   if labels.shape != (n,):
     raise ValueError(f"labels must have shape (n,) = ({n},) to match Z; got {labels.shape}")
   if not jnp.issubdtype(labels.dtype, jnp.integer):
-    raise ValueError(f"labels must be integers; got dtype {labels.dtype} "
-                     "(pass soft memberships as membership=)")
+    raise ValueError(
+      f"labels must be integers; got dtype {labels.dtype} (pass soft memberships as membership=)"
+    )
   if _is_concrete(labels):
     lo, hi = int(jnp.min(labels)), int(jnp.max(labels))
     if lo < 0 or hi >= num_classes:
       raise ValueError(
-          f"labels must lie in [0, {num_classes}) for num_classes={num_classes}; "
-          f"got values in [{lo}, {hi}]")
+        f"labels must lie in [0, {num_classes}) for num_classes={num_classes}; "
+        f"got values in [{lo}, {hi}]"
+      )
   return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
 
 
@@ -118,7 +125,8 @@ def _check_membership(membership, n: int) -> Array:
   membership = jnp.asarray(membership)
   if membership.ndim != 2 or membership.shape[0] != n:
     raise ValueError(
-        f"membership must have shape (n, k) with n = {n} rows of Z; got {membership.shape}")
+      f"membership must have shape (n, k) with n = {n} rows of Z; got {membership.shape}"
+    )
   if not jnp.issubdtype(membership.dtype, jnp.floating):
     raise ValueError(f"membership must be floating-point; got dtype {membership.dtype}")
   if _is_concrete(membership) and bool(jnp.any(membership < 0)):
@@ -138,7 +146,8 @@ def _psum(x, axis_name):
 def _logdet_i_plus(scale: Array, G: Array) -> Array:
   """``logdet(I + scale·G)`` for PSD ``G: (..., m, m)`` and ``scale: (...)`` ≥ 0.
 
-  Cholesky: ``logdet = 2 Σ log diag L``; the identity keeps the matrix SPD (SPEC §2).
+  Cholesky: ``logdet = 2 Σ log diag L``; the identity keeps the matrix SPD
+  (docs/method.md#closed-forms-the-code-uses).
   """
   m = G.shape[-1]
   M = jnp.eye(m, dtype=jnp.float32) + scale[..., None, None] * G
@@ -156,7 +165,7 @@ def _weighted_rates(Z: Array, weights: Array, eps_sq, axis_name, row_side_ok: bo
 
   Computes, for each set ``j`` with row weights ``w_j`` (one-hot or soft membership),
   ``R_j = ½ logdet(I_d + α_j Zᵀ diag(w_j) Z)``, ``α_j = d / (n_j ε²)``, ``n_j = Σᵢ w_ji``
-  (SPEC §2, R and R_c). Empty sets (``n_j = 0``) have rate 0.
+  (docs/method.md#coding-rates, R and R_c). Empty sets (``n_j = 0``) have rate 0.
 
   Args:
     Z: (n, d) float32, local rows when ``axis_name`` is given.
@@ -182,7 +191,7 @@ def _weighted_rates(Z: Array, weights: Array, eps_sq, axis_name, row_side_ok: bo
 
 
 def _rate(Z: Array, eps_sq, axis_name) -> Array:
-  """``R(Z)`` (SPEC §2) of ``Z: (n, d)``."""
+  """``R(Z)`` (docs/method.md#coding-rates) of ``Z: (n, d)``."""
   return _weighted_rates(Z, jnp.ones((1, Z.shape[0]), jnp.float32), eps_sq, axis_name)[0]
 
 
@@ -197,7 +206,7 @@ def _coding_rate(Z, eps_sq, axis_name=None):
 
 
 def coding_rate(Z, eps_sq, *, axis_name: Optional[str] = None) -> Array:
-  """Coding rate ``R(Z) = ½ logdet(I_d + α ZᵀZ)``, ``α = d / (n ε²)`` (SPEC §2).
+  """Coding rate ``R(Z) = ½ logdet(I_d + α ZᵀZ)``, ``α = d / (n ε²)`` (docs/method.md#coding-rates).
 
   Args:
     Z: (n, d) features as rows, any float dtype (computed in float32).
@@ -222,9 +231,16 @@ def _rate_reduction(Z, membership, eps_sq, axis_name=None, soft=False):
   return rates[0] - jnp.sum(counts / n_total * rates[1:])
 
 
-def rate_reduction(Z, labels=None, num_classes: Optional[int] = None, eps_sq=None, *,
-                   membership=None, axis_name: Optional[str] = None) -> Array:
-  """MCR² rate reduction ``ΔR(Z|Π) = R(Z) − R_c(Z|Π)`` (SPEC §2).
+def rate_reduction(
+  Z,
+  labels=None,
+  num_classes: Optional[int] = None,
+  eps_sq=None,
+  *,
+  membership=None,
+  axis_name: Optional[str] = None,
+) -> Array:
+  """MCR² rate reduction ``ΔR(Z|Π) = R(Z) − R_c(Z|Π)`` (docs/method.md#coding-rates).
 
   ``R_c(Z|Π) = Σ_k (n_k / 2n) logdet(I_d + α_k Z_kᵀ Z_k)``, ``α_k = d / (n_k ε²)``. With a
   soft membership ``Π: (n, k)``, ``Z_kᵀ Z_k`` becomes ``Zᵀ diag(Π[:, k]) Z`` and
@@ -282,7 +298,8 @@ def _rate_distance(Z, Zhat, eps_sq, axis_name=None):
 
 
 def rate_distance(Z, Zhat, eps_sq, *, axis_name: Optional[str] = None) -> Array:
-  """Rate distance between two sets ``ΔR(Z, Ẑ) = R(Z ∪ Ẑ) − ½ (R(Z) + R(Ẑ))`` (SPEC §2).
+  """Rate distance between two sets ``ΔR(Z, Ẑ) = R(Z ∪ Ẑ) − ½ (R(Z) + R(Ẑ))``
+  (docs/method.md#distance-between-two-sets).
 
   Each ``R`` uses its own number of rows (``n + m`` for the union). This is
   CTRL-Binary's distance and the contested term of the uCTRL game.
@@ -320,7 +337,8 @@ def _pairwise_rate_distance(U, V, eps_sq):
 
 
 def pairwise_rate_distance(U, V, eps_sq) -> Array:
-  """Exact row-wise rate distance ``ΔR(uᵢ, vᵢ)`` of one-vector sets (SPEC §2).
+  """Exact row-wise rate distance ``ΔR(uᵢ, vᵢ)`` of one-vector sets
+  (docs/method.md#sample-wise-distance).
 
   ``ΔR(u, v) = ½ log[(1 + a|u|²)(1 + a|v|²) − a²(uᵀv)²] − ¼ [log(1 + 2a|u|²) + log(1 + 2a|v|²)]``
   with ``a = d / (2ε²)``: the 2-column log-det of the definition in closed form, O(d)
@@ -345,6 +363,7 @@ def _cosine_distance(U, V):
   # so zero rows have finite values and gradients.
   def norm(X):
     return jnp.sqrt(jnp.maximum(jnp.sum(X * X, axis=1), 1e-16))
+
   return 1.0 - jnp.sum(U * V, axis=1) / (norm(U) * norm(V))
 
 
@@ -363,13 +382,16 @@ def cosine_distance(U, V) -> Array:
 
 def _sample_term(Z, Zs, eps_sq, sample_distance):
   """``Σᵢ dist(zᵢ, z'ᵢ)`` terms before reduction: (n,) per row, mean over views."""
-  dist = (functools.partial(_pairwise_rate_distance, eps_sq=eps_sq)
-          if sample_distance == "exact" else _cosine_distance)
+  dist = (
+    functools.partial(_pairwise_rate_distance, eps_sq=eps_sq)
+    if sample_distance == "exact"
+    else _cosine_distance
+  )
   return jnp.mean(jax.vmap(lambda Zv: dist(Z, Zv))(Zs), axis=0)
 
 
 def _aug_term(Z, Z_aug, eps_sq, sample_distance, aug_target):
-  """(n,) augmentation term per row (docs/method.md, the augmentation term).
+  """(n,) augmentation term per row (docs/method.md#the-game, the augmentation term).
 
   ``"image"``: each view against ``zᵢ``, mean over views. ``"mean"``: EMP-SSL's target,
   the normalised mean ``z̄ᵢ`` of the views' features; the image and the views weigh
@@ -380,14 +402,27 @@ def _aug_term(Z, Z_aug, eps_sq, sample_distance, aug_target):
     return _sample_term(Z, Z_aug, eps_sq, sample_distance)
   mean = jnp.mean(Z_aug, axis=0)
   target = mean * jax.lax.rsqrt(jnp.maximum(jnp.sum(mean * mean, axis=1, keepdims=True), 1e-16))
-  return 0.5 * (_sample_term(target, Z[None], eps_sq, sample_distance)
-                + _sample_term(target, Z_aug, eps_sq, sample_distance))
+  return 0.5 * (
+    _sample_term(target, Z[None], eps_sq, sample_distance)
+    + _sample_term(target, Z_aug, eps_sq, sample_distance)
+  )
 
 
-@functools.partial(jax.jit, static_argnames=("sample_distance", "sample_reduction", "aug_target",
-                                             "axis_name"))
-def _uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self, sample_distance,
-                     sample_reduction, aug_target, axis_name):
+@functools.partial(
+  jax.jit, static_argnames=("sample_distance", "sample_reduction", "aug_target", "axis_name")
+)
+def _uctrl_objective(
+  Z,
+  Zhat,
+  Z_aug,
+  eps_sq,
+  lambda_aug,
+  lambda_self,
+  sample_distance,
+  sample_reduction,
+  aug_target,
+  axis_name,
+):
   n_total = _psum(jnp.float32(Z.shape[0]), axis_name)
   # R(Z) is one of the three rates of ΔR(Z, Ẑ): one factorisation serves both terms.
   R_union, R, R_zhat = _pair_rates(Z, Zhat, eps_sq, axis_name)
@@ -399,23 +434,33 @@ def _uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self, sample_dis
   scale = 1.0 if sample_reduction == "sum" else 1.0 / n_total
   aug, self_ = aug_sum * scale, self_sum * scale
   return {
-      "R": R,
-      "delta_R_z_zhat": delta,
-      "aug": aug,
-      "self": self_,
-      "aug_per_sample": aug_sum / n_total,
-      "self_per_sample": self_sum / n_total,
-      # SPEC §3: the encoder maximises, the decoder minimises; only ΔR(Z, Ẑ) is contested.
-      "encoder_objective": R + delta - lambda_aug * aug - lambda_self * self_,
-      "decoder_objective": R + delta + lambda_aug * aug + lambda_self * self_,
+    "R": R,
+    "delta_R_z_zhat": delta,
+    "aug": aug,
+    "self": self_,
+    "aug_per_sample": aug_sum / n_total,
+    "self_per_sample": self_sum / n_total,
+    # docs/method.md#the-game: the encoder maximises, the decoder minimises; only ΔR(Z, Ẑ) is
+    # contested.
+    "encoder_objective": R + delta - lambda_aug * aug - lambda_self * self_,
+    "decoder_objective": R + delta + lambda_aug * aug + lambda_self * self_,
   }
 
 
-def uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self,
-                    sample_distance: str = "exact", *, sample_reduction: str = "sum",
-                    aug_target: str = "image",
-                    axis_name: Optional[str] = None) -> Mapping[str, Array]:
-  """Every term of the uCTRL game and both players' objectives (SPEC §3).
+def uctrl_objective(
+  Z,
+  Zhat,
+  Z_aug,
+  eps_sq,
+  lambda_aug,
+  lambda_self,
+  sample_distance: str = "exact",
+  *,
+  sample_reduction: str = "sum",
+  aug_target: str = "image",
+  axis_name: Optional[str] = None,
+) -> Mapping[str, Array]:
+  """Every term of the uCTRL game and both players' objectives (docs/method.md#the-game).
 
       encoder θ:  max  R(Z) + ΔR(Z, Ẑ) − λ₁ Σᵢ ΔR(zᵢ, z_aᵢ) − λ₂ Σᵢ ΔR(zᵢ, ẑᵢ)
       decoder η:  min  R(Z) + ΔR(Z, Ẑ) + λ₁ Σᵢ ΔR(zᵢ, z_aᵢ) + λ₂ Σᵢ ΔR(zᵢ, ẑᵢ)
@@ -433,8 +478,8 @@ def uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self,
     lambda_self: λ₂ ≥ 0, weight of the self-consistency term.
     sample_distance: "exact" (``pairwise_rate_distance``) or "cosine"
       (``cosine_distance``, the paper's footnote).
-    sample_reduction: "sum" (SPEC §3's Σᵢ over the global batch) or "mean" (Σᵢ / n,
-      so λ does not scale with the batch size).
+    sample_reduction: "sum" (the Σᵢ of docs/method.md#the-game over the global batch) or
+      "mean" (Σᵢ / n, so λ does not scale with the batch size).
     aug_target: what the views are compared with: "image" (``dist(zᵢ, z_aᵢ)``, mean
       over views) or "mean" (EMP-SSL's target, the normalised mean ``z̄ᵢ`` of the views'
       features: ``½ dist(zᵢ, z̄ᵢ) + ½ mean_v dist(z_vᵢ, z̄ᵢ)``).
@@ -450,8 +495,9 @@ def uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self,
   if Z_aug.ndim == 2:
     Z_aug = Z_aug[None]
   if Z_aug.ndim != 3 or Z_aug.shape[1:] != Z.shape:
-    raise ValueError(f"Z_aug must have shape (n, d) or (V, n, d) matching Z {Z.shape}; "
-                     f"got {Z_aug.shape}")
+    raise ValueError(
+      f"Z_aug must have shape (n, d) or (V, n, d) matching Z {Z.shape}; got {Z_aug.shape}"
+    )
   if not jnp.issubdtype(Z_aug.dtype, jnp.floating):
     raise ValueError(f"Z_aug must be a floating-point array; got dtype {Z_aug.dtype}")
   Z_aug = Z_aug.astype(jnp.float32)
@@ -462,9 +508,18 @@ def uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self,
   _check_choice("sample_distance", sample_distance, SAMPLE_DISTANCES)
   _check_choice("sample_reduction", sample_reduction, SAMPLE_REDUCTIONS)
   _check_choice("aug_target", aug_target, AUG_TARGETS)
-  return _uctrl_objective(Z, Zhat, Z_aug, eps_sq, lambda_aug, lambda_self,
-                          sample_distance=sample_distance, sample_reduction=sample_reduction,
-                          aug_target=aug_target, axis_name=axis_name)
+  return _uctrl_objective(
+    Z,
+    Zhat,
+    Z_aug,
+    eps_sq,
+    lambda_aug,
+    lambda_self,
+    sample_distance=sample_distance,
+    sample_reduction=sample_reduction,
+    aug_target=aug_target,
+    axis_name=axis_name,
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("axis_name",))
@@ -476,21 +531,24 @@ def _ctrl_multi_objective(Z, Zhat, membership, eps_sq, axis_name=None):
   w = membership.T  # (k, n)
   R_k = _weighted_rates(Z, w, eps_sq, axis_name)
   Rhat_k = _weighted_rates(Zhat, w, eps_sq, axis_name)
-  R_union_k = _weighted_rates(jnp.concatenate([Z, Zhat]), jnp.concatenate([w, w], axis=1),
-                              eps_sq, axis_name)
+  R_union_k = _weighted_rates(
+    jnp.concatenate([Z, Zhat]), jnp.concatenate([w, w], axis=1), eps_sq, axis_name
+  )
   per_class = jnp.sum(R_union_k - 0.5 * (R_k + Rhat_k))
   return {
-      "delta_R_z": dr_z,
-      "delta_R_zhat": dr_zhat,
-      "class_distance": per_class,
-      # CTRL-Multi (SPEC §3, last bullet): the encoder maximises it, the decoder minimises.
-      "objective": dr_z + dr_zhat + per_class,
+    "delta_R_z": dr_z,
+    "delta_R_zhat": dr_zhat,
+    "class_distance": per_class,
+    # CTRL-Multi (docs/method.md#the-game, the relatives): the encoder maximises it, the decoder
+    # minimises.
+    "objective": dr_z + dr_zhat + per_class,
   }
 
 
-def ctrl_multi_objective(Z, Zhat, labels, num_classes: int, eps_sq, *,
-                         axis_name: Optional[str] = None) -> Mapping[str, Array]:
-  """Supervised CTRL-Multi: ``ΔR(Z|Π) + ΔR(Ẑ|Π) + Σ_k ΔR(Z_k, Ẑ_k)`` (SPEC §3).
+def ctrl_multi_objective(
+  Z, Zhat, labels, num_classes: int, eps_sq, *, axis_name: Optional[str] = None
+) -> Mapping[str, Array]:
+  """Supervised CTRL-Multi: ``ΔR(Z|Π) + ΔR(Ẑ|Π) + Σ_k ΔR(Z_k, Ẑ_k)`` (docs/method.md#the-game).
 
   Args:
     Z: (n, d) features of the images.

@@ -3,8 +3,8 @@
 The batch is sharded over the ``data`` axis of a mesh that spans every device of
 every process (one process per host; ``uctrl_jax/distributed.py`` joins them);
 parameters and optimizer states are replicated. Because the rate terms reduce
-``ZᵀZ`` and sums over the *global* batch inside ``jit`` (SPEC §2), a step on 8
-devices, in one process or spread over several hosts, computes the same objective
+``ZᵀZ`` and sums over the *global* batch inside ``jit`` (docs/method.md#closed-forms-the-code-uses),
+a step on 8 devices, in one process or spread over several hosts, computes the same objective
 as on 1.
 
 The mesh has two axes, ``(data, model)``, shaped by ``config.mesh``. ``model`` is
@@ -15,6 +15,7 @@ kernel's output-channel axis) would replace ``replicate`` where ``train.py``
 places the fresh state; checkpoint restores already follow the target's
 shardings, and the batch stays split over ``data`` only.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
@@ -42,24 +43,29 @@ def mesh_shape(mesh_config: Optional[Mapping[str, int]], num_devices: int) -> tu
   mesh_config = dict(mesh_config or {})
   unknown = set(mesh_config) - {DATA_AXIS, MODEL_AXIS}
   if unknown:
-    raise ValueError(f"config.mesh has unknown axes {sorted(unknown)}; known: "
-                     f"{DATA_AXIS!r}, {MODEL_AXIS!r}")
+    raise ValueError(
+      f"config.mesh has unknown axes {sorted(unknown)}; known: {DATA_AXIS!r}, {MODEL_AXIS!r}"
+    )
   data, model = int(mesh_config.get(DATA_AXIS, -1)), int(mesh_config.get(MODEL_AXIS, 1))
   if model != 1:
     raise NotImplementedError(
-        f"config.mesh.model = {model}: model-parameter sharding (FSDP-style) is not "
-        "implemented; parameters are replicated, so the model axis must be 1 (see "
-        "uctrl_jax/sharding.py for where per-parameter shardings would go)")
+      f"config.mesh.model = {model}: model-parameter sharding (FSDP-style) is not "
+      "implemented; parameters are replicated, so the model axis must be 1 (see "
+      "uctrl_jax/sharding.py for where per-parameter shardings would go)"
+    )
   if data == -1:
     data = num_devices // model
   if data < 1 or data * model != num_devices:
-    raise ValueError(f"config.mesh (data={mesh_config.get(DATA_AXIS, -1)}, model={model}) "
-                     f"does not cover the {num_devices} devices; use data=-1 for all of them")
+    raise ValueError(
+      f"config.mesh (data={mesh_config.get(DATA_AXIS, -1)}, model={model}) "
+      f"does not cover the {num_devices} devices; use data=-1 for all of them"
+    )
   return data, model
 
 
-def create_mesh(devices: Optional[Sequence[jax.Device]] = None,
-                mesh_config: Optional[Mapping[str, int]] = None) -> Mesh:
+def create_mesh(
+  devices: Optional[Sequence[jax.Device]] = None, mesh_config: Optional[Mapping[str, int]] = None
+) -> Mesh:
   """A ``(data, model)`` mesh over ``devices`` (default: every device of every process).
 
   Args:
@@ -110,9 +116,11 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
     value = np.asarray(value)
     rows = value.shape[_EXAMPLE_AXIS.get(key, 0)]
     if rows % local_devices:
-      raise ValueError(f"batch[{key!r}] has {rows} rows on this process, not divisible by its "
-                       f"{local_devices} local devices; choose config.train.batch_size as a "
-                       f"multiple of the device count {mesh.size}")
+      raise ValueError(
+        f"batch[{key!r}] has {rows} rows on this process, not divisible by its "
+        f"{local_devices} local devices; choose config.train.batch_size as a "
+        f"multiple of the device count {mesh.size}"
+      )
     out[key] = jax.make_array_from_process_local_data(batch_sharding(mesh, key), value)
   return out
 
@@ -132,4 +140,5 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   def put(leaf):
     value = np.asarray(leaf)
     return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
   return jax.tree.map(put, tree)

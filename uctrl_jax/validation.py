@@ -27,6 +27,7 @@ compile (or an hour of training) and main.py can print it without a traceback:
 Importing this module is cheap (no TensorFlow); only a tfds dataset name imports
 tensorflow_datasets, to look the name up.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,14 +51,32 @@ ON_NONFINITE = ("stop", "rollback")
 
 # Saved-config keys that fix the shapes of the checkpointed state or the data it was
 # trained on: a resume with any of them changed is refused.
-_MUST_MATCH = ("model.encoder", "model.decoder", "model.feature_dim", "model.width",
-               "model.encoder_depth",
-               "model.upsample", "data.name")
+_MUST_MATCH = (
+  "model.encoder",
+  "model.decoder",
+  "model.feature_dim",
+  "model.width",
+  "model.encoder_depth",
+  "model.upsample",
+  "data.name",
+)
 # Keys whose change a resume survives but which make it a different experiment.
-_WARN_IF_CHANGED = ("seed", "train.batch_size", "loss.mode", "loss.eps_sq", "loss.lambda_aug",
-                    "loss.lambda_self", "loss.sample_distance", "data.num_views",
-                    "data.train_split", "train.schedule", "train.warmup_steps",
-                    "train.encoder_lr", "train.decoder_lr", "train.scale_lr_by_batch")
+_WARN_IF_CHANGED = (
+  "seed",
+  "train.batch_size",
+  "loss.mode",
+  "loss.eps_sq",
+  "loss.lambda_aug",
+  "loss.lambda_self",
+  "loss.sample_distance",
+  "data.num_views",
+  "data.train_split",
+  "train.schedule",
+  "train.warmup_steps",
+  "train.encoder_lr",
+  "train.decoder_lr",
+  "train.scale_lr_by_batch",
+)
 
 
 class ConfigError(ValueError):
@@ -83,39 +102,45 @@ def _require_int(config, dotted: str, minimum: int) -> None:
     raise ConfigError(f"config.{dotted} must be an integer ≥ {minimum}; got {value!r}")
 
 
-def _require_choice(config, dotted: str, choices: Sequence[str], default=None) -> None:
-  value = _get(config, dotted, default)
+def _require_choice(config, dotted: str, choices: Sequence[str]) -> None:
+  value = _get(config, dotted)
   if value not in choices:
     raise ConfigError(f"config.{dotted} = {value!r} is not one of {tuple(choices)}")
 
 
 def _require_number(config, dotted: str, *, positive: bool) -> None:
   value = _get(config, dotted)
-  ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
-        and math.isfinite(value) and (value > 0 if positive else value >= 0))
+  ok = (
+    isinstance(value, numbers.Real)
+    and not isinstance(value, bool)
+    and math.isfinite(value)
+    and (value > 0 if positive else value >= 0)
+  )
   if not ok:
-    raise ConfigError(f"config.{dotted} must be a finite number {'> 0' if positive else '≥ 0'}; "
-                      f"got {value!r}")
+    raise ConfigError(
+      f"config.{dotted} must be a finite number {'> 0' if positive else '≥ 0'}; got {value!r}"
+    )
 
 
 def check_names(config: ml_collections.ConfigDict) -> None:
   """Model, objective and training names against what the code implements."""
   _require_choice(config, "model.encoder", models.ENCODERS)
   _require_choice(config, "model.decoder", models.DECODERS)
-  _require_choice(config, "model.upsample", models.UPSAMPLES, default="pixel_shuffle")
-  _require_choice(config, "model.dtype", tuple(models.DTYPES), default="float32")
+  _require_choice(config, "model.upsample", models.UPSAMPLES)
+  _require_choice(config, "model.dtype", tuple(models.DTYPES))
   _require_choice(config, "loss.mode", objectives.LOSS_MODES)
   _require_choice(config, "loss.aug_target", rr.AUG_TARGETS)
-  _require_choice(config, "loss.sample_distance", rr.SAMPLE_DISTANCES, default="exact")
-  _require_choice(config, "loss.sample_reduction", rr.SAMPLE_REDUCTIONS, default="sum")
-  _require_choice(config, "train.on_nonfinite", ON_NONFINITE, default="stop")
-  _require_choice(config, "train.encoder_bn_on_xhat", ("running", "batch"), default="running")
+  _require_choice(config, "loss.sample_distance", rr.SAMPLE_DISTANCES)
+  _require_choice(config, "loss.sample_reduction", rr.SAMPLE_REDUCTIONS)
+  _require_choice(config, "train.on_nonfinite", ON_NONFINITE)
+  _require_choice(config, "train.encoder_bn_on_xhat", ("running", "batch"))
   _require_choice(config, "train.encoder_bn_in_decoder_step", ("running", "batch"))
-  _require_choice(config, "train.schedule", ("constant", "cosine"), default="constant")
+  _require_choice(config, "train.schedule", ("constant", "cosine"))
   for name in tuple(_get(config, "evals.during_training.names", ()) or ()):
     if name not in evaluators.ALL:
-      raise ConfigError(f"config.evals.during_training.names has {name!r}, not one of "
-                        f"{evaluators.ALL}")
+      raise ConfigError(
+        f"config.evals.during_training.names has {name!r}, not one of {evaluators.ALL}"
+      )
 
 
 def check_dataset_name(config: ml_collections.ConfigDict) -> None:
@@ -129,10 +154,13 @@ def check_dataset_name(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.data.name = {name!r}: no such file or directory {path!r}")
     return
   import tensorflow_datasets as tfds  # heavy; only for tfds names
+
   base = name.split("/", 1)[0].split(":", 1)[0]
   if base not in tfds.list_builders(with_community_datasets=False):
-    raise ConfigError(f"config.data.name = {name!r} is not a tensorflow-datasets name, "
-                      "'npz:PATH' or 'image_folder:PATH'")
+    raise ConfigError(
+      f"config.data.name = {name!r} is not a tensorflow-datasets name, "
+      "'npz:PATH' or 'image_folder:PATH'"
+    )
 
 
 def check_numbers(config: ml_collections.ConfigDict) -> None:
@@ -141,12 +169,10 @@ def check_numbers(config: ml_collections.ConfigDict) -> None:
   _require_number(config, "loss.lambda_aug", positive=False)
   _require_number(config, "loss.lambda_self", positive=False)
   for key in ("rate_weight", "delta_weight"):  # ablation weights of R(Z), ΔR(Z, Ẑ)
-    if _get(config, f"loss.{key}") is not None:
-      _require_number(config, f"loss.{key}", positive=False)
+    _require_number(config, f"loss.{key}", positive=False)
   if _get(config, "train.host_blas_threads") is not None:
     _require_int(config, "train.host_blas_threads", 1)
-  if _get(config, "train.eval_every") is not None:
-    _require_int(config, "train.eval_every", 0)
+  _require_int(config, "train.eval_every", 0)  # 0: no in-training evaluation
   if _get(config, "loss.mode") == "ctrl_multi":
     _require_int(config, "loss.num_classes", 1)
   if _get(config, "loss.mode") == "simclr":
@@ -154,25 +180,36 @@ def check_numbers(config: ml_collections.ConfigDict) -> None:
   if _get(config, "loss.mode") in objectives.ENCODER_ONLY_MODES:
     mode = _get(config, "loss.mode")
     if _is_int(_get(config, "data.num_views")) and _get(config, "data.num_views") < 2:
-      raise ConfigError(f"config.loss.mode = {mode!r} compares views with each other: "
-                        f"config.data.num_views must be ≥ 2; got {_get(config, 'data.num_views')}")
+      raise ConfigError(
+        f"config.loss.mode = {mode!r} compares views with each other: "
+        f"config.data.num_views must be ≥ 2; got {_get(config, 'data.num_views')}"
+      )
     if _get(config, "train.encoder_steps") != 1:
-      raise ConfigError(f"config.loss.mode = {mode!r} trains the encoder alone (one step per "
-                        "iteration): config.train.encoder_steps must be 1; got "
-                        f"{_get(config, 'train.encoder_steps')!r}")
+      raise ConfigError(
+        f"config.loss.mode = {mode!r} trains the encoder alone (one step per "
+        "iteration): config.train.encoder_steps must be 1; got "
+        f"{_get(config, 'train.encoder_steps')!r}"
+      )
   _require_int(config, "model.feature_dim", 1)
-  if _get(config, "model.width") is not None:
-    _require_int(config, "model.width", 1)
+  _require_int(config, "model.width", 1)
   _require_int(config, "model.encoder_depth", 0)
   if _get(config, "model.encoder_depth") and _get(config, "model.encoder") != "dcgan":
-    raise ConfigError("config.model.encoder_depth > 0 needs config.model.encoder = 'dcgan'; got "
-                      f"{_get(config, 'model.encoder')!r}")
+    raise ConfigError(
+      "config.model.encoder_depth > 0 needs config.model.encoder = 'dcgan'; got "
+      f"{_get(config, 'model.encoder')!r}"
+    )
   _require_int(config, "data.num_views", 1)
   image_size = _get(config, "data.image_size")
   if image_size is not None:
     _require_int(config, "data.image_size", 1)
-  for key in ("batch_size", "encoder_steps", "log_every", "image_every", "checkpoint_every",
-              "max_to_keep"):
+  for key in (
+    "batch_size",
+    "encoder_steps",
+    "log_every",
+    "image_every",
+    "checkpoint_every",
+    "max_to_keep",
+  ):
     _require_int(config, f"train.{key}", 1)
   _require_int(config, "train.num_steps", 0)
   for key in ("encoder_lr", "decoder_lr"):
@@ -183,27 +220,33 @@ def check_numbers(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.train.{key} must be a number in [0, 1) (Adam's β); got {value!r}")
   fault = _get(config, "train.fault_inject_nan_at_step")
   if fault is not None and (not _is_int(fault) or fault < 1):
-    raise ConfigError("config.train.fault_inject_nan_at_step must be None or an integer ≥ 1; "
-                      f"got {fault!r}")
+    raise ConfigError(
+      f"config.train.fault_inject_nan_at_step must be None or an integer ≥ 1; got {fault!r}"
+    )
 
 
-def check_batch_divisibility(config: ml_collections.ConfigDict,
-                             device_count: Optional[int] = None,
-                             process_count: Optional[int] = None) -> None:
+def check_batch_divisibility(
+  config: ml_collections.ConfigDict,
+  device_count: Optional[int] = None,
+  process_count: Optional[int] = None,
+) -> None:
   """The global batch splits evenly over processes (input) and devices (``data`` axis)."""
   batch = config.train.batch_size
   devices = jax.device_count() if device_count is None else device_count
   processes = jax.process_count() if process_count is None else process_count
   if batch % processes:
-    raise ConfigError(f"config.train.batch_size = {batch} is not divisible by the "
-                      f"{processes} processes")
+    raise ConfigError(
+      f"config.train.batch_size = {batch} is not divisible by the {processes} processes"
+    )
   if batch % devices:
-    raise ConfigError(f"config.train.batch_size = {batch} is not divisible by the "
-                      f"{devices} devices")
+    raise ConfigError(
+      f"config.train.batch_size = {batch} is not divisible by the {devices} devices"
+    )
 
 
-def check_image_shape(config: ml_collections.ConfigDict,
-                      image_shape: Optional[Sequence[int]] = None) -> None:
+def check_image_shape(
+  config: ml_collections.ConfigDict, image_shape: Optional[Sequence[int]] = None
+) -> None:
   """The (square) image size is one both model families support.
 
   Args:
@@ -223,8 +266,10 @@ def check_image_shape(config: ml_collections.ConfigDict,
     family = config.model[role]
     sizes = models.IMAGE_SIZES[family]
     if h != w or h not in sizes:
-      raise ConfigError(f"{where} does not suit config.model.{role} = {family!r}, which "
-                        f"supports square images of size {sizes}")
+      raise ConfigError(
+        f"{where} does not suit config.model.{role} = {family!r}, which "
+        f"supports square images of size {sizes}"
+      )
 
 
 def check_workdir_writable(workdir: str) -> None:
@@ -236,8 +281,7 @@ def check_workdir_writable(workdir: str) -> None:
     with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test_"):
       pass
   except OSError as e:
-    raise ConfigError(f"work directory {workdir!r} is not writable: "
-                      f"{e.strerror or e}") from None
+    raise ConfigError(f"work directory {workdir!r} is not writable: {e.strerror or e}") from None
 
 
 def _flat(tree, prefix: str = "") -> dict:
@@ -255,8 +299,9 @@ def _normal(value):
   return json.loads(json.dumps(value, default=str))
 
 
-def check_workdir_compatible(config: ml_collections.ConfigDict, workdir: str,
-                             image_shape: Optional[Sequence[int]] = None) -> None:
+def check_workdir_compatible(
+  config: ml_collections.ConfigDict, workdir: str, image_shape: Optional[Sequence[int]] = None
+) -> None:
   """An earlier run's ``config.json`` in ``workdir`` agrees on what its state depends on.
 
   Raises ``ConfigError`` naming the first differing key (architecture, feature
@@ -275,27 +320,40 @@ def check_workdir_compatible(config: ml_collections.ConfigDict, workdir: str,
   # data.image_size None means "the stored size": compare the resolved shape instead.
   if image_shape is not None and "data.image_shape" in saved:
     if _normal(list(image_shape)) != _normal(saved["data.image_shape"]):
-      raise ConfigError(f"{workdir} holds a run on images of shape "
-                        f"{tuple(saved['data.image_shape'])}, this config gives "
-                        f"{tuple(image_shape)}; use a fresh --workdir")
+      raise ConfigError(
+        f"{workdir} holds a run on images of shape "
+        f"{tuple(saved['data.image_shape'])}, this config gives "
+        f"{tuple(image_shape)}; use a fresh --workdir"
+      )
   elif new.get("data.image_size") is not None:
     keys.append("data.image_size")
   for key in keys:
     # A key the earlier run's code did not know yet cannot be compared.
     if key in saved and _normal(new.get(key)) != _normal(saved[key]):
-      raise ConfigError(f"{workdir} holds a run with config.{key} = {saved.get(key)!r}, this "
-                        f"config has {new.get(key)!r}; a resume would not fit its "
-                        "checkpoints: use a fresh --workdir")
-  if "loss.mode" in saved and ((saved["loss.mode"] in objectives.ENCODER_ONLY_MODES)
-                               != (new.get("loss.mode") in objectives.ENCODER_ONLY_MODES)):
-    raise ConfigError(f"{workdir} holds a run with config.loss.mode = {saved['loss.mode']!r}, "
-                      f"this config has {new.get('loss.mode')!r}: one trains a decoder, the "
-                      "other does not, so a resume would not fit its checkpoints: use a fresh "
-                      "--workdir")
+      raise ConfigError(
+        f"{workdir} holds a run with config.{key} = {saved.get(key)!r}, this "
+        f"config has {new.get(key)!r}; a resume would not fit its "
+        "checkpoints: use a fresh --workdir"
+      )
+  if "loss.mode" in saved and (
+    (saved["loss.mode"] in objectives.ENCODER_ONLY_MODES)
+    != (new.get("loss.mode") in objectives.ENCODER_ONLY_MODES)
+  ):
+    raise ConfigError(
+      f"{workdir} holds a run with config.loss.mode = {saved['loss.mode']!r}, "
+      f"this config has {new.get('loss.mode')!r}: one trains a decoder, the "
+      "other does not, so a resume would not fit its checkpoints: use a fresh "
+      "--workdir"
+    )
   for key in _WARN_IF_CHANGED:
     if key in saved and _normal(new.get(key)) != _normal(saved.get(key)):
-      logging.warning("resuming %s with config.%s = %r (was %r): the run changes course here",
-                      workdir, key, new.get(key), saved.get(key))
+      logging.warning(
+        "resuming %s with config.%s = %r (was %r): the run changes course here",
+        workdir,
+        key,
+        new.get(key),
+        saved.get(key),
+      )
   _check_lr_curve_kept(config, workdir, saved, new)
 
 
@@ -310,12 +368,16 @@ def _check_lr_curve_kept(config, workdir: str, saved: dict, new: dict) -> None:
   decaying = "cosine" in (saved.get("train.schedule"), new.get("train.schedule"))
   if not decaying or old_steps in (None, new_steps) or not _has_checkpoint(workdir):
     return
-  what = (f"{workdir} holds a run of config.train.num_steps = {old_steps}, this config has "
-          f"{new_steps}: under the cosine schedule, which decays over num_steps, the resumed "
-          "steps would follow another learning-rate curve")
+  what = (
+    f"{workdir} holds a run of config.train.num_steps = {old_steps}, this config has "
+    f"{new_steps}: under the cosine schedule, which decays over num_steps, the resumed "
+    "steps would follow another learning-rate curve"
+  )
   if not config.train.allow_lr_curve_change:
-    raise ConfigError(f"{what}; keep num_steps, use a fresh --workdir, or set "
-                      "config.train.allow_lr_curve_change=True")
+    raise ConfigError(
+      f"{what}; keep num_steps, use a fresh --workdir, or set "
+      "config.train.allow_lr_curve_change=True"
+    )
   logging.warning("%s (config.train.allow_lr_curve_change)", what)
 
 
@@ -323,15 +385,22 @@ def check_training_labels(config: ml_collections.ConfigDict, info) -> None:
   """The supervised ``loss.mode = "ctrl_multi"`` has labels in ``data.train_split``
   (``info``: the opened dataset's ``datasets.DatasetInfo``)."""
   from uctrl_jax import datasets  # pylint: disable=import-outside-toplevel  (TensorFlow)
+
   if config.loss.mode == "ctrl_multi" and not datasets.has_labels(info, config.data.train_split):
-    raise ConfigError(f"config.loss.mode = 'ctrl_multi' is supervised, but config.data."
-                      f"train_split {config.data.train_split!r} of {info.name!r} has no labels")
+    raise ConfigError(
+      f"config.loss.mode = 'ctrl_multi' is supervised, but config.data."
+      f"train_split {config.data.train_split!r} of {info.name!r} has no labels"
+    )
 
 
-def validate_config(config: ml_collections.ConfigDict, workdir: Optional[str], *,
-                    image_shape: Optional[Sequence[int]] = None,
-                    device_count: Optional[int] = None,
-                    process_count: Optional[int] = None) -> None:
+def validate_config(
+  config: ml_collections.ConfigDict,
+  workdir: Optional[str],
+  *,
+  image_shape: Optional[Sequence[int]] = None,
+  device_count: Optional[int] = None,
+  process_count: Optional[int] = None,
+) -> None:
   """Every check of the module docstring; raises ``ConfigError`` (one line) on the first.
 
   Args:

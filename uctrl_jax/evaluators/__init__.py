@@ -1,4 +1,6 @@
-"""Evaluators of a trained closed loop (SPEC §4), one module each, and a registry.
+"""Evaluators of a trained closed loop, one module each, and the registry that runs them.
+
+Protocols: docs/method.md#evaluation-protocols.
 
 Each module has a pure ``evaluate(...)`` on arrays returning ``{metric: float}``:
 
@@ -32,6 +34,7 @@ exactly ``config.evals.batch_size`` rows (padded), so jitted callables compile o
 Options of an evaluator are ``config.evals.<name>`` (keyword arguments of its
 ``evaluate``); a missing ``config.evals`` means every default.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,14 +49,23 @@ import numpy as np
 
 from uctrl_jax.evaluators import common
 
-ALL = ("knn", "linear_probe", "nearest_subspace", "clustering", "reconstruction",
-       "conditional_generation", "fid", "structure")
+ALL = (
+  "knn",
+  "linear_probe",
+  "nearest_subspace",
+  "clustering",
+  "reconstruction",
+  "conditional_generation",
+  "fid",
+  "structure",
+)
 # Evaluators that need only features: the ones run on raw pixels and random encoders.
 CLASSIFIERS = ("knn", "linear_probe", "nearest_subspace", "clustering", "structure")
 
 
 class EvalData(NamedTuple):
   """Images of both splits, as the input pipeline presents them, and their labels."""
+
   x_train: np.ndarray  # (n, H, W, C) float32 in [-1, 1]
   y_train: Optional[np.ndarray]  # (n,) int; None: the split has no labels
   x_test: np.ndarray  # (m, H, W, C) float32 in [-1, 1]
@@ -64,8 +76,15 @@ class EvalData(NamedTuple):
 class Context:
   """What evaluators read; features and reconstructions computed once, on first use."""
 
-  def __init__(self, data: EvalData, encode: Callable, decode: Optional[Callable],
-               batch_size: int = 500, out_dir: Optional[str] = None, step: Optional[int] = None):
+  def __init__(
+    self,
+    data: EvalData,
+    encode: Callable,
+    decode: Optional[Callable],
+    batch_size: int = 500,
+    out_dir: Optional[str] = None,
+    step: Optional[int] = None,
+  ):
     self.data, self.encode, self.decode = data, encode, decode
     self.batch_size, self.out_dir, self.step = batch_size, out_dir, step
 
@@ -93,6 +112,7 @@ class Context:
 class Evaluator:
   """A named evaluator: ``fn(context) -> {metric: float}``; ``needs_labels`` names the
   splits ("train", "test") whose labels all its metrics need."""
+
   name: str
   fn: Callable[[Context], Mapping[str, float]]
   needs_decode: bool = False
@@ -100,8 +120,9 @@ class Evaluator:
 
 
 def _knn(m, o):
-  return lambda c: m.evaluate(c.z_train, c.data.y_train, c.z_test, c.data.y_test,
-                              num_classes=c.data.num_classes, **o)
+  return lambda c: m.evaluate(
+    c.z_train, c.data.y_train, c.z_test, c.data.y_test, num_classes=c.data.num_classes, **o
+  )
 
 
 def _clustering(m, o):
@@ -115,8 +136,15 @@ def _structure(m, o):
 
 
 def _reconstruction(m, o):
-  return lambda c: m.evaluate(c.data.x_train, c.data.y_train, c.data.x_test, c.data.y_test,
-                              c.x_hat, num_classes=c.data.num_classes, **o)
+  return lambda c: m.evaluate(
+    c.data.x_train,
+    c.data.y_train,
+    c.data.x_test,
+    c.data.y_test,
+    c.x_hat,
+    num_classes=c.data.num_classes,
+    **o,
+  )
 
 
 def _conditional_generation(m, o):
@@ -125,35 +153,45 @@ def _conditional_generation(m, o):
 
   def fn(c):
     grid, metrics = m.evaluate(
-        c.z_train, c.decode, labels=c.data.y_train if use_labels else None,
-        num_clusters=k or c.data.num_classes or k_unlabelled, x_train=c.data.x_train,
-        y_train=c.data.y_train, num_classes=c.data.num_classes, batch_size=c.batch_size, **o)
+      c.z_train,
+      c.decode,
+      labels=c.data.y_train if use_labels else None,
+      num_clusters=k or c.data.num_classes or k_unlabelled,
+      x_train=c.data.x_train,
+      y_train=c.data.y_train,
+      num_classes=c.data.num_classes,
+      batch_size=c.batch_size,
+      **o,
+    )
     if c.out_dir:
       from uctrl_jax import image_grid  # pylint: disable=import-outside-toplevel
+
       name = "conditional_generation" + ("" if c.step is None else f"_step_{c.step:07d}")
       logging.info("wrote %s", image_grid.save_png(os.path.join(c.out_dir, name + ".png"), grid))
     return metrics
+
   return fn
 
 
 def _fid(m, o):
-  return lambda c: m.evaluate(c.z_test, c.zhat_test, x_test=c.data.x_test, x_hat=c.x_hat,
-                              batch_size=c.batch_size, **o)
+  return lambda c: m.evaluate(
+    c.z_test, c.zhat_test, x_test=c.data.x_test, x_hat=c.x_hat, batch_size=c.batch_size, **o
+  )
 
 
 # name -> (builder(module, options) -> fn(context), needs_decode, needs_labels)
 _REGISTRY = {
-    "knn": (_knn, False, ("train", "test")),
-    "linear_probe": (_knn, False, ("train", "test")),  # same arguments as knn
-    "nearest_subspace": (_knn, False, ("train", "test")),
-    # Clusters the test split; its labels only score the partition.
-    "clustering": (_clustering, False, ("test",)),
-    # Without labels: MSE and PSNR only.
-    "reconstruction": (_reconstruction, True, ()),
-    # Without labels: k-means clusters, no sample_consistency (use_labels needs train's).
-    "conditional_generation": (_conditional_generation, True, ()),
-    "fid": (_fid, True, ()),
-    "structure": (_structure, False, ("test",)),
+  "knn": (_knn, False, ("train", "test")),
+  "linear_probe": (_knn, False, ("train", "test")),  # same arguments as knn
+  "nearest_subspace": (_knn, False, ("train", "test")),
+  # Clusters the test split; its labels only score the partition.
+  "clustering": (_clustering, False, ("test",)),
+  # Without labels: MSE and PSNR only.
+  "reconstruction": (_reconstruction, True, ()),
+  # Without labels: k-means clusters, no sample_consistency (use_labels needs train's).
+  "conditional_generation": (_conditional_generation, True, ()),
+  "fid": (_fid, True, ()),
+  "structure": (_structure, False, ("test",)),
 }
 
 
@@ -173,6 +211,7 @@ def build_one(name: str, options: Optional[Mapping[str, Any]] = None) -> Evaluat
       return inner(context)
     except TypeError as e:  # most likely a misspelt option
       raise TypeError(f"evaluator {name!r} with options {options}: {e}") from e
+
   return Evaluator(name, fn, needs_decode, needs_labels)
 
 
@@ -182,31 +221,36 @@ def build(config, names: Optional[Sequence[str]] = None) -> list[Evaluator]:
   ``clustering.eps_sq`` defaults to ``config.loss.eps_sq`` (the ε² the features were
   trained with).
   """
-  evals = config.get("evals", None) or {}
-  names = tuple(names if names is not None else evals.get("names", ALL))
+  evals = config.evals
+  names = tuple(names if names is not None else evals.names)
   out = []
   for name in names:
-    options = evals.get(name, None)
+    options = evals[name] if name in _REGISTRY else None  # unknown: build_one says so
     options = dict(options.to_dict() if hasattr(options, "to_dict") else (options or {}))
-    if name == "clustering" and options.get("eps_sq") is None:
-      options["eps_sq"] = float(config.get("loss", {}).get("eps_sq", 0.5))
+    if name == "clustering" and options["eps_sq"] is None:
+      options["eps_sq"] = float(config.loss.eps_sq)
     out.append(build_one(name, options))
   return out
 
 
-def without_labels(evaluators: Sequence[Evaluator], data: EvalData
-                   ) -> tuple[list[Evaluator], Optional[str]]:
+def without_labels(
+  evaluators: Sequence[Evaluator], data: EvalData
+) -> tuple[list[Evaluator], Optional[str]]:
   """The evaluators that ``data``'s labels allow, and one line naming the others and why
   (None when none is skipped, or when ``data`` has every label)."""
   missing = [s for s, y in (("train", data.y_train), ("test", data.y_test)) if y is None]
   keep = [e for e in evaluators if not set(e.needs_labels) & set(missing)]
   # Label-based metrics dropped by evaluators that still run.
-  partial = [e.name for e in keep if e.name == "reconstruction"
-             or (e.name == "conditional_generation" and "train" in missing)]
+  partial = [
+    e.name
+    for e in keep
+    if e.name == "reconstruction" or (e.name == "conditional_generation" and "train" in missing)
+  ]
   parts = []
   if len(keep) < len(evaluators):
-    parts.append(", ".join(e.name for e in evaluators if e not in keep)
-                 + " skipped (they score with labels)")
+    parts.append(
+      ", ".join(e.name for e in evaluators if e not in keep) + " skipped (they score with labels)"
+    )
   if partial:
     parts.append(", ".join(partial) + " without label-based metrics")
   if not missing or not parts:
@@ -214,14 +258,20 @@ def without_labels(evaluators: Sequence[Evaluator], data: EvalData
   return keep, f"no labels in the evaluation's {' and '.join(missing)} split: " + "; ".join(parts)
 
 
-def run_context(evaluators: Sequence[Evaluator], context: Context, *,
-                log_labels: bool = True) -> dict[str, float]:
+def run_context(
+  evaluators: Sequence[Evaluator],
+  context: Context,
+  *,
+  log_labels: bool = True,
+  log_times: bool = True,
+) -> dict[str, float]:
   """Runs ``evaluators`` on a prepared ``Context`` (``run_all`` without building one).
 
   Skips the evaluators that need a decoder when ``context.decode`` is None, and those
   that need labels the data lack (``without_labels``; its line is logged unless
   ``log_labels`` is False, for a caller that logged it once already). Reports each
-  evaluator's wall time as ``eval_seconds/<name>`` (the features' as ``encode``).
+  evaluator's wall time as ``eval_seconds/<name>`` (the features' as ``encode``), and
+  logs it unless ``log_times`` is False.
   """
   evaluators, note = without_labels(evaluators, context.data)
   if note and log_labels:
@@ -236,18 +286,32 @@ def run_context(evaluators: Sequence[Evaluator], context: Context, *,
     for key, value in ev.fn(context).items():
       metrics[f"{ev.name}/{key}"] = float(value)
     metrics[f"eval_seconds/{ev.name}"] = time.time() - start
-    logging.info("evaluator %s: %.1f s", ev.name, metrics[f"eval_seconds/{ev.name}"])
+    if log_times:
+      logging.info("evaluator %s: %.1f s", ev.name, metrics[f"eval_seconds/{ev.name}"])
   return metrics
 
 
-def run_all(evaluators: Sequence[Evaluator], encode: Callable, decode: Optional[Callable],
-            data: EvalData, step: Optional[int] = None, *, out_dir: Optional[str] = None,
-            batch_size: int = 500, log_labels: bool = True) -> dict[str, float]:
+def run_all(
+  evaluators: Sequence[Evaluator],
+  encode: Callable,
+  decode: Optional[Callable],
+  data: EvalData,
+  step: Optional[int] = None,
+  *,
+  out_dir: Optional[str] = None,
+  batch_size: int = 500,
+  log_labels: bool = True,
+  log_times: bool = True,
+) -> dict[str, float]:
   """Runs ``evaluators`` on ``encode``/``decode`` and ``data``: ``{"name/metric": float}``.
 
   ``decode=None`` (raw pixels, say) skips the evaluators that need a decoder.
   ``out_dir`` receives pictures (conditional generation), suffixed with ``step`` when
   given. Features are computed once, in batches of ``batch_size``.
   """
-  return run_context(evaluators, Context(data, encode, decode, batch_size, out_dir, step),
-                     log_labels=log_labels)
+  return run_context(
+    evaluators,
+    Context(data, encode, decode, batch_size, out_dir, step),
+    log_labels=log_labels,
+    log_times=log_times,
+  )

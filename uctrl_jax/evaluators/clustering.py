@@ -6,7 +6,8 @@ Protocol:
 - k-means: k-means++ seeding and ``num_iters`` Lloyd iterations, ``num_restarts``
   restarts (vmapped), the restart with the smallest inertia kept;
 - MCR² clustering: soft memberships ``Π = softmax(Z W + b)`` of a linear head trained
-  with Adam to maximise ``ΔR(Z|Π) = R(Z) − R_c(Z|Π)`` (SPEC §2, MCR²'s soft form;
+  with Adam to maximise ``ΔR(Z|Π) = R(Z) − R_c(Z|Π)`` (docs/method.md#coding-rates, MCR²'s soft
+  form;
   ``R(Z)`` is constant in ``Π``, so this minimises the coding length of the
   partition); the head starts at the k-means partition (logits
   ``−|z − c_j|² / τ``), so MCR² refines it by subspace structure rather than searching
@@ -17,6 +18,7 @@ Protocol:
   (Hungarian algorithm); NMI: mutual information over the arithmetic mean of the
   two entropies (scikit-learn's default), in [0, 1].
 """
+
 from __future__ import annotations
 
 import functools
@@ -112,7 +114,8 @@ def _kmeans_once(Z, key, *, k: int, num_iters: int):
 @functools.partial(jax.jit, static_argnames=("k", "num_iters", "num_restarts"))
 def _kmeans(Z, key, *, k, num_iters, num_restarts):
   assign, C, inertia = jax.vmap(lambda key: _kmeans_once(Z, key, k=k, num_iters=num_iters))(
-      jax.random.split(key, num_restarts))
+    jax.random.split(key, num_restarts)
+  )
   best = jnp.argmin(inertia)
   return assign[best], C[best], inertia[best]
 
@@ -122,8 +125,9 @@ def kmeans(Z, k: int, key, *, num_iters: int = 100, num_restarts: int = 10):
   Z = jnp.asarray(common.as_features("Z", Z))
   if not 1 <= k <= Z.shape[0]:
     raise ValueError(f"k must be in [1, n = {Z.shape[0]}]; got {k}")
-  assign, C, inertia = _kmeans(Z, key, k=int(k), num_iters=int(num_iters),
-                               num_restarts=int(num_restarts))
+  assign, C, inertia = _kmeans(
+    Z, key, k=int(k), num_iters=int(num_iters), num_restarts=int(num_restarts)
+  )
   return np.asarray(assign), np.asarray(C), float(inertia)
 
 
@@ -159,8 +163,9 @@ def pca_project(Z: np.ndarray, dim: int) -> np.ndarray:
   return common.l2_normalize(centred @ Vt[:dim].T)
 
 
-def mcr2_cluster(Z, centroids, *, eps_sq: float = 0.5, steps: int = 200, lr: float = 0.01,
-                 temperature: float = 0.1):
+def mcr2_cluster(
+  Z, centroids, *, eps_sq: float = 0.5, steps: int = 200, lr: float = 0.01, temperature: float = 0.1
+):
   """MCR² clustering of unit rows ``Z: (n, d)`` started from ``centroids: (k, d)``.
 
   Returns ``(assignments (n,) int, ΔR history (steps,))``; the history should rise.
@@ -178,10 +183,22 @@ def mcr2_cluster(Z, centroids, *, eps_sq: float = 0.5, steps: int = 200, lr: flo
 # ----------------------------------------------------------------------------
 
 
-def evaluate(Z, y, *, num_clusters: int | None = None, seed: int = 0, num_iters: int = 100,
-             num_restarts: int = 10, mcr2: bool = True, eps_sq: float = 0.5,
-             mcr2_steps: int = 200, mcr2_lr: float = 0.01, mcr2_temperature: float = 0.1,
-             mcr2_max_examples: int | None = 5000, mcr2_max_dim: int = 128) -> dict[str, float]:
+def evaluate(
+  Z,
+  y,
+  *,
+  num_clusters: int | None = None,
+  seed: int = 0,
+  num_iters: int = 100,
+  num_restarts: int = 10,
+  mcr2: bool = True,
+  eps_sq: float = 0.5,
+  mcr2_steps: int = 200,
+  mcr2_lr: float = 0.01,
+  mcr2_temperature: float = 0.1,
+  mcr2_max_examples: int | None = 5000,
+  mcr2_max_dim: int = 128,
+) -> dict[str, float]:
   """k-means (and MCR²) clustering ACC (%) and NMI of ``Z: (n, d)`` against labels ``y: (n,)``.
 
   Returns ``kmeans_acc``, ``kmeans_nmi`` and, with ``mcr2``, ``mcr2_acc``, ``mcr2_nmi``
@@ -199,8 +216,10 @@ def evaluate(Z, y, *, num_clusters: int | None = None, seed: int = 0, num_iters:
     Zm, ym = pca_project(Z[:m], mcr2_max_dim), y[:m]
     # Seeded from k-means on the same (projected) rows, so the head starts where it refines.
     _, C, _ = kmeans(Zm, k, key_mcr2, num_iters=num_iters, num_restarts=num_restarts)
-    pred, history = mcr2_cluster(Zm, C, eps_sq=eps_sq, steps=mcr2_steps, lr=mcr2_lr,
-                                 temperature=mcr2_temperature)
-    out.update(mcr2_acc=hungarian_accuracy(ym, pred), mcr2_nmi=nmi(ym, pred),
-               mcr2_delta_r=float(history[-1]))
+    pred, history = mcr2_cluster(
+      Zm, C, eps_sq=eps_sq, steps=mcr2_steps, lr=mcr2_lr, temperature=mcr2_temperature
+    )
+    out.update(
+      mcr2_acc=hungarian_accuracy(ym, pred), mcr2_nmi=nmi(ym, pred), mcr2_delta_r=float(history[-1])
+    )
   return out

@@ -3,6 +3,7 @@
 Evaluators work on host NumPy arrays (features are small: n × d float32) and jit
 only their heavy inner loops, so they run the same under the trainer and alone.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -53,9 +54,9 @@ def batched(fn: Callable, x: np.ndarray, batch_size: int) -> np.ndarray:
   batch_size = min(int(batch_size), n)
   out = []
   for start in range(0, n, batch_size):
-    chunk = x[start:start + batch_size]
+    chunk = x[start : start + batch_size]
     pad = batch_size - len(chunk)
     if pad:
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-    out.append(np.asarray(fn(chunk))[:batch_size - pad])
+    out.append(np.asarray(fn(chunk))[: batch_size - pad])
   return np.concatenate(out)

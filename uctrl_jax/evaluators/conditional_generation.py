@@ -1,7 +1,7 @@
 """Unsupervised conditional generation: decode samples from each cluster's principal subspace.
 
-Protocol (SPEC §4): cluster the training features (k-means, or the labels when
-given); for each cluster ``c`` with centred features ``Z_c − μ_c = U S Vᵀ`` draw
+Protocol (docs/method.md#evaluation-protocols): cluster the training features (k-means, or the
+labels when given); for each cluster ``c`` with centred features ``Z_c − μ_c = U S Vᵀ`` draw
 ``z = μ_c + Σ_{j ≤ r} a_j (s_j / √n_c) v_j``, ``a ~ N(0, I)`` (a Gaussian with the
 cluster's spread along its top ``r`` components), scale to unit norm (the encoder's
 outputs are unit rows) and decode. The grid has one row per cluster: the decoded
@@ -14,6 +14,7 @@ training pixels) puts in their cluster's class, the most frequent label among th
 cluster's training members (samples of a cluster look like its class = conditional
 generation works; a collapsed decoder drawing one thing for every cluster scores low).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -27,8 +28,9 @@ from uctrl_jax.evaluators import common
 from uctrl_jax.evaluators import knn
 
 
-def cluster_samples(Z, assign, num_clusters: int, key, *, num_components: int = 8,
-                    num_samples: int = 10):
+def cluster_samples(
+  Z, assign, num_clusters: int, key, *, num_components: int = 8, num_samples: int = 10
+):
   """Unit features sampled per cluster.
 
   Args:
@@ -51,7 +53,7 @@ def cluster_samples(Z, assign, num_clusters: int, key, *, num_components: int = 
     mean = Zc.mean(0)
     _, s, Vt = np.linalg.svd(Zc - mean, full_matrices=False)
     r = min(num_components, len(s))
-    total = np.sum(s ** 2)
+    total = np.sum(s**2)
     explained[c] = np.sum(s[:r] ** 2) / total if total > 0 else 1.0
     spread = s[:r] / np.sqrt(len(Zc))  # standard deviation along each component
     draws = mean + (coeffs[c, :, :r] * spread) @ Vt[:r]
@@ -59,9 +61,20 @@ def cluster_samples(Z, assign, num_clusters: int, key, *, num_components: int = 
   return samples, explained
 
 
-def evaluate(Z, decode: Callable, *, labels=None, num_clusters: Optional[int] = None, seed: int = 0,
-             num_components: int = 8, num_samples: int = 10, x_train=None, y_train=None,
-             num_classes: Optional[int] = None, batch_size: int = 500):
+def evaluate(
+  Z,
+  decode: Callable,
+  *,
+  labels=None,
+  num_clusters: Optional[int] = None,
+  seed: int = 0,
+  num_components: int = 8,
+  num_samples: int = 10,
+  x_train=None,
+  y_train=None,
+  num_classes: Optional[int] = None,
+  batch_size: int = 500,
+):
   """``(grid, metrics)``: the (rows = clusters) uint8 picture and the module's metrics.
 
   Args:
@@ -81,8 +94,14 @@ def evaluate(Z, decode: Callable, *, labels=None, num_clusters: Optional[int] = 
     if not num_clusters:
       raise ValueError("num_clusters is required without labels")
     assign, _, _ = clustering.kmeans(Z, int(num_clusters), key_kmeans)
-  samples, explained = cluster_samples(Z, assign, int(num_clusters), key_samples,
-                                       num_components=num_components, num_samples=num_samples)
+  samples, explained = cluster_samples(
+    Z,
+    assign,
+    int(num_clusters),
+    key_samples,
+    num_components=num_components,
+    num_samples=num_samples,
+  )
   K, S, d = samples.shape
   images = common.batched(decode, samples.reshape(K * S, d), batch_size)
   images = images.reshape((K, S) + images.shape[1:])

@@ -12,6 +12,7 @@ Gaussians fitted to two sets of rows (Heusel et al. 2017). Reported:
   holding them). Nothing is ever downloaded; without the path FID is skipped and the
   log says so.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -22,13 +23,18 @@ from scipy import linalg
 
 from uctrl_jax.evaluators import common
 
-SKIP_MESSAGE = ("FID skipped: config.evals.fid.inception_path is not set (no Inception weights "
-                "on this machine; nothing is downloaded)")
+SKIP_MESSAGE = (
+  "FID skipped: config.evals.fid.inception_path is not set (no Inception weights "
+  "on this machine; nothing is downloaded)"
+)
 
 
 def frechet_distance(A, B, eps: float = 1e-6) -> float:
   """Fréchet distance of the Gaussians fitted to ``A: (n, d)`` and ``B: (m, d)`` (n, m ≥ 2)."""
-  A, B = common.as_features("A", A).astype(np.float64), common.as_features("B", B).astype(np.float64)
+  A, B = (
+    common.as_features("A", A).astype(np.float64),
+    common.as_features("B", B).astype(np.float64),
+  )
   if A.shape[1] != B.shape[1] or len(A) < 2 or len(B) < 2:
     raise ValueError(f"need two sets of ≥ 2 rows of one width; got {A.shape}, {B.shape}")
   mu_a, mu_b = A.mean(0), B.mean(0)
@@ -46,6 +52,7 @@ def frechet_distance(A, B, eps: float = 1e-6) -> float:
 def load_inception(path: str) -> Callable[[np.ndarray], np.ndarray]:
   """``features(images (B, H, W, C) in [-1, 1]) -> (B, D)`` from the SavedModel at ``path``."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel  (only when asked for)
+
   model = tf.saved_model.load(path)
 
   def features(images: np.ndarray) -> np.ndarray:
@@ -57,11 +64,19 @@ def load_inception(path: str) -> Callable[[np.ndarray], np.ndarray]:
     if isinstance(out, dict):
       out = out.get("pool_3", next(iter(out.values())))
     return np.asarray(out).reshape(len(images), -1)
+
   return features
 
 
-def evaluate(z_test, zhat_test, *, x_test=None, x_hat=None, inception_path: Optional[str] = None,
-             batch_size: int = 100) -> dict[str, float]:
+def evaluate(
+  z_test,
+  zhat_test,
+  *,
+  x_test=None,
+  x_hat=None,
+  inception_path: Optional[str] = None,
+  batch_size: int = 100,
+) -> dict[str, float]:
   """Metrics of the module docstring; ``fid`` needs ``x_test``, ``x_hat`` and ``inception_path``."""
   out = {"frechet_z_zhat": frechet_distance(z_test, zhat_test)}
   if not inception_path:

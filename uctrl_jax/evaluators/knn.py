@@ -1,10 +1,11 @@
 """Weighted k-nearest-neighbour classifier on frozen features (solo-learn's protocol).
 
-Protocol (solo-learn ``WeightedKNNClassifier``, SPEC §4): train and test features are
-L2-normalised; a test sample's ``k = 20`` most cosine-similar training samples vote
+Protocol (solo-learn ``WeightedKNNClassifier``, docs/method.md#evaluation-protocols): train and test
+features are L2-normalised; a test sample's ``k = 20`` most cosine-similar training samples vote
 for their labels with weight ``exp(cos / T)``, ``T = 0.07``; the class with the largest
 total weight wins. Reported: test top-1 in %.
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,8 +26,16 @@ def _votes(queries, reference, reference_labels, temperature, *, k: int, num_cla
   return jnp.einsum("qk,qkc->qc", weights, onehot)
 
 
-def weighted_knn(train_z, train_y, test_z, *, num_classes: int | None = None, k: int = 20,
-                 temperature: float = 0.07, chunk_size: int = 500) -> np.ndarray:
+def weighted_knn(
+  train_z,
+  train_y,
+  test_z,
+  *,
+  num_classes: int | None = None,
+  k: int = 20,
+  temperature: float = 0.07,
+  chunk_size: int = 500,
+) -> np.ndarray:
   """Predicted labels ``(n_test,)`` int64 of the weighted kNN classifier.
 
   Args:
@@ -42,22 +51,34 @@ def weighted_knn(train_z, train_y, test_z, *, num_classes: int | None = None, k:
   train_z, test_z = common.as_features("train_z", train_z), common.as_features("test_z", test_z)
   train_y = common.as_labels("train_y", train_y, len(train_z))
   if train_z.shape[1] != test_z.shape[1]:
-    raise ValueError(f"train_z and test_z must have the same width; got {train_z.shape}, "
-                     f"{test_z.shape}")
+    raise ValueError(
+      f"train_z and test_z must have the same width; got {train_z.shape}, {test_z.shape}"
+    )
   num_classes = int(train_y.max()) + 1 if num_classes is None else int(num_classes)
   reference = jnp.asarray(common.l2_normalize(train_z))
   labels = jnp.asarray(train_y, jnp.int32)
   k = min(int(k), len(train_z))
   votes = common.batched(
-      lambda q: _votes(jnp.asarray(q), reference, labels, temperature, k=k, num_classes=num_classes),
-      common.l2_normalize(test_z), chunk_size)
+    lambda q: _votes(jnp.asarray(q), reference, labels, temperature, k=k, num_classes=num_classes),
+    common.l2_normalize(test_z),
+    chunk_size,
+  )
   return votes.argmax(axis=1)
 
 
-def evaluate(train_z, train_y, test_z, test_y, *, num_classes: int | None = None, k: int = 20,
-             temperature: float = 0.07) -> dict[str, float]:
+def evaluate(
+  train_z,
+  train_y,
+  test_z,
+  test_y,
+  *,
+  num_classes: int | None = None,
+  k: int = 20,
+  temperature: float = 0.07,
+) -> dict[str, float]:
   """``{"top1": %}`` of ``weighted_knn`` on the test set."""
   test_y = common.as_labels("test_y", test_y, len(test_z))
-  pred = weighted_knn(train_z, train_y, test_z, num_classes=num_classes, k=k,
-                      temperature=temperature)
+  pred = weighted_knn(
+    train_z, train_y, test_z, num_classes=num_classes, k=k, temperature=temperature
+  )
   return {"top1": common.accuracy(test_y, pred)}

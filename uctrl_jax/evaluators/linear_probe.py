@@ -10,6 +10,7 @@ Protocol (fixed, so numbers are comparable across runs):
   not depend on the initialisation, zeros here);
 - reported: test top-1 in % (and train top-1, to spot under-fitting).
 """
+
 from __future__ import annotations
 
 import functools
@@ -32,7 +33,10 @@ def standardize(train_z: np.ndarray, test_z: np.ndarray, eps: float = 1e-6):
 @functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
 def _fit(Z, y, lr, weight_decay, *, num_classes: int, steps: int):
   """``(W (d, C), b (C,))`` minimising cross-entropy + ``weight_decay/2 |W|²`` on ``Z: (n, d)``."""
-  params = (jnp.zeros((Z.shape[1], num_classes), jnp.float32), jnp.zeros((num_classes,), jnp.float32))
+  params = (
+    jnp.zeros((Z.shape[1], num_classes), jnp.float32),
+    jnp.zeros((num_classes,), jnp.float32),
+  )
   tx = optax.adam(optax.cosine_decay_schedule(lr, steps))
 
   def loss(params):
@@ -50,8 +54,17 @@ def _fit(Z, y, lr, weight_decay, *, num_classes: int, steps: int):
   return params
 
 
-def evaluate(train_z, train_y, test_z, test_y, *, num_classes: int | None = None,
-             steps: int = 500, lr: float = 0.05, weight_decay: float = 1e-4) -> dict[str, float]:
+def evaluate(
+  train_z,
+  train_y,
+  test_z,
+  test_y,
+  *,
+  num_classes: int | None = None,
+  steps: int = 500,
+  lr: float = 0.05,
+  weight_decay: float = 1e-4,
+) -> dict[str, float]:
   """``{"top1": %, "train_top1": %}`` of the linear probe (module docstring).
 
   Args:
@@ -66,8 +79,16 @@ def evaluate(train_z, train_y, test_z, test_y, *, num_classes: int | None = None
   if num_classes is None:
     num_classes = int(max(train_y.max(), test_y.max())) + 1
   train_s, test_s = standardize(train_z, test_z)
-  W, b = _fit(jnp.asarray(train_s), jnp.asarray(train_y, jnp.int32), jnp.float32(lr),
-              jnp.float32(weight_decay), num_classes=int(num_classes), steps=int(steps))
+  W, b = _fit(
+    jnp.asarray(train_s),
+    jnp.asarray(train_y, jnp.int32),
+    jnp.float32(lr),
+    jnp.float32(weight_decay),
+    num_classes=int(num_classes),
+    steps=int(steps),
+  )
   W, b = np.asarray(W), np.asarray(b)
-  return {"top1": common.accuracy(test_y, (test_s @ W + b).argmax(1)),
-          "train_top1": common.accuracy(train_y, (train_s @ W + b).argmax(1))}
+  return {
+    "top1": common.accuracy(test_y, (test_s @ W + b).argmax(1)),
+    "train_top1": common.accuracy(train_y, (train_s @ W + b).argmax(1)),
+  }

@@ -8,6 +8,7 @@ residual ``|(I − U_c U_cᵀ) z|``. Directions whose singular value is numerica
 arbitrary orthonormal completion, which could reach into other classes' subspaces.
 Reported: test top-1 in %.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,8 +16,9 @@ import numpy as np
 from uctrl_jax.evaluators import common
 
 
-def class_subspaces(train_z, train_y, num_classes: int, n_components: int,
-                    rtol: float = 1e-6) -> np.ndarray:
+def class_subspaces(
+  train_z, train_y, num_classes: int, n_components: int, rtol: float = 1e-6
+) -> np.ndarray:
   """``(C, d, r)`` orthonormal bases (zero columns where a class has fewer directions).
 
   Args:
@@ -45,8 +47,9 @@ def residuals(Z: np.ndarray, bases: np.ndarray) -> np.ndarray:
   return np.sum(Z * Z, axis=1, keepdims=True) - np.sum(proj * proj, axis=2)
 
 
-def evaluate(train_z, train_y, test_z, test_y, *, num_classes: int | None = None,
-             n_components: int = 10) -> dict[str, float]:
+def evaluate(
+  train_z, train_y, test_z, test_y, *, num_classes: int | None = None, n_components: int = 10
+) -> dict[str, float]:
   """``{"top1": %}`` of the nearest-subspace classifier (module docstring)."""
   train_z, test_z = common.as_features("train_z", train_z), common.as_features("test_z", test_z)
   train_y = common.as_labels("train_y", train_y, len(train_z))

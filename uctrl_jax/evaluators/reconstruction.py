@@ -11,6 +11,7 @@ Protocol:
 
 Without labels (``y_train`` or ``y_test`` None) only ``mse`` and ``psnr``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,8 +30,17 @@ def mse_psnr(x, x_hat) -> dict[str, float]:
   return {"mse": mse, "psnr": psnr}
 
 
-def evaluate(x_train, y_train, x_test, y_test, x_hat, *, num_classes: int | None = None,
-             k: int = 20, temperature: float = 0.07) -> dict[str, float]:
+def evaluate(
+  x_train,
+  y_train,
+  x_test,
+  y_test,
+  x_hat,
+  *,
+  num_classes: int | None = None,
+  k: int = 20,
+  temperature: float = 0.07,
+) -> dict[str, float]:
   """Metrics of the module docstring.
 
   Args:
@@ -43,8 +53,14 @@ def evaluate(x_train, y_train, x_test, y_test, x_hat, *, num_classes: int | None
     return out
   y_test = common.as_labels("y_test", y_test, len(x_test))
   # One classifier, two query sets: real test images, then their reconstructions.
-  pred = knn.weighted_knn(x_train, y_train, np.concatenate([x_test, x_hat]),
-                          num_classes=num_classes, k=k, temperature=temperature)
-  out["real_top1"] = common.accuracy(y_test, pred[:len(x_test)])
-  out["consistency"] = common.accuracy(y_test, pred[len(x_test):])
+  pred = knn.weighted_knn(
+    x_train,
+    y_train,
+    np.concatenate([x_test, x_hat]),
+    num_classes=num_classes,
+    k=k,
+    temperature=temperature,
+  )
+  out["real_top1"] = common.accuracy(y_test, pred[: len(x_test)])
+  out["consistency"] = common.accuracy(y_test, pred[len(x_test) :])
   return out

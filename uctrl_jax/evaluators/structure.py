@@ -1,11 +1,12 @@
 """Structure score: how block-diagonal ``|Z Zᵀ|`` is when samples are sorted by label.
 
-The number behind the paper's heatmaps (SPEC §4): on the test split, the mean ``|cos|``
-of feature pairs of the same class divided by the mean ``|cos|`` of pairs of different
-classes. Orthogonal class subspaces give between-class ``|cos|`` 0 (score ∞); features
+The number behind the paper's heatmaps (docs/method.md#evaluation-protocols): on the test split, the
+mean ``|cos|`` of feature pairs of the same class divided by the mean ``|cos|`` of pairs of
+different classes. Orthogonal class subspaces give between-class ``|cos|`` 0 (score ∞); features
 that ignore the classes give 1. Pairs ``(i, i)`` are left out; labels only group the
 pairs (the features are learned without them).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,9 @@ import numpy as np
 from uctrl_jax.evaluators import common
 
 
-def abs_cos_within_between(Z, labels, *, num_classes: int | None = None,
-                           chunk_size: int = 1000) -> tuple[float, float]:
+def abs_cos_within_between(
+  Z, labels, *, num_classes: int | None = None, chunk_size: int = 1000
+) -> tuple[float, float]:
   """Mean ``|cos|`` over same-class pairs ``i ≠ j`` and over different-class pairs.
 
   Args:
@@ -41,7 +43,7 @@ def abs_cos_within_between(Z, labels, *, num_classes: int | None = None,
     between_sum += per_class.sum() - own.sum()
   counts = np.bincount(y, minlength=C).astype(np.float64)
   n_within = float(np.sum(counts * (counts - 1)))
-  n_between = float(len(Z) ** 2 - np.sum(counts ** 2))
+  n_between = float(len(Z) ** 2 - np.sum(counts**2))
   within = within_sum / n_within if n_within else float("nan")
   between = between_sum / n_between if n_between else float("nan")
   return float(within), float(between)
