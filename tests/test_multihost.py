@@ -236,9 +236,10 @@ def test_two_processes_log_the_terms_of_one_with_8_devices(two_hosts, one_host_8
   # The terms are replicated results of the same all-reduces: both processes log them.
   _assert_terms_close(_logged_terms(log1), two, 1e-6, 0.0, "process 1 vs 0")
   # The same partitioned program in one process, with in-process instead of gloo
-  # all-reduces: equal to about 1e-6 (2026-11-29).
+  # all-reduces: equal to about 1e-6 (2026-11-29); 1.1e-6 on ΔR(Z, Ẑ) ≈ 0.006 at step 2
+  # with the encoder's lr of 1e-3 (2026-12-03), larger steps carrying the noise further.
   _assert_terms_close(
-    two, _logged_terms(one_host_8[1]), 1e-5, 1e-6, "2 processes vs 1 process with 8 devices"
+    two, _logged_terms(one_host_8[1]), 1e-5, 5e-6, "2 processes vs 1 process with 8 devices"
   )
 
 

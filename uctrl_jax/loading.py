@@ -30,7 +30,14 @@ _DEFAULT_CONFIG = os.path.join(
 
 # Settings whose value, for a run saved before the setting existed, is not today's
 # default: what the code did then. Every other missing key takes today's default.
-_BEFORE_THE_KEY_EXISTED = {("model", "upsample"): "pixel_shuffle"}
+_BEFORE_THE_KEY_EXISTED = {
+  ("model", "upsample"): "pixel_shuffle",
+  ("loss", "aug_target"): "image",
+  ("loss", "rate_on_views"): False,
+  ("train", "encoder_bn_in_decoder_step"): "batch",
+  ("train", "encoder_b1"): 0.5,  # one β₁ for both players then (train.b1)
+  ("train", "decoder_b1"): 0.5,
+}
 
 
 def eval_mode_loop(config, image_shape) -> Tuple[Callable, Optional[Callable]]:
