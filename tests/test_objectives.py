@@ -163,9 +163,14 @@ def test_game_terms_without_views_leave_the_augmentation_term_out():
   lam1 = config.loss.lambda_aug
   for key in ("R", "delta_R_z_zhat", "self"):
     np.testing.assert_allclose(partial[key], full[key], rtol=1e-6)
-  # The decoder's objective differs by the λ₁ term only, a constant for η.
+  # The decoder's objective differs by the λ₁ term and (rate_on_views, the default) the
+  # views' half of the expansion: both constant for η.
+  assert config.loss.rate_on_views and "R_views" not in partial
+  views_half = 0.5 * (full["R_views"] - full["R"])
   np.testing.assert_allclose(
-    partial["decoder_objective"], full["decoder_objective"] - lam1 * full["aug"], rtol=1e-5
+    partial["decoder_objective"],
+    full["decoder_objective"] - lam1 * full["aug"] - views_half,
+    rtol=1e-5,
   )
 
 
@@ -200,6 +205,7 @@ def test_rate_on_views_expands_the_views_as_much_as_the_image():
   Z_all = _views(9, 4, 24, 8)
   Z, Zhat, Z_aug = Z_all[0], Z_all[1], Z_all[2:]
   labels = jnp.zeros(24, jnp.int32)
+  config.loss.rate_on_views = False
   plain = objectives.game_terms(config, Z, Zhat, Z_aug, labels)
   config.loss.rate_on_views = True
   views = objectives.game_terms(config, Z, Zhat, Z_aug, labels)

@@ -1,4 +1,8 @@
-"""benchmarks/recipes.py end to end: budgets from timed iterations, rows, table, curve."""
+"""benchmarks/recipes.py end to end: budgets from timed iterations, rows, table, curve.
+
+About four minutes on 2 CPU cores (five small runs and their evaluations): a slow test,
+run with ``pytest -m slow tests/test_recipes.py``.
+"""
 
 import importlib.util
 import json
@@ -7,6 +11,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 import uctrl_jax
 
@@ -22,6 +27,7 @@ def _recipes():
   return module
 
 
+@pytest.mark.slow
 def test_recipes_train_each_seed_for_the_measured_budget_and_tabulate(
   fashion_mnist_data_dir, tmp_path
 ):
