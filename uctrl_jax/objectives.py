@@ -56,6 +56,15 @@ def views_mean_invariance(Z_views: Array) -> Array:
   return jnp.mean(1.0 - jnp.sum(_unit(Z_views) * target[None], axis=-1), axis=0)
 
 
+def mean_views_rate(Z_views: Array, eps_sq) -> Array:
+  """``()``: ``mean_v R(Z_v)``, the coding rate of each view's batch, averaged over views.
+
+  Args:
+    Z_views: (V, n, d) float32 features of V views of n samples.
+  """
+  return jnp.mean(jax.vmap(lambda Z: rr.coding_rate(Z, eps_sq))(Z_views))
+
+
 def tcr_objective(Z_views: Array, eps_sq, lambda_inv) -> dict:
   """EMP-SSL's objective, to maximise: ``mean_v R(Z_v) − λ · mean_{v,i} (1 − cos(z_vi, z̄_i))``.
 
@@ -67,8 +76,7 @@ def tcr_objective(Z_views: Array, eps_sq, lambda_inv) -> dict:
     dict of () float32: ``R`` (mean rate of the views), ``aug`` (mean invariance term)
     and ``encoder_objective`` (maximised).
   """
-  rates = jax.vmap(lambda Z: rr.coding_rate(Z, eps_sq))(Z_views)  # (V,)
-  R = jnp.mean(rates)
+  R = mean_views_rate(Z_views, eps_sq)
   aug = jnp.mean(views_mean_invariance(Z_views))
   return {"R": R, "aug": aug, "aug_per_sample": aug, "encoder_objective": R - lambda_inv * aug}
 
@@ -168,7 +176,7 @@ def game_terms(config, Z: Array, Zhat: Array, Z_aug: Array, labels: Array) -> di
     # The expansion term over the image and its views alike (EMP-SSL expands each view):
     # ½ (R(Z) + mean_v R(Z_v)) in place of R(Z). Constant in η, so the decoder step, which
     # may not encode the views, leaves it out.
-    terms["R_views"] = jnp.mean(jax.vmap(lambda Zv: rr.coding_rate(Zv, loss.eps_sq))(Z_aug))
+    terms["R_views"] = mean_views_rate(Z_aug, loss.eps_sq)
     expansion = 0.5 * (terms["R"] + terms["R_views"])
     shift = 0.5 * (terms["R_views"] - terms["R"])
   # Ablation weights (benchmarks/ablations.py): 0 removes the expansion or ΔR(Z, Ẑ) from

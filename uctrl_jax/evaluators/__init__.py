@@ -49,16 +49,6 @@ import numpy as np
 
 from uctrl_jax.evaluators import common
 
-ALL = (
-  "knn",
-  "linear_probe",
-  "nearest_subspace",
-  "clustering",
-  "reconstruction",
-  "conditional_generation",
-  "fid",
-  "structure",
-)
 # Evaluators that need only features: the ones run on raw pixels and random encoders.
 CLASSIFIERS = ("knn", "linear_probe", "nearest_subspace", "clustering", "structure")
 
@@ -193,6 +183,7 @@ _REGISTRY = {
   "fid": (_fid, True, ()),
   "structure": (_structure, False, ("test",)),
 }
+ALL = tuple(_REGISTRY)  # every evaluator's name, in the registry's order
 
 
 def build_one(name: str, options: Optional[Mapping[str, Any]] = None) -> Evaluator:
