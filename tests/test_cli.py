@@ -39,12 +39,22 @@ def _assert_one_line_error(status, stderr, *fragments):
     assert fragment in last, (fragment, last)
 
 
-def test_eval_of_a_directory_without_a_run(tmp_path):
+@pytest.mark.parametrize("exists", [False, True], ids=["absent", "empty"])
+def test_eval_of_a_directory_without_a_run(tmp_path, exists):
   workdir = tmp_path / "no_run"
+  if exists:
+    workdir.mkdir()
   status, stderr = _main("--mode=eval", "--config=configs/tiny.py", f"--workdir={workdir}")
   _assert_one_line_error(
     status, stderr, f"error: {workdir} holds no run: no {workdir / 'config.json'}"
   )
+
+
+def test_eval_of_a_run_whose_checkpoint_cannot_be_read(tmp_path):
+  _saved_run(tmp_path)
+  _unreadable_checkpoint(tmp_path)
+  status, stderr = _main("--mode=eval", "--config=configs/tiny.py", f"--workdir={tmp_path}")
+  _assert_one_line_error(status, stderr, f"error: the checkpoint in {tmp_path} cannot be read")
 
 
 def test_bad_config_value(tmp_path):
@@ -89,13 +99,24 @@ def _saved_run(workdir):
   checkpointing.save_config(str(workdir), config)
 
 
-def test_load_of_a_directory_without_a_run(tmp_path):
+def _unreadable_checkpoint(workdir):
+  """A step directory (step 3) that orbax lists but cannot restore."""
+  step_dir = workdir / "checkpoints" / "3"
+  (step_dir / "state").mkdir(parents=True)
+  (step_dir / "state" / "garbage").write_text("not a checkpoint")
+
+
+@pytest.mark.parametrize("exists", [False, True], ids=["absent", "empty"])
+def test_load_of_a_directory_without_a_run(tmp_path, exists):
+  workdir = tmp_path / "none"
+  if exists:
+    workdir.mkdir()
   with pytest.raises(
-    checkpointing.RunLoadError,
-    match=f"{tmp_path / 'none'} holds no run: no {tmp_path / 'none'}/config.json",
+    checkpointing.RunLoadError, match=f"{workdir} holds no run: no {workdir}/config.json"
   ):
-    uctrl_jax.load(str(tmp_path / "none"))
-  assert not (tmp_path / "none").exists()  # looking created nothing
+    uctrl_jax.load(str(workdir))
+  # Looking created nothing.
+  assert (os.listdir(workdir) == []) if exists else not workdir.exists()
 
 
 def test_load_of_a_run_without_checkpoint_or_with_a_damaged_one(tmp_path):
@@ -104,9 +125,7 @@ def test_load_of_a_run_without_checkpoint_or_with_a_damaged_one(tmp_path):
     uctrl_jax.load(str(tmp_path))
   with pytest.raises(checkpointing.RunLoadError, match="no checkpoint for step 7"):
     uctrl_jax.load(str(tmp_path), step=7)
-  step_dir = tmp_path / "checkpoints" / "3"  # a step directory holding no checkpoint
-  (step_dir / "state").mkdir(parents=True)
-  (step_dir / "state" / "garbage").write_text("not a checkpoint")
+  _unreadable_checkpoint(tmp_path)
   with pytest.raises(
     checkpointing.RunLoadError, match=f"the checkpoint in {tmp_path} cannot be read"
   ) as e:

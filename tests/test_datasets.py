@@ -107,9 +107,13 @@ def _image_folder(root, size=(6, 8)):
   return root
 
 
-def test_image_folder_reads_images_and_labels(tmp_path):
+def test_image_folder_reads_images_and_labels(tmp_path, caplog):
   root = _image_folder(tmp_path / "imgs")
-  source = datasets.open_dataset(f"image_folder:{root}")
+  with caplog.at_level(logging.INFO, logger="absl"):
+    source = datasets.open_dataset(f"image_folder:{root}")
+  # Named class folders get ids by a documented rule (sorted names), logged once.
+  notes = [r.getMessage() for r in caplog.records if "classes numbered" in r.getMessage()]
+  assert notes == [f"image_folder {root}: classes numbered by sorted name: 0 cat, 1 dog"]
   info = source.info
   assert info.image_shape == (8, 6, 3)  # PIL sizes are (W, H).
   assert info.num_classes == 2 and info.class_names == ("cat", "dog")

@@ -143,7 +143,8 @@ def test_no_readable_checkpoint_is_an_error_naming_them(npz_path, four_step_run,
   ckpt_dir = os.path.join(workdir, "checkpoints")
   for step in ("2", "4"):
     _damage(os.path.join(ckpt_dir, step))
-  with pytest.raises(RuntimeError, match=r"no readable checkpoint") as e:
+  # RunLoadError: main.py prints it as one `error:` line.
+  with pytest.raises(checkpointing.RunLoadError, match=r"no readable checkpoint") as e:
     train.train_and_evaluate(_config(npz_path, num_steps=6), workdir)
   assert f"{ckpt_dir}/4" in str(e.value) and f"{ckpt_dir}/2" in str(e.value)
   # Nothing moved, nothing new written: the next start fails the same way, never at step 0.
