@@ -250,6 +250,12 @@ INVALID = [
   (_mutate("data.name", "no_such_dataset"), r"'no_such_dataset' is not a tensorflow-datasets"),
   (_mutate("data.name", "npz:/no/such.npz"), r"no such file or directory '/no/such.npz'"),
   (
+    _mutate("data.train_split", "train[:half]"),
+    r"config.data.train_split: Bad split 'train\[:half\]': slice bound 'half' is not",
+  ),
+  (_mutate("evals.test_split", "train[90%]"), r"config.evals.test_split: Bad split 'train\[90%\]'"),
+  (_mutate("evals.train_split", "train[:120%]"), r"config.evals.train_split: .* outside \[-100%"),
+  (
     _mutate("evals.during_training.names", ("knn", "knnn")),
     r"config.evals.during_training.names has 'knnn', not one of",
   ),

@@ -138,19 +138,39 @@ def _bound(text: str, n: int, split: str) -> Optional[int]:
   text = text.strip()
   if not text:
     return None
-  match = _BOUND.fullmatch(text)
-  if not match:
-    raise DataError(
-      f"Bad split {split!r}: slice bound {text!r} is not an integer or a percentage like 90%."
-    )
-  value = int(match.group(1))
-  if match.group(2):
-    if not -100 <= value <= 100:
-      raise DataError(f"Bad split {split!r}: {text} is outside [-100%, 100%].")
+  value, percent = _BOUND.fullmatch(text).groups()  # parse_split checked the syntax
+  value = int(value)
+  if percent:
     return int(round(value * n / 100))  # tfds's "closest" rounding
   if not -n <= value <= n:
     raise DataError(f"Bad split {split!r}: index {value} is out of range for its {n} examples.")
   return value
+
+
+def parse_split(split: str) -> re.Match:
+  """The parts of `split` ("train", "train[:90%]", "train[10:20]"): NAME, START, STOP.
+
+  Checks the syntax only (ranges need the split's size: `split_positions`), so a
+  config's splits can be checked before any data is opened.
+  Raises:
+    DataError: `split` is not NAME or NAME[START:STOP] with integer or percent bounds.
+  """
+  match = _SPLIT.fullmatch(split) if isinstance(split, str) else None
+  if not match:
+    raise DataError(
+      f"Bad split {split!r}: expected NAME or NAME[START:STOP], e.g. "
+      "train[:90%], train[90%:], train[100:200]."
+    )
+  for text in (match.group("start"), match.group("stop")):
+    text = (text or "").strip()
+    bound = _BOUND.fullmatch(text)
+    if text and not bound:
+      raise DataError(
+        f"Bad split {split!r}: slice bound {text!r} is not an integer or a percentage like 90%."
+      )
+    if text and bound.group(2) and not -100 <= int(bound.group(1)) <= 100:
+      raise DataError(f"Bad split {split!r}: {text} is outside [-100%, 100%].")
+  return match
 
 
 def split_positions(
@@ -169,12 +189,7 @@ def split_positions(
   Raises:
     DataError: a malformed bound, an index out of range, or an empty slice.
   """
-  match = _SPLIT.fullmatch(split)
-  if not match:
-    raise DataError(
-      f"Bad split {split!r}: expected NAME or NAME[START:STOP], e.g. "
-      "train[:90%], train[90%:], train[100:200]."
-    )
+  match = parse_split(split)
   if match.group("start") is None:
     return None
   start = _bound(match.group("start"), num_examples, split)

@@ -163,6 +163,18 @@ def check_dataset_name(config: ml_collections.ConfigDict) -> None:
     )
 
 
+def check_splits(config: ml_collections.ConfigDict) -> None:
+  """The split fields parse as NAME or NAME[START:STOP] (their ranges are checked when
+  the data opens), so a typo fails before compilation and names its field."""
+  from uctrl_jax import datasets  # pylint: disable=import-outside-toplevel  (TensorFlow)
+
+  for dotted in ("data.train_split", "evals.train_split", "evals.test_split"):
+    try:
+      datasets.parse_split(_get(config, dotted))
+    except datasets.DataError as e:
+      raise ConfigError(f"config.{dotted}: {e}") from None
+
+
 def check_numbers(config: ml_collections.ConfigDict) -> None:
   """Positivity and integrality of the numeric settings."""
   _require_number(config, "loss.eps_sq", positive=True)
@@ -416,6 +428,7 @@ def validate_config(
   check_image_shape(config, image_shape)
   check_batch_divisibility(config, device_count, process_count)
   check_dataset_name(config)
+  check_splits(config)
   if workdir is not None:
     check_workdir_writable(workdir)
     check_workdir_compatible(config, workdir, image_shape)
