@@ -4,7 +4,8 @@
 
 The recipe of configs/default.py (8 views pulled to the views' mean at λ₁ = 30, R
 expanded over the views, λ₂ = 30, the encoder's Adam 1e-3) at width 32, batch 64, 1 500
-iterations: 17-19 minutes of training on 2 CPU cores. Measured on the full test split
+iterations: 9.3 minutes of training on 2 idle CPU cores (17-19 with other work running;
+4× the iterations do not lift the features: docs/recipes.md). Measured on the full test split
 (2026-12-03, seeds 0 / 1; the README's results table): kNN top-1 89.64 / 89.51 and
 linear probe 87.91 / 87.53 (raw pixels 85.07 / 84.48; the encoder-only TCR baseline
 89.32 / 88.10 in the same minutes), reconstruction class consistency 82.5% / 82.4%
