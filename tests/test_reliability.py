@@ -280,6 +280,18 @@ INVALID = [
 ]
 
 
+def test_tfds_split_expressions_are_left_to_tfds():
+  # tfds parses more than NAME[START:STOP] (e.g. "train[:50%]+test"): only npz: and
+  # image_folder: splits are checked against this project's grammar up front.
+  config = tiny.get_config()
+  config.data.name = "fashion_mnist"
+  config.evals.test_split = "train[:50%]+test"
+  validation.check_splits(config)
+  config.data.name = "npz:/data.npz"
+  with pytest.raises(validation.ConfigError, match=r"config.evals.test_split: Bad split"):
+    validation.check_splits(config)
+
+
 @pytest.fixture
 def no_compile(monkeypatch):
   """Anything past validation (model init, step compilation) fails the test."""

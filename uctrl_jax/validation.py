@@ -164,10 +164,14 @@ def check_dataset_name(config: ml_collections.ConfigDict) -> None:
 
 
 def check_splits(config: ml_collections.ConfigDict) -> None:
-  """The split fields parse as NAME or NAME[START:STOP] (their ranges are checked when
-  the data opens), so a typo fails before compilation and names its field."""
+  """For ``npz:``/``image_folder:`` data, the split fields parse as NAME or
+  NAME[START:STOP] (their ranges are checked when the data opens), so a typo fails before
+  compilation and names its field. tfds names are left to tfds, whose split expressions
+  (``train[:50%]+test``, …) are more than this grammar."""
   from uctrl_jax import datasets  # pylint: disable=import-outside-toplevel  (TensorFlow)
 
+  if _get(config, "data.name", "").partition(":")[0] not in ("npz", "image_folder"):
+    return
   for dotted in ("data.train_split", "evals.train_split", "evals.test_split"):
     try:
       datasets.parse_split(_get(config, dotted))
