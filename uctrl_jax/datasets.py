@@ -133,25 +133,17 @@ _SPLIT = re.compile(r"(?P<base>[^\[\]]+)(?:\[(?P<start>[^:\[\]]*):(?P<stop>[^:\[
 _BOUND = re.compile(r"(-?\d+)(%?)")
 
 
-def _bound(text: str, n: int, split: str) -> Optional[int]:
-  """One slice bound of `split` as an index into n examples (None: open)."""
-  text = text.strip()
-  if not text:
-    return None
-  value, percent = _BOUND.fullmatch(text).groups()  # parse_split checked the syntax
-  value = int(value)
-  if percent:
-    return int(round(value * n / 100))  # tfds's "closest" rounding
-  if not -n <= value <= n:
-    raise DataError(f"Bad split {split!r}: index {value} is out of range for its {n} examples.")
-  return value
+# One slice bound: (value, is_percent); None for an open bound.
+_Bound = Optional[tuple[int, bool]]
 
 
-def parse_split(split: str) -> re.Match:
-  """The parts of `split` ("train", "train[:90%]", "train[10:20]"): NAME, START, STOP.
+def parse_split(split: str) -> tuple[str, Optional[tuple[_Bound, _Bound]]]:
+  """`split` ("train", "train[:90%]", "train[10:20]") as (NAME, (START, STOP)).
 
   Checks the syntax only (ranges need the split's size: `split_positions`), so a
   config's splits can be checked before any data is opened.
+  Returns:
+    NAME, and None when `split` is not sliced, else its two bounds (`_Bound`).
   Raises:
     DataError: `split` is not NAME or NAME[START:STOP] with integer or percent bounds.
   """
@@ -161,16 +153,35 @@ def parse_split(split: str) -> re.Match:
       f"Bad split {split!r}: expected NAME or NAME[START:STOP], e.g. "
       "train[:90%], train[90%:], train[100:200]."
     )
-  for text in (match.group("start"), match.group("stop")):
-    text = (text or "").strip()
+  if match.group("start") is None:
+    return match.group("base"), None
+  bounds = []
+  for text in (match.group("start").strip(), match.group("stop").strip()):
+    if not text:
+      bounds.append(None)
+      continue
     bound = _BOUND.fullmatch(text)
-    if text and not bound:
+    if not bound:
       raise DataError(
         f"Bad split {split!r}: slice bound {text!r} is not an integer or a percentage like 90%."
       )
-    if text and bound.group(2) and not -100 <= int(bound.group(1)) <= 100:
+    value, percent = int(bound.group(1)), bool(bound.group(2))
+    if percent and not -100 <= value <= 100:
       raise DataError(f"Bad split {split!r}: {text} is outside [-100%, 100%].")
-  return match
+    bounds.append((value, percent))
+  return match.group("base"), tuple(bounds)
+
+
+def _index(bound: _Bound, n: int, split: str) -> Optional[int]:
+  """One parsed slice bound of `split` as an index into n examples (None: open)."""
+  if bound is None:
+    return None
+  value, percent = bound
+  if percent:
+    return int(round(value * n / 100))  # tfds's "closest" rounding
+  if not -n <= value <= n:
+    raise DataError(f"Bad split {split!r}: index {value} is out of range for its {n} examples.")
+  return value
 
 
 def split_positions(
@@ -189,11 +200,10 @@ def split_positions(
   Raises:
     DataError: a malformed bound, an index out of range, or an empty slice.
   """
-  match = parse_split(split)
-  if match.group("start") is None:
+  base, bounds = parse_split(split)
+  if bounds is None:
     return None
-  start = _bound(match.group("start"), num_examples, split)
-  stop = _bound(match.group("stop"), num_examples, split)
+  start, stop = (_index(bound, num_examples, split) for bound in bounds)
   order = (
     np.random.RandomState(SLICE_SHUFFLE_SEED).permutation(num_examples)
     if shuffled
@@ -201,9 +211,7 @@ def split_positions(
   )
   positions = order[start:stop].astype(np.int64)
   if not len(positions):
-    raise DataError(
-      f"Split {split!r} is empty (its split {match.group('base')!r} has {num_examples} examples)."
-    )
+    raise DataError(f"Split {split!r} is empty (its split {base!r} has {num_examples} examples).")
   return positions
 
 
