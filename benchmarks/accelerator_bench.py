@@ -26,9 +26,9 @@ itself):
 * a case that runs out of device memory reads "does not fit" and the next one runs.
 
 Usage:
-  python benchmarks/accelerator_bench.py --quick   # batch 512 only, 4 cases; < 5 min on an H200
-  python benchmarks/accelerator_bench.py           # all 12 cases
-  python benchmarks/accelerator_bench.py --ci      # one tiny DCGAN case: the CPU test's form
+  python -m benchmarks.accelerator_bench --quick   # batch 512 only, 4 cases; < 5 min on an H200
+  python -m benchmarks.accelerator_bench           # all 12 cases
+  python -m benchmarks.accelerator_bench --ci      # one tiny DCGAN case: the CPU test's form
   [--pairs dcgan,resnet18] [--dtypes float32,bfloat16] [--batches 128,512,2048]
   [--width W] [--feature_dim D] [--rounds R] [--iterations K] [--budget_s S] [--json PATH]
 
@@ -48,9 +48,8 @@ import sys
 import time
 import types
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_ROOT = os.path.dirname(_HERE)
-sys.path[:0] = [_ROOT, _HERE]
+# The children run this module from the repository root, wherever the driver was started.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 IMAGE_SHAPE = (32, 32, 3)  # CIFAR-shaped
 PAIRS = ("dcgan", "resnet18")
@@ -157,7 +156,7 @@ def _is_out_of_memory(error: BaseException) -> bool:
 def measure(pair, dtype, batch_size, *, rounds, iterations, width=None, feature_dim=None) -> dict:
   """Times one case in this process (see the module docstring); returns its row as a dict."""
   import jax  # pylint: disable=import-outside-toplevel
-  import jax_loop  # pylint: disable=import-outside-toplevel
+  from benchmarks import jax_loop  # pylint: disable=import-outside-toplevel
   from uctrl_jax import models  # pylint: disable=import-outside-toplevel
 
   config = case_config(pair, dtype, batch_size, width, feature_dim)
@@ -227,11 +226,12 @@ TABLE_HEADER = (
 
 
 def run_child(flags, timeout_s):
-  """Runs this script with ``flags`` in a child process: ``(result dict or None, why)``,
+  """Runs this module with ``flags`` in a child process: ``(result dict or None, why)``,
   ``why`` saying why there is no result (the time budget, or the child's last stderr line)."""
   try:
     proc = subprocess.run(
-      [sys.executable, os.path.abspath(__file__)] + flags,
+      [sys.executable, "-m", "benchmarks.accelerator_bench"] + flags,
+      cwd=_ROOT,
       capture_output=True,
       text=True,
       timeout=timeout_s,
@@ -246,7 +246,7 @@ def run_child(flags, timeout_s):
 
 
 def run_case_process(case, args, timeout_s) -> dict:
-  """One case's row, measured in a child process (this script with ``--case``)."""
+  """One case's row, measured in a child process (this module with ``--case``)."""
   pair, dtype, batch = case
   flags = [
     "--case",

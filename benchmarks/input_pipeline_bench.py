@@ -5,7 +5,7 @@ CIFAR-shaped data (random uint8 32×32×3, read as `npz:`) and the real
 Fashion-MNIST (prepared offline from the Debian files if needed), with V = 1, 2,
 and prints images/s (each image with its V views) after a warm-up.
 
-    .venv/bin/python benchmarks/input_pipeline_bench.py [--batches 30]
+    .venv/bin/python -m benchmarks.input_pipeline_bench [--batches 30]
         [--batch_size 512] [--data_dir DIR]
 
 The comparison column uses a prototype trainer's rate, measured before this project's
@@ -15,12 +15,10 @@ machine; docs/benchmarks.md), i.e. about 174 images/s.
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 

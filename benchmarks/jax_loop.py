@@ -26,6 +26,7 @@ import numpy as np
 from uctrl_jax import objectives
 from uctrl_jax import sharding
 from uctrl_jax import train
+from uctrl_jax.state import create_train_state
 
 
 def random_batch(config, image_shape, seed=0) -> dict:
@@ -106,7 +107,7 @@ class JaxLoop:
     self.image_shape = image_shape
     self.mesh = sharding.create_mesh(mesh_config=config.mesh)
     self.state = sharding.replicate(
-      train.create_train_state(config, image_shape, jax.random.key(config.seed)), self.mesh
+      create_train_state(config, image_shape, jax.random.key(config.seed)), self.mesh
     )
     self.encoder_step, self.decoder_step = train.make_steps(config, image_shape)
     self.host_batch = host_batch

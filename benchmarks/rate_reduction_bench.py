@@ -19,20 +19,18 @@ Needs PyTorch's CPU wheel, which is kept out of the runtime requirements:
 ``.venv/bin/pip install torch==2.13.0``.
 
 Usage:
-  .venv/bin/python benchmarks/rate_reduction_bench.py [--sizes 1024,4096] [--repeats 15]
+  .venv/bin/python -m benchmarks.rate_reduction_bench [--sizes 1024,4096] [--repeats 15]
 """
 
 import argparse
 import os
 import statistics
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # PyTorch's OpenMP workers otherwise spin for a while after each call and steal the
 # cores from the JAX run that follows in the interleaved timing.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -38,7 +38,7 @@ Also, per case:
   ``~/tensorflow_datasets``) against pre-loaded device batches.
 
 Usage:
-  .venv/bin/python benchmarks/train_step_bench.py --cases fashion_mnist_b128 --repeats 5
+  .venv/bin/python -m benchmarks.train_step_bench --cases fashion_mnist_b128 --repeats 5
       [--breakdown] [--pipeline] [--width W] [--upsample OP] [--json PATH]
 
 Needs PyTorch's CPU wheel, which is kept out of the project's requirements:
@@ -57,9 +57,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # PyTorch's OpenMP workers otherwise spin for a while after each call and steal the
 # cores from the JAX run that follows in the interleaved timing (4× slower JAX runs).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, _ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -68,13 +65,13 @@ import optax  # noqa: E402
 import threadpoolctl  # noqa: E402
 
 from configs import cifar, fashion_mnist, tiny  # noqa: E402
-from jax_loop import JaxLoop, interleaved, median_ms, random_batch, timed, unit_rows  # noqa: E402
+from benchmarks.jax_loop import JaxLoop, interleaved, median_ms, random_batch, timed, unit_rows  # noqa: E402
 from uctrl_jax import guards  # noqa: E402
 from uctrl_jax import models  # noqa: E402
 from uctrl_jax import objectives  # noqa: E402
 from uctrl_jax import rate_reduction as rr  # noqa: E402
 from uctrl_jax import sharding  # noqa: E402
-from uctrl_jax import train  # noqa: E402
+from uctrl_jax.state import make_optimizers  # noqa: E402
 
 
 def _case_config(get_config, batch_size=None):
@@ -106,7 +103,7 @@ def check_objectives_agree(config, sizes=(16, 256), num_views=2, rtol=1e-4, atol
   2n ≥ d for d = config.model.feature_dim). Returns the largest relative difference.
   """
   import torch
-  import torch_uctrl
+  from benchmarks import torch_uctrl
 
   loss, d = config.loss, config.model.feature_dim
   worst = 0.0
@@ -170,7 +167,7 @@ class TorchLoop:
 
   def __init__(self, config, image_shape, host_batch):
     import torch
-    import torch_uctrl
+    from benchmarks import torch_uctrl
 
     self.torch = torch
     self.model = torch_uctrl.TorchUCTRL(config, image_shape, seed=config.seed)
@@ -202,7 +199,7 @@ def torch_parts(tl: TorchLoop, config) -> dict:
   statistics as they are (as the JAX parts do, which never write them back).
   """
   import torch
-  import torch_uctrl
+  from benchmarks import torch_uctrl
 
   model, X, views = tl.model, tl.X, tl.views
   enc, dec = model.encoder, model.decoder
@@ -321,7 +318,7 @@ def breakdown(loop: JaxLoop, tl: TorchLoop, repeats: int):
   """
   config, image_shape = loop.config, loop.image_shape
   encoder, decoder = models.create_models(config, image_shape)
-  enc_tx, dec_tx = train.make_optimizers(config)
+  enc_tx, dec_tx = make_optimizers(config)
   # Copies: the steps donate the state, which would delete arrays shared with it.
   s = jax.tree.map(jnp.copy, loop.state)
   ep, es, dp, ds = s.encoder_params, s.encoder_batch_stats, s.decoder_params, s.decoder_batch_stats
@@ -496,7 +493,7 @@ def pipeline_comparison(loop: JaxLoop, data_dir, rounds: int, block: int) -> dic
 
 def run_case(name: str, args) -> dict:
   import torch
-  import torch_uctrl
+  from benchmarks import torch_uctrl
 
   make_config, image_shape = CASES[name]
   config = make_config()

@@ -1,28 +1,14 @@
-"""benchmarks/ablations.py end to end on a few iterations of real Fashion-MNIST."""
+"""experiments/ablations.py end to end on a few iterations of real Fashion-MNIST."""
 
-import importlib.util
 import json
 import os
-import sys
 
 import numpy as np
 
-_BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
-
-
-def _ablations():
-  if _BENCH_DIR not in sys.path:
-    sys.path.insert(0, _BENCH_DIR)  # ablations imports sweep by name
-  spec = importlib.util.spec_from_file_location(
-    "ablations", os.path.join(_BENCH_DIR, "ablations.py")
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from experiments import ablations
 
 
 def test_ablation_sweep_writes_rows_table_doc_and_heatmaps(fashion_mnist_data_dir, tmp_path):
-  ablations = _ablations()
   doc = tmp_path / "ablations.md"
   doc.write_text("intro\n<!-- ablations:begin -->\nold\n<!-- ablations:end -->\nafter\n")
   out = tmp_path / "sweep"

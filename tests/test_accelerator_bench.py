@@ -25,7 +25,7 @@ ABSENT_ON_ACCELERATOR_IMAGES = (
 def test_ci_case_runs_without_tensorflow_clu_or_ml_collections(env_without, tmp_path):
   out = tmp_path / "rows.json"
   proc = subprocess.run(
-    [sys.executable, "benchmarks/accelerator_bench.py", "--ci", "--json", str(out)],
+    [sys.executable, "-m", "benchmarks.accelerator_bench", "--ci", "--json", str(out)],
     cwd=REPO,
     env=env_without(*ABSENT_ON_ACCELERATOR_IMAGES),
     capture_output=True,

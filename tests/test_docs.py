@@ -14,12 +14,12 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PAGES = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
-TREES = ["uctrl_jax", "configs", "tests", "benchmarks", "scripts", "docs", ".ci"]
+TREES = ["uctrl_jax", "configs", "tests", "benchmarks", "experiments", "scripts", "docs", ".ci"]
 FILES = ["main.py", "README.md", "requirements.txt", "pyproject.toml"]
 
 _LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 _QUOTED_PATH = re.compile(
-  r"`((?:uctrl_jax|configs|tests|benchmarks|docs|scripts)/[\w./-]*|main\.py|requirements\.txt"
+  r"`((?:uctrl_jax|configs|tests|benchmarks|experiments|docs|scripts)/[\w./-]*|main\.py|requirements\.txt"
   r"|pyproject\.toml)`"
 )
 _METHOD_ANCHOR = re.compile(r"docs/method\.md#([\w-]+)")

@@ -1,37 +1,24 @@
-"""benchmarks/recipes.py end to end: budgets from timed iterations, rows, table, curve.
+"""experiments/recipes.py end to end: budgets from timed iterations, rows, table, curve.
 
 About four minutes on 2 CPU cores (five small runs and their evaluations): a slow test,
 run with ``pytest -m slow tests/test_recipes.py``.
 """
 
-import importlib.util
 import json
 import os
-import sys
 
 import jax
 import numpy as np
 import pytest
 
+from experiments import recipes
 import uctrl_jax
-
-_BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
-
-
-def _recipes():
-  if _BENCH_DIR not in sys.path:
-    sys.path.insert(0, _BENCH_DIR)  # recipes imports sweep by name
-  spec = importlib.util.spec_from_file_location("recipes", os.path.join(_BENCH_DIR, "recipes.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 @pytest.mark.slow
 def test_recipes_train_each_seed_for_the_measured_budget_and_tabulate(
   fashion_mnist_data_dir, tmp_path
 ):
-  recipes = _recipes()
   out = tmp_path / "recipes"
   common = [
     f"--out={out}",

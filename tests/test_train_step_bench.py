@@ -4,10 +4,6 @@ Only where PyTorch is installed (a benchmark-only dependency; CI has none): the
 whole module is skipped otherwise.
 """
 
-import importlib.util
-import os
-import sys
-
 import jax
 import numpy as np
 import pytest
@@ -18,19 +14,8 @@ from configs import fashion_mnist, tiny  # noqa: E402
 from uctrl_jax import models  # noqa: E402
 from uctrl_jax import rate_reduction as rr  # noqa: E402
 
-_BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
-
-
-def _load(name):
-  if _BENCH_DIR not in sys.path:
-    sys.path.insert(0, _BENCH_DIR)  # train_step_bench imports torch_uctrl by name
-  spec = importlib.util.spec_from_file_location(name, os.path.join(_BENCH_DIR, f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-torch_uctrl = _load("torch_uctrl")
+from benchmarks import torch_uctrl  # noqa: E402
+from benchmarks import train_step_bench as bench  # noqa: E402
 
 
 def _unit_rows(rng, *shape):
@@ -62,7 +47,6 @@ def test_torch_objective_matches_jax(n, sample_distance, sample_reduction):
 
 
 def test_benchmark_startup_check_passes():
-  bench = _load("train_step_bench")
   assert bench.check_objectives_agree(fashion_mnist.get_config(), sizes=(16, 128)) < 1e-4
 
 
@@ -104,7 +88,6 @@ def test_torch_iteration_updates_only_the_stepped_player():
 
 @pytest.mark.slow
 def test_benchmark_runs_on_the_tiny_case(tmp_path):
-  bench = _load("train_step_bench")
   out = tmp_path / "r.json"
   [result] = bench.main(["--cases", "tiny", "--repeats", "1", "--breakdown", "--json", str(out)])
   assert result["compiles_per_iteration"][0] > 0

@@ -1,6 +1,6 @@
 """What each term of the uCTRL game does (issue 9): equal-budget ablations on Fashion-MNIST.
 
-    .venv/bin/python benchmarks/ablations.py --out=/tmp/uctrl_ablations --steps=500 \\
+    .venv/bin/python -m experiments.ablations --out=/tmp/uctrl_ablations --steps=500 \\
         --doc=docs/ablations.md --figure=docs/ablation_heatmaps.png
 
 Each variant is ``configs/fashion_mnist.py`` with one change (``VARIANTS``), trained for
@@ -31,16 +31,14 @@ import argparse
 import os
 import re
 import shutil
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
-import sweep  # noqa: E402  (benchmarks/sweep.py: configs, training, resume)
+from experiments import sweep  # noqa: E402  (configs, training, resume)
 from uctrl_jax import evaluate  # noqa: E402
 from uctrl_jax import evaluators  # noqa: E402
 from uctrl_jax import figures  # noqa: E402

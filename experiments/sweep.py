@@ -1,7 +1,7 @@
 """Equal-budget sweeps on Fashion-MNIST: train each variant, evaluate it, tabulate.
 
-    .venv/bin/python benchmarks/sweep.py --sweep=defaults --out=/tmp/uctrl_sweep
-    .venv/bin/python benchmarks/sweep.py --sweep=defaults --out=/tmp/uctrl_sweep --steps=500 --only=base,exact
+    .venv/bin/python -m experiments.sweep --sweep=defaults --out=/tmp/uctrl_sweep
+    .venv/bin/python -m experiments.sweep --sweep=defaults --out=/tmp/uctrl_sweep --steps=500 --only=base,exact
 
 Every variant is ``configs/fashion_mnist.py`` plus a few overrides (``SWEEPS``), trained
 for the same number of iterations (``--steps``) with the same seed in ``OUT/NAME`` and
@@ -20,11 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import logging  # noqa: E402
 import numpy as np  # noqa: E402

@@ -1,6 +1,6 @@
 """Fashion-MNIST quality benchmark: train configs/fashion_mnist.py, evaluate, print a table.
 
-    .venv/bin/python benchmarks/fashion_mnist_quality.py --workdir=/tmp/fm_quality
+    .venv/bin/python -m experiments.fashion_mnist_quality --workdir=/tmp/fm_quality
 
 trains from scratch (about 12 minutes on 2 CPU cores; an existing workdir resumes, so
 the training time printed is that of the remaining steps), then runs
@@ -10,7 +10,7 @@ and MCR²), PSNR and reconstruction class consistency, each beside the raw-pixel
 initial-encoder baselines. ``results.json``, ``results.md`` and ``figures/`` land in
 the workdir. Config overrides work as for main.py; a smoke run:
 
-    .venv/bin/python benchmarks/fashion_mnist_quality.py --workdir=/tmp/fm_smoke \\
+    .venv/bin/python -m experiments.fashion_mnist_quality --workdir=/tmp/fm_smoke \\
         --config.train.num_steps=2 --config.evals.max_train_examples=2000 \\
         --config.evals.max_test_examples=500
 
@@ -18,11 +18,9 @@ the workdir. Config overrides work as for main.py; a smoke run:
 """
 
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402

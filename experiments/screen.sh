@@ -4,7 +4,7 @@
 # checkpoint on the full Fashion-MNIST split with kNN, the linear probe and (for the
 # game) reconstruction; appends one line to OUT/screens.md.
 #
-#   bash benchmarks/screen.sh OUT NAME [--config.section.key=value ...]
+#   bash experiments/screen.sh OUT NAME [--config.section.key=value ...]
 #
 # The in-training evaluation (kNN and linear probe on 10 000 / 2 000 images every
 # eval_every steps) gives each run's curve in its TensorBoard files. Run one screen at a

@@ -1,8 +1,8 @@
 """Equal-minutes comparison on Fashion-MNIST: uCTRL recipes against the encoder-only
 self-supervised baselines, raw pixels and the untrained encoder, two seeds each.
 
-    .venv/bin/python benchmarks/recipes.py --out=/tmp/uctrl_recipes --minutes=20
-    .venv/bin/python benchmarks/recipes.py --out=/tmp/uctrl_recipes --minutes=20 \\
+    .venv/bin/python -m experiments.recipes --out=/tmp/uctrl_recipes --minutes=20
+    .venv/bin/python -m experiments.recipes --out=/tmp/uctrl_recipes --minutes=20 \\
         --curve=uctrl --multiple=4          # one recipe's learning curve to 4× the budget
 
 Each recipe (``RECIPES``) is ``configs/fashion_mnist.py`` plus overrides. Its iteration
@@ -31,23 +31,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from absl import logging  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-import sweep  # noqa: E402  (benchmarks/sweep.py: configs from overrides, resumable rows)
+from experiments import sweep  # noqa: E402  (configs from overrides, resumable rows)
 import uctrl_jax  # noqa: E402
 from uctrl_jax import evaluate  # noqa: E402
 from uctrl_jax import evaluators  # noqa: E402
 from uctrl_jax import input_pipeline  # noqa: E402
+from uctrl_jax import guards  # noqa: E402
 from uctrl_jax import sharding  # noqa: E402
 from uctrl_jax import train  # noqa: E402
+from uctrl_jax.state import create_train_state  # noqa: E402
 
 # name -> (label, overrides of configs/fashion_mnist.py). "uctrl" is the default itself.
 RECIPES = {
@@ -108,7 +108,7 @@ def seconds_per_iteration(config, iterations: int = SPEED_ITERATIONS) -> float:
   them (BLAS limit included)."""
   mesh = sharding.create_mesh(mesh_config=config.mesh)
   image_shape = input_pipeline.get_dataset_info(config).image_shape
-  state = sharding.replicate(train.create_train_state(config, image_shape, jax.random.key(0)), mesh)
+  state = sharding.replicate(create_train_state(config, image_shape, jax.random.key(0)), mesh)
   encoder_step, decoder_step = train.make_steps(config, image_shape)
   batches = input_pipeline.create_dataset(
     config, "train", process_index=0, process_count=1
@@ -125,7 +125,7 @@ def seconds_per_iteration(config, iterations: int = SPEED_ITERATIONS) -> float:
       )
     return jax.block_until_ready(state)
 
-  with train.limit_host_blas(config.train.host_blas_threads):
+  with guards.limit_host_blas(config.train.host_blas_threads):
     state = run(2, state)
     start = time.time()
     run(iterations, state)
