@@ -366,7 +366,7 @@ def no_compile(monkeypatch):
     raise AssertionError("reached model initialisation / compilation")
 
   monkeypatch.setattr(train, "create_train_state", refuse)
-  monkeypatch.setattr(train, "make_steps", refuse)
+  monkeypatch.setattr(steps, "make_steps", refuse)
 
 
 @pytest.mark.parametrize(
