@@ -363,9 +363,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           run.images(step, host_batch, state)
         if save_now or stop:
           run.checkpoint(step, state)
-        if (
-          run.periodic_eval.due(step, last) and not stop
-        ):  # after the save: a failure loses nothing
+        # After the save: a failure loses nothing.
+        if run.periodic_eval.due(step, last) and not stop:
           run.evaluate(step, state)
         if stop:
           run.stopped(stop, step)
