@@ -129,7 +129,7 @@ def get_config() -> ml_collections.ConfigDict:
   # "running" statistics, as evaluation runs it (X only: the views' term is constant in η).
   config.train.encoder_bn_in_decoder_step = "running"
   # Threads of the host's BLAS/LAPACK during training (jaxlib's CPU Cholesky runs in scipy's
-  # OpenBLAS; its spinning threads slow XLA's: train.limit_host_blas). None: as found.
+  # OpenBLAS; its spinning threads slow XLA's: guards.limit_host_blas). None: as found.
   config.train.host_blas_threads = 1
   config.train.log_every = 50
   config.train.image_every = 500
@@ -150,8 +150,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.health = ml_collections.ConfigDict(
     dict(collapse_fraction=0.5, fooling_cos=0.75, fooling_mse_fraction=0.9)
   )
-  # Test-only fault hook: NaN in the encoder's parameters and objective after this step.
-  config.train.fault_inject_nan_at_step = ml_collections.config_dict.placeholder(int)
 
   # --- evaluation (uctrl_jax/evaluators/, evaluate.py; docs/method.md#evaluation-protocols) ---
   # Each evaluator's block holds keyword arguments of its module's `evaluate`.

@@ -11,7 +11,7 @@ import pytest
 from configs import tiny
 from uctrl_jax import checkpointing
 from uctrl_jax import sharding
-from uctrl_jax import train
+from uctrl_jax.state import TrainState, create_train_state
 
 IMAGE_SHAPE = (28, 28, 1)
 
@@ -24,7 +24,7 @@ def mesh():
 @pytest.fixture(scope="module")
 def fresh_state(mesh):
   """A freshly initialised TrainState replicated over the mesh (the restore target)."""
-  state = train.create_train_state(tiny.get_config(), IMAGE_SHAPE, jax.random.key(0))
+  state = create_train_state(tiny.get_config(), IMAGE_SHAPE, jax.random.key(0))
   return sharding.replicate(state, mesh)
 
 
@@ -59,7 +59,7 @@ def test_round_trip_keeps_values_and_sharding(tmp_path, fresh_state, mesh):
   with checkpointing.Checkpointer(str(tmp_path)) as ckpt:
     restored, restored_extra = ckpt.restore(fresh_state)
   assert restored_extra == extra
-  assert isinstance(restored, train.TrainState)
+  assert isinstance(restored, TrainState)
   _assert_trees_equal(restored, saved)  # params, batch stats, both Adam states, step
   assert int(restored.step) == int(saved.step) != 0
   expected_sharding = sharding.replicated(mesh)

@@ -2,7 +2,7 @@
 missing stop-gradient, and on a learning rate other than the schedule's.
 
 The references are written here from docs/method.md#the-game (``rate_reduction.uctrl_objective`` on
-features computed with the models directly), not through ``train.make_steps``:
+features computed with the models directly), not through ``steps.make_steps``:
 
     encoder θ:  max  J_f(θ) = R(Z) + ΔR(Z, Ẑ) − λ₁ Σ ΔR(zᵢ, z_aᵢ) − λ₂ Σ ΔR(zᵢ, ẑᵢ),  X̂ constant
     decoder η:  min  J_g(η) = R(Z) + ΔR(Z, Ẑ) + λ₁ Σ ΔR(zᵢ, z_aᵢ) + λ₂ Σ ΔR(zᵢ, ẑᵢ),  Ẑ = f(g(Z))
@@ -12,7 +12,7 @@ step of a player changes its objective by ≈ ±lr · ‖∇J‖₁ to first ord
 for at least half of that, in the right direction.
 
 Mutation check (by hand, one mutation at a time): flipping the sign of the encoder loss
-in ``make_steps`` fails ``test_encoder_step_raises_the_encoder_objective`` and
+in ``uctrl_jax/steps.py`` fails ``test_encoder_step_raises_the_encoder_objective`` and
 ``test_encoder_step_holds_xhat_constant``; flipping the decoder's fails
 ``test_decoder_step_lowers_the_decoder_objective`` and
 ``test_decoder_step_gradient_flows_through_the_encoder``; removing the ``stop_gradient`` on
@@ -33,7 +33,8 @@ from configs import tiny
 from uctrl_jax import models
 from uctrl_jax import objectives
 from uctrl_jax import sharding
-from uctrl_jax import train
+from uctrl_jax import steps
+from uctrl_jax.state import create_train_state, make_optimizers
 
 IMAGE_SHAPE = (28, 28, 1)
 
@@ -135,9 +136,9 @@ def game():
   # first order predicts 15, curvature already bending the path.
   config.train.encoder_lr = config.train.decoder_lr = 1.5e-4
   mesh = sharding.create_mesh(jax.devices()[:1])
-  encoder_step, decoder_step = train.make_steps(config, IMAGE_SHAPE)
-  state = sharding.replicate(train.create_train_state(config, IMAGE_SHAPE, jax.random.key(0)), mesh)
-  state, _ = train.train_iteration(
+  encoder_step, decoder_step = steps.make_steps(config, IMAGE_SHAPE)
+  state = sharding.replicate(create_train_state(config, IMAGE_SHAPE, jax.random.key(0)), mesh)
+  state, _ = steps.train_iteration(
     encoder_step, decoder_step, state, sharding.shard_batch(_batch(config, seed=1), mesh), 1
   )
   return config, mesh, encoder_step, decoder_step, _copy(state), _batch(config)
@@ -171,9 +172,9 @@ def test_decoder_step_lowers_the_decoder_objective(game):
 
 
 def _adam_from(start, player, grad_of_objective, config, sign):
-  """Parameters after the player's optimizer (``train.make_optimizers``) applies the
+  """Parameters after the player's optimizer (``state.make_optimizers``) applies the
   gradient ``sign · ∇J`` of its loss from ``start``'s optimizer state."""
-  tx = train.make_optimizers(config)[0 if player == "encoder" else 1]
+  tx = make_optimizers(config)[0 if player == "encoder" else 1]
   params = getattr(start, f"{player}_params")
   loss_grad = jax.tree.map(lambda g: sign * g, grad_of_objective)
   updates, _ = tx.update(loss_grad, getattr(start, f"{player}_opt_state"), params)
@@ -220,7 +221,7 @@ def test_decoder_step_gradient_flows_through_the_encoder(game):
 
 
 def _expected_lr(base, step, *, schedule="constant", warmup=0, num_steps=100, scale=1.0):
-  """The documented schedule (configs/default.py, train.learning_rate_schedule), in closed
+  """The documented schedule (configs/default.py, state.learning_rate_schedule), in closed
   form: linear warm-up from 0 over ``warmup`` steps, then constant or a cosine decay to 0
   at ``num_steps``."""
   lr = base * scale
@@ -253,8 +254,8 @@ def test_logged_lr_follows_the_schedule(name):
     scale=config.train.batch_size / 256 if config.train.scale_lr_by_batch else 1.0,
   )
   mesh = sharding.create_mesh(jax.devices()[:1])
-  encoder_step, decoder_step = train.make_steps(config, IMAGE_SHAPE)
-  start = _copy(train.create_train_state(config, IMAGE_SHAPE, jax.random.key(0)))
+  encoder_step, decoder_step = steps.make_steps(config, IMAGE_SHAPE)
+  start = _copy(create_train_state(config, IMAGE_SHAPE, jax.random.key(0)))
   batch = sharding.shard_batch(_batch(config), mesh)
   for step in (0, 5, 10, 40, 99, 150):
     state = sharding.replicate(jax.tree.map(jnp.asarray, start.replace(step=np.int32(step))), mesh)
@@ -278,7 +279,7 @@ def test_optimizers_apply_the_lr_of_the_iteration(encoder_steps):
   many encoder updates an iteration makes."""
   config = tiny.get_config()
   config.train.update(num_steps=12, warmup_steps=4, schedule="cosine", encoder_steps=encoder_steps)
-  enc_tx, dec_tx = train.make_optimizers(config)
+  enc_tx, dec_tx = make_optimizers(config)
   params = {"w": jnp.zeros(())}
   grads = {"w": jnp.ones(())}
   enc_state, dec_state = enc_tx.init(params), dec_tx.init(params)

@@ -1,4 +1,5 @@
-"""Imports among ``uctrl_jax`` modules run one way: the module graph has no cycle.
+"""Imports among ``uctrl_jax`` modules run one way: the module graph has no cycle, and
+along the README's chains (``Layout``) no module imports one to its left.
 
 Every ``import`` statement counts, at module level and inside functions alike (a
 function-level import only hides a cycle until the function runs).
@@ -8,6 +9,12 @@ import ast
 import pathlib
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "uctrl_jax"
+# README "Layout": `train → evaluate → loading → state → models, objectives →
+# rate_reduction` and `train → steps → state`; modules of one step import none of theirs.
+CHAINS = (
+  ("train", "evaluate", "loading", "state", ("models", "objectives"), "rate_reduction"),
+  ("train", "steps", "state"),
+)
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -75,3 +82,34 @@ def test_no_import_cycle():
   graph = module_graph()
   assert "uctrl_jax.train" in graph and "uctrl_jax.evaluate" in graph["uctrl_jax.train"]
   assert find_cycle(graph) is None, " → ".join(find_cycle(graph))
+
+
+def backward_imports(graph: dict, chain) -> list:
+  """``(module, imported)`` pairs of ``graph`` where a module of ``chain`` (a sequence of
+  names or tuples of names) imports one of its own step or one to its left."""
+  steps = [(s,) if isinstance(s, str) else s for s in chain]
+  found = []
+  for i, step in enumerate(steps):
+    left = {f"uctrl_jax.{m}" for s in steps[: i + 1] for m in s}
+    for module in step:
+      found += [(module, dep) for dep in sorted(graph[f"uctrl_jax.{module}"] & left)]
+  return found
+
+
+def test_finds_a_backward_import():
+  graph = {"uctrl_jax.a": {"uctrl_jax.b"}, "uctrl_jax.b": {"uctrl_jax.a"}, "uctrl_jax.c": set()}
+  assert backward_imports(graph, ("a", "b")) == [("b", "uctrl_jax.a")]
+  assert backward_imports(graph, ("c", ("a", "b"))) == [
+    ("a", "uctrl_jax.b"),
+    ("b", "uctrl_jax.a"),
+  ]
+  assert backward_imports(graph, ("a", "c")) == []
+
+
+def test_imports_run_along_the_readme_chains():
+  graph = module_graph()
+  # The chains' arrows that are direct imports, so that the chains stay the real ones.
+  assert {"uctrl_jax.steps", "uctrl_jax.evaluate"} <= graph["uctrl_jax.train"]
+  assert "uctrl_jax.state" in graph["uctrl_jax.steps"]
+  for chain in CHAINS:
+    assert backward_imports(graph, chain) == [], chain

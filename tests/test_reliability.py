@@ -8,6 +8,7 @@ everything else runs in-process. A module-scoped run of 4 steps (checkpoints at 
 compilation cache keeps the many small runs cheap.
 """
 
+import json
 import logging
 import math
 import os
@@ -20,14 +21,19 @@ import threading
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import tiny
+import uctrl_jax
 from uctrl_jax import checkpointing
+from uctrl_jax import evaluate
 from uctrl_jax import guards
+from uctrl_jax import steps
 from uctrl_jax import train
 from uctrl_jax import validation
+from uctrl_jax.state import create_train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP_LINE = re.compile(r"step (\d+)/\d+ \|")
@@ -152,12 +158,77 @@ def test_no_readable_checkpoint_is_an_error_naming_them(npz_path, four_step_run,
   assert not os.path.exists(os.path.join(workdir, checkpointing.UNREADABLE_SUBDIR))
 
 
+# ------------------------------------------------------------------ old work directories
+
+
+def test_a_run_saved_with_a_retired_key_loads_evaluates_and_resumes(
+  npz_path, four_step_run, tmp_path, caplog
+):
+  """A ``config.json`` holding a key today's configs no longer have (the test-only
+  ``train.fault_inject_nan_at_step``, retired) still loads, evaluates and resumes."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(four_step_run, workdir)
+  path = os.path.join(workdir, checkpointing.CONFIG_FILENAME)
+  with open(path) as f:
+    saved = json.load(f)
+  assert "fault_inject_nan_at_step" not in saved["train"]
+  saved["train"]["fault_inject_nan_at_step"] = None  # as runs of the time wrote it
+  with open(path, "w") as f:
+    json.dump(saved, f)
+
+  loaded = uctrl_jax.load(workdir)
+  x = np.random.default_rng(0).uniform(-1, 1, (4, 28, 28, 1)).astype(np.float32)
+  np.testing.assert_array_equal(loaded.encode(x), uctrl_jax.load(four_step_run).encode(x))
+  config = _config(npz_path)
+  config.evals.update(
+    names=("knn",),
+    baselines=False,
+    figures=False,
+    train_split="train[:48]",
+    test_split="train[48:]",
+  )
+  results = evaluate.evaluate(config, workdir)  # main.py --mode=eval
+  assert results["step"] == 4 and 0 <= results["metrics"]["knn/top1"] <= 100
+  with caplog.at_level(logging.INFO, logger="absl"):
+    state = train.train_and_evaluate(_config(npz_path, num_steps=5), workdir)
+  assert int(state.step) == 5 and "resumed from" in caplog.text and "at step 4" in caplog.text
+
+
 # ------------------------------------------------------------------ non-finite guard
 
 
-def test_injected_nan_stops_naming_term_and_keeps_last_checkpoint(npz_path, tmp_path):
+def _inject_nan(state, metrics):
+  """The fault: NaN in every encoder parameter and in the logged encoder objective, as a
+  diverged step would leave them."""
+  state = state.replace(encoder_params=jax.tree.map(lambda x: x * jnp.nan, state.encoder_params))
+  return state, {**metrics, "encoder/encoder_objective": jnp.float32(jnp.nan)}
+
+
+@pytest.fixture
+def nan_at_step(monkeypatch):
+  """``nan_at_step(n)``: the loop's iteration that ends at step ``n`` leaves NaN
+  (``_inject_nan``), once, so that a rollback can get past it. The loop calls
+  ``steps.train_iteration`` through the module, so wrapping it there reaches the loop."""
+
+  def arm(fault_step):
+    iterate, injected = steps.train_iteration, []
+
+    def train_iteration(*args, **kwargs):
+      state, metrics = iterate(*args, **kwargs)
+      if not injected and int(state.step) == fault_step:
+        injected.append(fault_step)
+        state, metrics = _inject_nan(state, metrics)
+      return state, metrics
+
+    monkeypatch.setattr(steps, "train_iteration", train_iteration)
+
+  return arm
+
+
+def test_injected_nan_stops_naming_term_and_keeps_last_checkpoint(npz_path, tmp_path, nan_at_step):
   workdir = str(tmp_path / "run")
-  config = _config(npz_path, fault_inject_nan_at_step=3)  # log every step, checkpoints 2, 4
+  config = _config(npz_path)  # log every step, checkpoints 2, 4
+  nan_at_step(3)
   with pytest.raises(FloatingPointError) as e:
     train.train_and_evaluate(config, workdir)
   message = str(e.value)
@@ -166,23 +237,18 @@ def test_injected_nan_stops_naming_term_and_keeps_last_checkpoint(npz_path, tmp_
   assert "the last checkpoint, step 2" in message
   with checkpointing.Checkpointer(workdir) as ckpt:
     assert ckpt.all_steps() == [2]
-    target = train.create_train_state(config, (28, 28, 1), jax.random.key(0))
+    target = create_train_state(config, (28, 28, 1), jax.random.key(0))
     restored, extra = ckpt.restore(target)
   assert int(restored.step) == 2 and extra["batches_consumed"] == 2
   assert guards.nonfinite_state_leaves(restored) == []
 
 
-def test_rollback_skips_bad_batches_and_never_saves_nan(npz_path, tmp_path, caplog):
+def test_rollback_skips_bad_batches_and_never_saves_nan(npz_path, tmp_path, caplog, nan_at_step):
   """The NaN appears at a checkpoint step that is not a log step: the check before the
   save catches it; rollback restores step 2 and goes on with the next batches."""
   workdir = str(tmp_path / "run")
-  config = _config(
-    npz_path,
-    fault_inject_nan_at_step=3,
-    on_nonfinite="rollback",
-    log_every=1000,
-    checkpoint_every=1,
-  )
+  config = _config(npz_path, on_nonfinite="rollback", log_every=1000, checkpoint_every=1)
+  nan_at_step(3)
   with caplog.at_level(logging.WARNING, logger="absl"):
     state = train.train_and_evaluate(config, workdir)
   assert int(state.step) == 4
@@ -300,7 +366,7 @@ def no_compile(monkeypatch):
     raise AssertionError("reached model initialisation / compilation")
 
   monkeypatch.setattr(train, "create_train_state", refuse)
-  monkeypatch.setattr(train, "make_steps", refuse)
+  monkeypatch.setattr(steps, "make_steps", refuse)
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 In a process where importing ``tensorflow`` or ``tensorflow_datasets`` fails, as on an
 accelerator image without them: ``uctrl_jax.rate_reduction``, ``models``,
-``objectives`` and ``train`` import; ``create_train_state``, ``make_steps`` and
+``objectives``, ``state`` and ``steps`` import; ``create_train_state``, ``make_steps`` and
 ``train_iteration`` run one jitted iteration (8 simulated devices, conftest.py); a run
 saved with ``checkpointing`` loads with ``uctrl_jax.load`` and encodes as the state it
 was saved from. ``tests/test_accelerator_bench.py`` goes further (no clu or
@@ -20,7 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CODE = r"""
 import json, sys, tempfile
 import jax, jax.numpy as jnp, numpy as np
-from uctrl_jax import models, objectives, rate_reduction, sharding, train
+from uctrl_jax import models, objectives, rate_reduction, sharding, steps
+from uctrl_jax.state import create_train_state
 from uctrl_jax import checkpointing
 from uctrl_jax import loading
 import uctrl_jax
@@ -29,14 +30,14 @@ from configs import tiny
 shape = (28, 28, 1)
 config = tiny.get_config()
 mesh = sharding.create_mesh()
-state = sharding.replicate(train.create_train_state(config, shape, jax.random.key(0)), mesh)
-encoder_step, decoder_step = train.make_steps(config, shape)
+state = sharding.replicate(create_train_state(config, shape, jax.random.key(0)), mesh)
+encoder_step, decoder_step = steps.make_steps(config, shape)
 rng = np.random.default_rng(0)
 B, V = config.train.batch_size, config.data.num_views
 host = {"image": rng.uniform(-1, 1, (B, *shape)).astype(np.float32),
         "views": rng.uniform(-1, 1, (V, B, *shape)).astype(np.float32),
         "label": (np.arange(B) % 10).astype(np.int32)}
-state, metrics = train.train_iteration(encoder_step, decoder_step, state,
+state, metrics = steps.train_iteration(encoder_step, decoder_step, state,
                                        sharding.shard_batch(host, mesh), config.train.encoder_steps)
 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
 

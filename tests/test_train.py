@@ -1,4 +1,4 @@
-"""The alternating update of uctrl_jax/train.py on a tiny config and random images."""
+"""The alternating update of uctrl_jax/steps.py on a tiny config and random images."""
 
 import re
 
@@ -14,7 +14,8 @@ from uctrl_jax import models
 from uctrl_jax import objectives
 from uctrl_jax import rate_reduction as rr
 from uctrl_jax import sharding
-from uctrl_jax import train
+from uctrl_jax import steps
+from uctrl_jax.state import create_train_state, make_optimizers
 
 IMAGE_SHAPE = (28, 28, 1)
 
@@ -37,8 +38,8 @@ def _batch(config, seed=0):
 
 def _setup(config, devices):
   mesh = sharding.create_mesh(devices)
-  state = sharding.replicate(train.create_train_state(config, IMAGE_SHAPE, jax.random.key(0)), mesh)
-  encoder_step, decoder_step = train.make_steps(config, IMAGE_SHAPE)
+  state = sharding.replicate(create_train_state(config, IMAGE_SHAPE, jax.random.key(0)), mesh)
+  encoder_step, decoder_step = steps.make_steps(config, IMAGE_SHAPE)
   return mesh, state, encoder_step, decoder_step
 
 
@@ -138,7 +139,7 @@ def test_eight_devices_give_the_single_device_iteration(mode):
     mesh, state, encoder_step, decoder_step = _setup(config, devices)
     batch = sharding.shard_batch(host_batch, mesh)
     assert len(batch["views"].sharding.device_set) == len(devices)
-    state, metrics = train.train_iteration(
+    state, metrics = steps.train_iteration(
       encoder_step, decoder_step, state, batch, encoder_steps=2
     )
     results.append((jax.device_get(metrics), _copy(state)))
@@ -160,7 +161,7 @@ def test_bad_encoder_steps_and_batch_raise():
   config = _config()
   mesh, state, encoder_step, decoder_step = _setup(config, jax.devices()[:1])
   with pytest.raises(ValueError, match="encoder_steps must be ≥ 1"):
-    train.train_iteration(encoder_step, decoder_step, state, None, encoder_steps=0)
+    steps.train_iteration(encoder_step, decoder_step, state, None, encoder_steps=0)
   if jax.device_count() >= 8:
     with pytest.raises(ValueError, match="not divisible by its 8 local devices"):
       sharding.shard_batch(
@@ -254,7 +255,7 @@ def test_iteration_with_host_blas_limited_equals_the_plain_iteration():
           i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"
         ]
         assert blas and set(blas) == {1}
-      state, metrics = train.train_iteration(encoder_step, decoder_step, state, batch, 1)
+      state, metrics = steps.train_iteration(encoder_step, decoder_step, state, batch, 1)
       runs.append((_copy(state), jax.device_get(metrics)))
   (state_a, metrics_a), (state_b, metrics_b) = runs
   assert metrics_a.keys() == metrics_b.keys()
@@ -274,7 +275,7 @@ def test_encoder_only_modes_build_no_decoder_and_raise_their_objective(mode):
   host_batch = _batch(config)
   batch = sharding.shard_batch(host_batch, mesh)
   before = _copy(state)
-  state, metrics = train.train_iteration(encoder_step, None, state, batch, encoder_steps=1)
+  state, metrics = steps.train_iteration(encoder_step, None, state, batch, encoder_steps=1)
   assert int(state.step) == 1  # the encoder step ends an encoder-only iteration
   assert not any(k.startswith("decoder/") for k in metrics)
   _assert_trees_differ(before.encoder_params, state.encoder_params)
@@ -307,7 +308,7 @@ def test_encoder_only_modes_build_no_decoder_and_raise_their_objective(mode):
 def test_reconstruct_and_eval_loop_have_no_decoder_in_encoder_only_modes():
   config = _config(mode="tcr")
   assert loading.make_reconstruct(config, IMAGE_SHAPE) is None
-  assert train.make_steps(config, IMAGE_SHAPE)[1] is None
+  assert steps.make_steps(config, IMAGE_SHAPE)[1] is None
 
 
 def test_decoder_step_with_running_statistics_ignores_the_views():
@@ -350,7 +351,7 @@ def test_decoder_step_with_running_statistics_ignores_the_views():
 def test_each_player_has_its_own_adam_beta1():
   config = _config()
   config.train.encoder_b1, config.train.decoder_b1 = 0.9, 0.5
-  enc_tx, dec_tx = train.make_optimizers(config)
+  enc_tx, dec_tx = make_optimizers(config)
   params = {"w": jnp.zeros(3)}
   grads = {"w": jnp.array([1.0, -2.0, 0.5])}
   for tx, b1 in ((enc_tx, 0.9), (dec_tx, 0.5)):
@@ -365,7 +366,7 @@ def _one_iteration(config):
   mesh, state, encoder_step, decoder_step = _setup(config, jax.devices()[:1])
   batch = sharding.shard_batch(_batch(config), mesh)
   hlo = encoder_step.lower(state, batch).as_text()
-  state, metrics = train.train_iteration(
+  state, metrics = steps.train_iteration(
     encoder_step, decoder_step, state, batch, config.train.encoder_steps
   )
   return state, jax.device_get(metrics), hlo

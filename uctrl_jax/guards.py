@@ -1,6 +1,6 @@
 """The training loop's guards: preemption signals, non-finite checks, the health monitor
-of the game's known failures, the cap on the host's BLAS threads, and the test-only NaN
-fault. Host-side and independent of the model: ``train.train_and_evaluate`` uses them.
+of the game's known failures and the cap on the host's BLAS threads. Host-side and
+independent of the model: ``train.train_and_evaluate`` uses them.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import signal
 import threading
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional
 
 from absl import logging
 import jax
@@ -186,10 +186,3 @@ class StopSignals:
         self._sync_point_available = False
         logging.info("jax's preemption service is off: SIGTERM is not caught")
     return None
-
-
-def inject_nan(state: Any, metrics: dict) -> Tuple[Any, dict]:
-  """Test-only fault (``config.train.fault_inject_nan_at_step``): NaN in every encoder
-  parameter and in the logged encoder objective, as a diverged step would leave them."""
-  state = state.replace(encoder_params=jax.tree.map(lambda x: x * jnp.nan, state.encoder_params))
-  return state, {**metrics, "encoder/encoder_objective": jnp.float32(jnp.nan)}

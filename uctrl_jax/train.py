@@ -1,216 +1,39 @@
-"""The trainer: the encoder and decoder steps of the alternating maximin game and the
-loop that runs them (``train_and_evaluate``).
-
-One iteration = ``config.train.encoder_steps`` encoder updates maximising the encoder
-objective with ``X̂`` held constant, then one decoder update minimising the decoder
-objective with gradients through ``f`` but only ``η`` updated (docs/method.md#the-game).
-Both steps are jitted once with the state (``state.TrainState``) donated; the batch
-arrives sharded over the ``data`` mesh axis (``uctrl_jax/sharding.py``) and the rate
-terms see the global batch.
-
-``train_and_evaluate(config, workdir)`` runs the loop: batches from
-``input_pipeline``, the steps, console + TensorBoard scalars (clu) with a progress/ETA
-line, reconstruction grids, the guards of ``guards`` (preemption signals, non-finite
-values, the health monitor, the BLAS cap) and orbax checkpoints with automatic resume
-(``checkpointing``). Resuming restores the whole state and continues the data stream
-exactly where it was (``create_dataset(..., skip_batches=...)``), so an interrupted run
-repeats the uninterrupted one's batches. Every ``config.train.eval_every`` steps and at
-the end the cheap evaluators of ``config.evals.during_training`` run on a subset of both
-splits (``evaluate.PeriodicEval``) and are logged as ``eval/...`` scalars.
-
-Batch-norm semantics (docs/method.md#batch-norm-in-the-game):
-- the encoder sees ``[X; X_a]`` in one training-mode pass (one set of batch statistics
-  for real images and their views); its running statistics update in encoder steps
-  only;
-- ``f(X̂)`` uses the running statistics (``config.train.encoder_bn_on_xhat =
-  "running"``) or ``"batch"`` statistics of ``X̂``;
-- the decoder runs in training mode in both steps; its running statistics update in
-  decoder steps only.
+"""The training loop: ``train_and_evaluate(config, workdir)`` runs the game's steps
+(``steps``) on batches from ``input_pipeline`` and hands the periodic work to the named
+actions of ``_Run``: ``log`` (console + TensorBoard scalars with clu, a progress/ETA
+line), ``health`` (``guards.HealthMonitor``'s warnings), ``images`` (reconstruction
+grids), ``checkpoint`` (orbax, ``checkpointing``), ``evaluate`` (the cheap evaluators of
+``config.evals.during_training`` on a subset of both splits every
+``config.train.eval_every`` steps and at the end, ``evaluate.PeriodicEval``, logged as
+``eval/...`` scalars) and ``stopped`` (preemption). The guards of ``guards`` (preemption
+signals, the BLAS cap) wrap the loop; non-finite values stop or roll back the run
+(``_check_or_roll_back``).
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
 import jax
-import jax.numpy as jnp
-import optax
+import ml_collections
 
+from uctrl_jax import checkpointing
 from uctrl_jax import console
 from uctrl_jax import distributed
+from uctrl_jax import evaluate
 from uctrl_jax import guards
+from uctrl_jax import image_grid
+from uctrl_jax import input_pipeline
 from uctrl_jax import loading
-from uctrl_jax import models
-from uctrl_jax import objectives
-from uctrl_jax import rate_reduction as rr
 from uctrl_jax import sharding
-
-# Re-exported: the state and the BLAS cap are part of the trainer's interface (tests,
-# benchmarks/recipes.py).
-from uctrl_jax.guards import limit_host_blas  # noqa: F401
-from uctrl_jax.state import TrainState, create_train_state, learning_rate_schedule, make_optimizers  # noqa: F401
-
-# Accelerator images often lack TensorFlow, tfds, clu and ml_collections: the steps
-# (create_train_state, make_steps, train_iteration) import and run without any of them
-# (tests/test_tf_free.py, test_accelerator_bench.py). So the loop's host-side pieces
-# (evaluate and input_pipeline: TensorFlow; clu's writers; checkpointing and validation:
-# ml_collections) are imported where they are used.
-if TYPE_CHECKING:
-  import ml_collections
-
-Array = jax.Array
-Metrics = Mapping[str, Array]
-
-
-def _encode_images_and_views(encoder, variables, batch):
-  """``f`` on ``[X; X_a]`` in one training-mode pass → Z (B, d), Z_aug (V, B, d), stats."""
-  X, views = batch["image"], batch["views"]
-  num_views, B = views.shape[:2]
-  x_all = jnp.concatenate([X, views.reshape((num_views * B,) + X.shape[1:])])
-  z_all, updates = encoder.apply(variables, x_all, train=True, mutable=["batch_stats"])
-  return z_all[:B], z_all[B:].reshape(num_views, B, -1), updates["batch_stats"]
-
-
-def _encode_reconstructions(encoder, config, variables, Xhat):
-  """``Ẑ = f(X̂)`` with the configured batch-norm statistics; never updates them."""
-  if config.train.encoder_bn_on_xhat == "running":
-    return encoder.apply(variables, Xhat, train=False)
-  return encoder.apply(variables, Xhat, train=True, mutable=["batch_stats"])[0]
-
-
-def _with_grad_norm(prefix: str, terms: dict, grads, lr) -> dict:
-  return {
-    **{f"{prefix}/{k}": v for k, v in terms.items()},
-    f"{prefix}/grad_norm": optax.tree.norm(grads),
-    f"{prefix}/lr": lr,
-  }
-
-
-def make_steps(config, image_shape) -> Tuple[Callable, Optional[Callable]]:
-  """Jitted ``encoder_step(state, batch)`` and ``decoder_step(state, batch)``.
-
-  Each returns ``(new_state, metrics)``; ``state`` is donated. ``batch`` holds
-  ``image`` (B, H, W, C), ``views`` (V, B, H, W, C) and ``label`` (B,), global arrays
-  (``sharding.shard_batch``). In the game the encoder step does not advance
-  ``state.step``; the decoder step, which ends an iteration, does. In the encoder-only
-  modes (``objectives.ENCODER_ONLY_MODES``) ``decoder_step`` is None, the encoder step
-  sees the views only and ends the iteration.
-  """
-  encoder, decoder = models.create_models(config, image_shape)
-  enc_tx, dec_tx = make_optimizers(config)
-  enc_lr = learning_rate_schedule(config, config.train.encoder_lr)
-  dec_lr = learning_rate_schedule(config, config.train.decoder_lr)
-  game = objectives.uses_decoder(config)
-  running_stats_in_decoder_step = config.train.encoder_bn_in_decoder_step == "running"
-
-  def encoder_loss(enc_params, state, batch):
-    enc_vars = {"params": enc_params, "batch_stats": state.encoder_batch_stats}
-    Z, Z_aug, new_stats = _encode_images_and_views(encoder, enc_vars, batch)
-    # The encoder step holds X̂ constant (docs/method.md#the-game): no gradient flows into g.
-    Xhat = jax.lax.stop_gradient(
-      decoder.apply(
-        {"params": state.decoder_params, "batch_stats": state.decoder_batch_stats},
-        Z,
-        train=True,
-        mutable=["batch_stats"],
-      )[0]
-    )
-    Zhat = _encode_reconstructions(
-      encoder, config, {"params": enc_params, "batch_stats": new_stats}, Xhat
-    )
-    terms = objectives.game_terms(config, Z, Zhat, Z_aug, batch["label"])
-    terms["cos_z_zhat"] = jnp.mean(1.0 - rr.cosine_distance(Z, Zhat))
-    terms["cos_z_zaug"] = jnp.mean(1.0 - jax.vmap(rr.cosine_distance, (None, 0))(Z, Z_aug))
-    return -terms["encoder_objective"], (terms, new_stats)
-
-  def encoder_only_loss(enc_params, state, batch):
-    views = batch["views"]
-    num_views, B = views.shape[:2]
-    z, updates = encoder.apply(
-      {"params": enc_params, "batch_stats": state.encoder_batch_stats},
-      views.reshape((num_views * B,) + views.shape[2:]),
-      train=True,
-      mutable=["batch_stats"],
-    )
-    Z_views = z.reshape(num_views, B, -1)
-    terms = objectives.encoder_only_terms(config, Z_views)
-    # The first view against the others: the invariance the game logs as cos(z, z_a).
-    terms["cos_z_zaug"] = jnp.mean(
-      1.0 - jax.vmap(rr.cosine_distance, (None, 0))(Z_views[0], Z_views[1:])
-    )
-    return -terms["encoder_objective"], (terms, updates["batch_stats"])
-
-  def decoder_loss(dec_params, state, batch):
-    enc_vars = {"params": state.encoder_params, "batch_stats": state.encoder_batch_stats}
-    if running_stats_in_decoder_step:
-      # f as evaluation runs it; the views are not encoded: the augmentation term does
-      # not depend on η, so it is left out of the decoder's objective here.
-      Z, Z_aug = encoder.apply(enc_vars, batch["image"], train=False), None
-    else:
-      Z, Z_aug, _ = _encode_images_and_views(encoder, enc_vars, batch)
-    Xhat, updates = decoder.apply(
-      {"params": dec_params, "batch_stats": state.decoder_batch_stats},
-      Z,
-      train=True,
-      mutable=["batch_stats"],
-    )
-    # Gradients flow through f into η; only η is updated (only dec_params are differentiated).
-    Zhat = _encode_reconstructions(encoder, config, enc_vars, Xhat)
-    terms = objectives.game_terms(config, Z, Zhat, Z_aug, batch["label"])
-    # Pixel error of g(f(x)): not in the objective, but the health monitor's fooling check.
-    terms["recon_mse"] = jnp.mean(jnp.square(Xhat - batch["image"]))
-    return terms["decoder_objective"], (terms, updates["batch_stats"])
-
-  @functools.partial(jax.jit, donate_argnums=0)
-  def encoder_step(state: TrainState, batch) -> Tuple[TrainState, Metrics]:
-    loss = encoder_loss if game else encoder_only_loss
-    grads, (terms, new_stats) = jax.grad(loss, has_aux=True)(state.encoder_params, state, batch)
-    updates, opt_state = enc_tx.update(grads, state.encoder_opt_state, state.encoder_params)
-    new_state = state.replace(
-      encoder_params=optax.apply_updates(state.encoder_params, updates),
-      encoder_batch_stats=new_stats,
-      encoder_opt_state=opt_state,
-      step=state.step + (0 if game else 1),
-    )
-    return new_state, _with_grad_norm("encoder", terms, grads, enc_lr(state.step))
-
-  @functools.partial(jax.jit, donate_argnums=0)
-  def decoder_step(state: TrainState, batch) -> Tuple[TrainState, Metrics]:
-    grads, (terms, new_stats) = jax.grad(decoder_loss, has_aux=True)(
-      state.decoder_params, state, batch
-    )
-    updates, opt_state = dec_tx.update(grads, state.decoder_opt_state, state.decoder_params)
-    new_state = state.replace(
-      decoder_params=optax.apply_updates(state.decoder_params, updates),
-      decoder_batch_stats=new_stats,
-      decoder_opt_state=opt_state,
-      step=state.step + 1,
-    )
-    return new_state, _with_grad_norm("decoder", terms, grads, dec_lr(state.step))
-
-  return encoder_step, (decoder_step if game else None)
-
-
-def train_iteration(
-  encoder_step, decoder_step, state: TrainState, batch, encoder_steps: int
-) -> Tuple[TrainState, dict]:
-  """One iteration on one batch: ``encoder_steps`` encoder updates, then one decoder update
-  (none when ``decoder_step`` is None: an encoder-only mode, one encoder update).
-
-  Returns the new state and the metrics of the last encoder step and the decoder step.
-  """
-  if encoder_steps < 1:
-    raise ValueError(f"config.train.encoder_steps must be ≥ 1; got {encoder_steps}")
-  if decoder_step is None:
-    return encoder_step(state, batch)
-  for _ in range(encoder_steps):
-    state, enc_metrics = encoder_step(state, batch)
-  state, dec_metrics = decoder_step(state, batch)
-  return state, {**enc_metrics, **dec_metrics}
+from uctrl_jax import steps
+from uctrl_jax import validation
+from uctrl_jax.state import TrainState, create_train_state
 
 
 def _flat_hparams(tree: Mapping[str, Any], prefix: str = "") -> dict:
@@ -222,6 +45,227 @@ def _flat_hparams(tree: Mapping[str, Any], prefix: str = "") -> dict:
     else:
       flat[prefix + key] = value if isinstance(value, (bool, int, float, str)) else str(value)
   return flat
+
+
+def _open_run(config: ml_collections.ConfigDict, workdir: str):
+  """Everything before the first compile: validation, the mesh, the dataset's image
+  shape, the state (restored from the latest readable checkpoint, if any), the saved
+  config and the start-up summary.
+
+  Returns ``(mesh, image_shape, state, checkpointer, extra)``: ``extra`` is the restored
+  checkpoint's record, {} for a new run.
+  """
+  validation.validate_config(config, workdir)
+  mesh = sharding.create_mesh(mesh_config=config.mesh)
+  info = input_pipeline.get_dataset_info(config)
+  image_shape = info.image_shape
+  validation.check_training_labels(config, info)
+  if config.data.image_size is None:
+    # "Keep the stored size": the shape is known only now, still before any compile.
+    validation.check_image_shape(config, image_shape)
+    validation.check_workdir_compatible(config, workdir, image_shape)
+  state = sharding.replicate(
+    create_train_state(config, image_shape, jax.random.key(config.seed)), mesh
+  )
+  checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=config.train.max_to_keep)
+  restored = checkpointer.restore_latest_readable(
+    state, check=lambda s: guards.check_finite(int(s.step), {}, s)
+  )
+  extra = {}
+  if restored is not None:
+    state, extra = restored
+    logging.info("resumed from %s at step %d", workdir, int(state.step))
+  # The saved config records the image shape too, so `load` can rebuild the models.
+  saved_config = config.copy_and_resolve_references()
+  with saved_config.unlocked():
+    saved_config.data.image_shape = tuple(image_shape)
+  checkpointing.save_config(workdir, saved_config)
+  num_params = {
+    role: sum(x.size for x in jax.tree.leaves(getattr(state, f"{role}_params")))
+    for role in ("encoder", "decoder")
+  }
+  resumed_step = int(state.step) if restored is not None else None
+  for line in console.startup_summary(config, info, image_shape, num_params, workdir, resumed_step):
+    logging.info("%s", line)
+  return mesh, image_shape, state, checkpointer, extra
+
+
+def _training_batches(config: ml_collections.ConfigDict, batches_consumed: int):
+  """This process's host batches, the first ``batches_consumed`` of its stream skipped."""
+  return input_pipeline.create_dataset(
+    config,
+    config.data.train_split,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    training=True,
+    skip_batches=batches_consumed,
+  ).as_numpy_iterator()
+
+
+def _make_steps(config: ml_collections.ConfigDict, image_shape):
+  """``steps.make_steps``'s pair, each step meeting the other processes before its first run."""
+  encoder_step, decoder_step = steps.make_steps(config, image_shape)
+  # Several processes: each compiles a step, then all meet, so no collective times out.
+  encoder_step = distributed.meet_before_first_run(encoder_step, "encoder_step")
+  if decoder_step is not None:
+    decoder_step = distributed.meet_before_first_run(decoder_step, "decoder_step")
+  return encoder_step, decoder_step
+
+
+class _Run:
+  """The loop's periodic actions (``log``, ``health``, ``images``, ``checkpoint``,
+  ``evaluate``, ``stopped``) and the run's mutable bookkeeping: ``batches_consumed`` (the
+  batches this process read from its stream), ``rollbacks``, the training seconds and the
+  last progress line.
+  """
+
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    image_shape,
+    checkpointer: checkpointing.Checkpointer,
+    start: int,
+    batches_consumed: int,
+    train_seconds_before: float,
+  ):
+    self.config, self.workdir, self.checkpointer = config, workdir, checkpointer
+    self.reconstruct = loading.make_reconstruct(config, image_shape)
+    self.periodic_eval = evaluate.PeriodicEval(config, image_shape)
+    self.writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0
+    )
+    self.progress = self.new_progress()
+    self.monitor = guards.HealthMonitor(**config.train.health)
+    if start == 0:
+      self.writer.write_hparams(_flat_hparams(config.to_dict()))
+    self.batches_consumed, self.rollbacks = batches_consumed, 0
+    self._train_seconds_before = train_seconds_before
+    self._loop_start, self._eval_seconds = time.time(), 0.0
+    # The speed behind the progress line's ETA: training seconds per step since the last
+    # progress line (the first interval includes compiling).
+    self._last_log = (start, self.train_seconds())
+
+  def new_progress(self) -> periodic_actions.ReportProgress:
+    t = self.config.train
+    return periodic_actions.ReportProgress(
+      num_train_steps=t.num_steps, writer=self.writer, every_steps=t.log_every
+    )
+
+  def train_seconds(self) -> float:
+    """Training time (the loop without its evaluations), summed over resumes: what the
+    "minutes" of a run mean when runs are compared at equal budget."""
+    return self._train_seconds_before + time.time() - self._loop_start - self._eval_seconds
+
+  def log(self, step: int, metrics: Mapping[str, float]) -> None:
+    """The logged terms to TensorBoard and the console's progress line."""
+    self.writer.write_scalars(step, metrics)
+    now, (last_step, last_seconds) = self.train_seconds(), self._last_log
+    per_step = (now - last_seconds) / (step - last_step) if step > last_step else None
+    self._last_log = (step, now)
+    logging.info("%s", console.progress_line(step, self.config.train.num_steps, metrics, per_step))
+
+  def health(self, step: int, metrics: Mapping[str, float]) -> None:
+    for warning in self.monitor.update(step, metrics):
+      logging.warning("%s", warning)
+
+  def images(self, step: int, host_batch, state: TrainState) -> None:
+    """``reconstructions/step_*.png``: two rows of inputs over reconstructions (process 0;
+    none in the encoder-only modes)."""
+    if jax.process_index() != 0 or not self.reconstruct:
+      return
+    k = min(8, host_batch["image"].shape[0] // 2)
+    x = host_batch["image"][: 2 * k]
+    xhat = jax.device_get(self.reconstruct(state, x))
+    image_grid.save_png(
+      os.path.join(self.workdir, "reconstructions", f"step_{step:07d}.png"),
+      image_grid.image_grid([x[:k], xhat[:k], x[k:], xhat[k:]]),
+    )
+
+  def checkpoint(self, step: int, state: TrainState) -> None:
+    self.checkpointer.save(
+      step,
+      state,
+      extra={
+        "step": step,
+        "examples_seen": step * self.config.train.batch_size,
+        "batches_consumed": self.batches_consumed,
+        "train_seconds": self.train_seconds(),
+      },
+    )
+
+  def evaluate(self, step: int, state: TrainState) -> None:
+    """The in-training evaluators: ``eval/...`` scalars and one console line."""
+    eval_start = time.time()
+    eval_metrics = self.periodic_eval(state)
+    self._eval_seconds += time.time() - eval_start
+    self.writer.write_scalars(step, eval_metrics)
+    logging.info(
+      "step %d/%d | %s",
+      step,
+      self.config.train.num_steps,
+      " ".join(f"{k[5:]} {v:.4g}" for k, v in eval_metrics.items() if "seconds" not in k),
+    )
+
+  def stopped(self, stop: str, step: int) -> None:
+    logging.warning(
+      "%s received: saved the checkpoint of step %d in %s and stopped; "
+      "run the same command again to resume",
+      stop,
+      step,
+      self.checkpointer.directory,
+    )
+
+  def close(self) -> None:
+    self.writer.flush()
+    self.checkpointer.close()
+
+
+def _check_or_roll_back(
+  run: _Run, step: int, metrics: Mapping[str, float], state: TrainState
+) -> Optional[Tuple[TrainState, int]]:
+  """``guards.check_finite`` of the logged ``metrics`` (may be empty) and ``state``.
+
+  Returns None when all is finite; else, with ``train.on_nonfinite = "rollback"``, the
+  state and step of the last checkpoint to go on from (with a warning). Raises
+  FloatingPointError otherwise: ``"stop"``, no checkpoint, or rollbacks exhausted.
+  """
+  t = run.config.train
+  try:
+    guards.check_finite(step, metrics, state)
+  except FloatingPointError as e:
+    last_good = run.checkpointer.latest_step()
+    if t.on_nonfinite != "rollback" or last_good is None or run.rollbacks >= int(t.max_rollbacks):
+      why = (
+        ""
+        if t.on_nonfinite != "rollback"
+        else "; no checkpoint to roll back to"
+        if last_good is None
+        else f"; {run.rollbacks} rollbacks done already"
+      )
+      kept = (
+        "no checkpoint was written"
+        if last_good is None
+        else f"the last checkpoint, step {last_good} in {run.checkpointer.directory}, is intact"
+      )
+      raise FloatingPointError(f"{e}{why}; {kept}") from None
+    run.rollbacks += 1
+    state, _ = run.checkpointer.restore(state, last_good)  # `state` gives shapes only
+    logging.warning(
+      "%s; rolled back to the checkpoint of step %d (rollback %d of %d); "
+      "the data stream goes on at batch %d, skipping the batches of "
+      "steps %d-%d",
+      str(e).split("; stopping")[0],
+      last_good,
+      run.rollbacks,
+      int(t.max_rollbacks),
+      run.batches_consumed,
+      last_good + 1,
+      step,
+    )
+    run.progress = run.new_progress()  # it insists on consecutive steps
+    return state, last_good
+  return None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -278,114 +322,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       exhausted, or nothing to roll back to).
     checkpointing.RunLoadError: checkpoints exist but none can be restored.
   """
-  # pylint: disable=import-outside-toplevel
-  from clu import metric_writers, periodic_actions
-  from uctrl_jax import checkpointing, evaluate, image_grid, input_pipeline, validation
-
-  # pylint: enable=import-outside-toplevel
   t = config.train
-  validation.validate_config(config, workdir)
-  process_index, process_count = jax.process_index(), jax.process_count()
-  on_nonfinite, max_rollbacks = t.on_nonfinite, int(t.max_rollbacks)
-  fault_step = t.fault_inject_nan_at_step
-  mesh = sharding.create_mesh(mesh_config=config.mesh)
-  info = input_pipeline.get_dataset_info(config)
-  image_shape = info.image_shape
-  validation.check_training_labels(config, info)
-  if config.data.image_size is None:
-    # "Keep the stored size": the shape is known only now, still before any compile.
-    validation.check_image_shape(config, image_shape)
-    validation.check_workdir_compatible(config, workdir, image_shape)
-  state = sharding.replicate(
-    create_train_state(config, image_shape, jax.random.key(config.seed)), mesh
-  )
-  checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=t.max_to_keep)
-  batches_consumed, train_seconds_before = 0, 0.0
-  restored = checkpointer.restore_latest_readable(
-    state, check=lambda s: guards.check_finite(int(s.step), {}, s)
-  )
-  if restored is not None:
-    state, extra = restored
-    # Checkpoints written before `batches_consumed` existed read step batches.
-    batches_consumed = int(extra.get("batches_consumed", int(state.step)))
-    train_seconds_before = float(extra.get("train_seconds", 0.0))
-    logging.info("resumed from %s at step %d", workdir, int(state.step))
-  # The saved config records the image shape too, so `load` can rebuild the models.
-  saved_config = config.copy_and_resolve_references()
-  with saved_config.unlocked():
-    saved_config.data.image_shape = tuple(image_shape)
-  checkpointing.save_config(workdir, saved_config)
-  start = int(state.step)
-  num_params = {
-    role: sum(x.size for x in jax.tree.leaves(getattr(state, f"{role}_params")))
-    for role in ("encoder", "decoder")
-  }
-  for line in console.startup_summary(
-    config, info, image_shape, num_params, workdir, start if restored is not None else None
-  ):
-    logging.info("%s", line)
-
-  batches = input_pipeline.create_dataset(
-    config,
-    config.data.train_split,
-    process_index=process_index,
-    process_count=process_count,
-    training=True,
-    skip_batches=batches_consumed,
-  ).as_numpy_iterator()
-  encoder_step, decoder_step = make_steps(config, image_shape)
-  # Several processes: each compiles a step, then all meet, so no collective times out.
-  encoder_step = distributed.meet_before_first_run(encoder_step, "encoder_step")
-  if decoder_step is not None:
-    decoder_step = distributed.meet_before_first_run(decoder_step, "decoder_step")
-  reconstruct = loading.make_reconstruct(config, image_shape)
-  periodic_eval = evaluate.PeriodicEval(config, image_shape)
-  writer = metric_writers.create_default_writer(workdir, just_logging=process_index > 0)
-  new_progress = lambda: periodic_actions.ReportProgress(  # noqa: E731
-    num_train_steps=t.num_steps, writer=writer, every_steps=t.log_every
-  )
-  progress = new_progress()
-  monitor = guards.HealthMonitor(**t.health)
-  if start == 0:
-    writer.write_hparams(_flat_hparams(config.to_dict()))
-
-  # Training time (the loop without its evaluations), summed over resumes: what the
-  # "minutes" of a run mean when runs are compared at equal budget.
-  loop_start, eval_seconds = time.time(), 0.0
-
-  def train_seconds() -> float:
-    return train_seconds_before + time.time() - loop_start - eval_seconds
-
-  # The speed behind the progress line's ETA: training seconds per step since the last
-  # progress line (the first interval includes compiling).
-  last_log = (start, train_seconds())
-
-  def save(step: int, state: TrainState) -> None:
-    checkpointer.save(
-      step,
-      state,
-      extra={
-        "step": step,
-        "examples_seen": step * t.batch_size,
-        "batches_consumed": batches_consumed,
-        "train_seconds": train_seconds(),
-      },
-    )
-
-  rollbacks, injected, step, stop = 0, False, start, None
+  mesh, image_shape, state, checkpointer, extra = _open_run(config, workdir)
+  step = start = int(state.step)
+  # Checkpoints written before `batches_consumed` existed read step batches.
+  batches_consumed = int(extra.get("batches_consumed", start))
+  batches = _training_batches(config, batches_consumed)
+  encoder_step, decoder_step = _make_steps(config, image_shape)
+  seconds_before = float(extra.get("train_seconds", 0.0))
+  run = _Run(config, workdir, image_shape, checkpointer, start, batches_consumed, seconds_before)
+  stop = None
   try:
     with guards.StopSignals() as stop_signals, guards.limit_host_blas(t.host_blas_threads):
       while step < t.num_steps:
         host_batch = next(batches)
-        batches_consumed += 1
-        state, metrics = train_iteration(
+        run.batches_consumed += 1
+        state, metrics = steps.train_iteration(
           encoder_step, decoder_step, state, sharding.shard_batch(host_batch, mesh), t.encoder_steps
         )
         step += 1  # iterations done
-        if step == fault_step and not injected:
-          injected = True  # once per call, so that a rollback can get past it
-          state, metrics = guards.inject_nan(state, metrics)
-        progress(step)
+        run.progress(step)
         last = step == t.num_steps
         log_now = step % t.log_every == 0 or last
         save_now = step % t.checkpoint_every == 0 or last
@@ -393,90 +349,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         stop = stop or stop_signals.requested(step)
         if log_now:
           metrics = jax.device_get(metrics)
+        # The state is checked wherever it could reach a checkpoint, so a NaN born
+        # between log steps is not saved either.
         if log_now or save_now or stop:
-          try:
-            # The state is checked wherever it could reach a checkpoint, so a NaN born
-            # between log steps is not saved either.
-            guards.check_finite(step, metrics if log_now else {}, state)
-          except FloatingPointError as e:
-            last_good = checkpointer.latest_step()
-            if on_nonfinite != "rollback" or last_good is None or rollbacks >= max_rollbacks:
-              why = (
-                ""
-                if on_nonfinite != "rollback"
-                else "; no checkpoint to roll back to"
-                if last_good is None
-                else f"; {rollbacks} rollbacks done already"
-              )
-              kept = (
-                "no checkpoint was written"
-                if last_good is None
-                else f"the last checkpoint, step {last_good} in {checkpointer.directory}, is intact"
-              )
-              raise FloatingPointError(f"{e}{why}; {kept}") from None
-            rollbacks += 1
-            state, _ = checkpointer.restore(state, last_good)  # `state` gives shapes only
-            logging.warning(
-              "%s; rolled back to the checkpoint of step %d (rollback %d of %d); "
-              "the data stream goes on at batch %d, skipping the batches of "
-              "steps %d-%d",
-              str(e).split("; stopping")[0],
-              last_good,
-              rollbacks,
-              max_rollbacks,
-              batches_consumed,
-              last_good + 1,
-              step,
-            )
-            step = last_good
-            progress = new_progress()  # it insists on consecutive steps
+          rolled_back = _check_or_roll_back(run, step, metrics if log_now else {}, state)
+          if rolled_back is not None:
+            state, step = rolled_back
             continue
         if log_now:
-          writer.write_scalars(step, metrics)
-          now = train_seconds()
-          per_step = (now - last_log[1]) / (step - last_log[0]) if step > last_log[0] else None
-          last_log = (step, now)
-          logging.info("%s", console.progress_line(step, t.num_steps, metrics, per_step))
-          for warning in monitor.update(step, metrics):
-            logging.warning("%s", warning)
-        if (step % t.image_every == 0 or last) and process_index == 0 and reconstruct:
-          # Two rows of inputs over reconstructions.
-          k = min(8, host_batch["image"].shape[0] // 2)
-          x = host_batch["image"][: 2 * k]
-          xhat = jax.device_get(reconstruct(state, x))
-          image_grid.save_png(
-            os.path.join(workdir, "reconstructions", f"step_{step:07d}.png"),
-            image_grid.image_grid([x[:k], xhat[:k], x[k:], xhat[k:]]),
-          )
+          run.log(step, metrics)
+          run.health(step, metrics)
+        if step % t.image_every == 0 or last:
+          run.images(step, host_batch, state)
         if save_now or stop:
-          save(step, state)
-        if periodic_eval.due(step, last) and not stop:  # after the save: a failure loses nothing
-          eval_start = time.time()
-          eval_metrics = periodic_eval(state)
-          eval_seconds += time.time() - eval_start
-          writer.write_scalars(step, eval_metrics)
-          logging.info(
-            "step %d/%d | %s",
-            step,
-            t.num_steps,
-            " ".join(f"{k[5:]} {v:.4g}" for k, v in eval_metrics.items() if "seconds" not in k),
-          )
+          run.checkpoint(step, state)
+        # After the save: a failure loses nothing.
+        if run.periodic_eval.due(step, last) and not stop:
+          run.evaluate(step, state)
         if stop:
-          logging.warning(
-            "%s received: saved the checkpoint of step %d in %s and stopped; "
-            "run the same command again to resume",
-            stop,
-            step,
-            checkpointer.directory,
-          )
+          run.stopped(stop, step)
           break
   finally:
-    writer.flush()
-    checkpointer.close()
+    run.close()
   logging.info(
     "step %d/%d: %.1f min of training in all (evaluations excluded)",
     step,
     t.num_steps,
-    train_seconds() / 60,
+    run.train_seconds() / 60,
   )
   return state

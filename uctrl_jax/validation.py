@@ -234,11 +234,6 @@ def check_numbers(config: ml_collections.ConfigDict) -> None:
     value = _get(config, f"train.{key}")
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
       raise ConfigError(f"config.train.{key} must be a number in [0, 1) (Adam's β); got {value!r}")
-  fault = _get(config, "train.fault_inject_nan_at_step")
-  if fault is not None and (not _is_int(fault) or fault < 1):
-    raise ConfigError(
-      f"config.train.fault_inject_nan_at_step must be None or an integer ≥ 1; got {fault!r}"
-    )
 
 
 def check_batch_divisibility(
