@@ -14,7 +14,7 @@ itself):
 
 * first iteration: seconds for compiling both steps and running them once;
 * iteration: the median over rounds of ``--iterations`` iterations back to back
-  (``train.train_iteration``, blocked at the end of each round), after two warm-up
+  (``steps.train_iteration``, blocked at the end of each round), after two warm-up
   iterations; none of them may compile anything (checked with ``jax.log_compiles``);
 * images/s: global batch / iteration time (the batch's images; their views and the
   reconstructions ride along);

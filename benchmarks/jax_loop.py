@@ -25,7 +25,7 @@ import numpy as np
 
 from uctrl_jax import objectives
 from uctrl_jax import sharding
-from uctrl_jax import train
+from uctrl_jax import steps
 from uctrl_jax.state import create_train_state
 
 
@@ -109,12 +109,12 @@ class JaxLoop:
     self.state = sharding.replicate(
       create_train_state(config, image_shape, jax.random.key(config.seed)), self.mesh
     )
-    self.encoder_step, self.decoder_step = train.make_steps(config, image_shape)
+    self.encoder_step, self.decoder_step = steps.make_steps(config, image_shape)
     self.host_batch = host_batch
     self.batch = sharding.shard_batch(host_batch, self.mesh)
 
   def iteration(self, batch=None) -> dict:
-    """One iteration (``train.train_iteration``'s loop), each step timed to completion."""
+    """One iteration (``steps.train_iteration``'s loop), each step timed to completion."""
     batch = self.batch if batch is None else batch
     times = {}
     start = time.perf_counter()
@@ -133,11 +133,11 @@ class JaxLoop:
     return times
 
   def run(self, iterations: int) -> float:
-    """Seconds for ``iterations`` iterations back to back (``train.train_iteration``, as
+    """Seconds for ``iterations`` iterations back to back (``steps.train_iteration``, as
     the trainer runs them), blocked only at the end: throughput, no host sync per step."""
     start = time.perf_counter()
     for _ in range(iterations):
-      self.state, metrics = train.train_iteration(
+      self.state, metrics = steps.train_iteration(
         self.encoder_step,
         self.decoder_step,
         self.state,

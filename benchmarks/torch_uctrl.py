@@ -3,7 +3,7 @@
 The same nets as ``uctrl_jax/models.py`` (DCGAN and ResNet-18 pairs, same layer
 shapes, so the same parameter counts; NCHW instead of NHWC) and the same objective as
 ``uctrl_jax/rate_reduction.py`` (every log-det a Cholesky on the smaller Gram side;
-exact or cosine sample-wise terms), stepped exactly as ``uctrl_jax/train.py`` steps
+exact or cosine sample-wise terms), stepped exactly as ``uctrl_jax/steps.py`` steps
 them (see ``TorchUCTRL``). Benchmark code only: PyTorch is not a project dependency
 (``.venv/bin/pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu``).
 
@@ -328,7 +328,7 @@ def count_params(module: nn.Module) -> int:
 
 
 # ----------------------------------------------------------------------------
-# The alternating steps (uctrl_jax/train.py's make_steps).
+# The alternating steps (uctrl_jax/steps.py's make_steps).
 # ----------------------------------------------------------------------------
 
 
@@ -364,7 +364,7 @@ def _grad_norm(module: nn.Module) -> Tensor:
 
 
 class TorchUCTRL:
-  """Encoder and decoder with their Adam optimizers, stepped as uctrl_jax/train.py does.
+  """Encoder and decoder with their Adam optimizers, stepped as uctrl_jax/steps.py does.
 
   * ``encoder_step``: one training-mode encoder pass over ``[X; X_a]`` (updates the
     encoder's running statistics), ``X̂ = g(Z)`` in training mode without gradient and

@@ -1,7 +1,7 @@
 """Speed of one uCTRL iteration: this project's jitted steps against a PyTorch step of the same nets.
 
 One iteration = ``config.train.encoder_steps`` encoder steps + one decoder step, as
-``uctrl_jax/train.py`` computes them (``make_steps``, ``create_train_state``,
+``uctrl_jax/steps.py`` computes them (``make_steps``, ``create_train_state``,
 ``sharding.shard_batch``), next to ``benchmarks/torch_uctrl.py``, which builds the same
 nets layer for layer (the parameter counts are checked equal) and writes the same
 objective in PyTorch. Runs alternate JAX / PyTorch in one process (machines here are

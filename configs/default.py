@@ -94,7 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Without it, at λ₁ = 30 the features stay weak (docs/recipes.md: linear 81.8 → 87.3).
   config.loss.rate_on_views = True
   config.loss.num_classes = 10  # ctrl_multi only (supervised)
-  # Ablations only (benchmarks/ablations.py): weights of R(Z) and ΔR(Z, Ẑ) in both players'
+  # Ablations only (experiments/ablations.py): weights of R(Z) and ΔR(Z, Ẑ) in both players'
   # objectives; 1 is the method.
   config.loss.rate_weight = 1.0
   config.loss.delta_weight = 1.0

@@ -43,7 +43,7 @@ cannot make per-pixel noise cheaply, and recognisable reconstructions appear wit
 51.2% from 500 to 1 000 iterations); cosine decay keeps improving to the end. Width 32
 runs an iteration in about a third of width 64's time. A weaker self-consistency
 term (λ₂ = 1 or 2) made reconstructions worse. The one-change-per-row sweep around
-these settings is ``benchmarks/sweep.py --sweep=defaults --steps=500`` (500 iterations
+these settings is ``experiments/sweep.py --sweep=defaults --steps=500`` (500 iterations
 each, cosine decay over 500, kNN and consistency with all 60 000 training images as
 reference; raw-pixel kNN 85.07):
 
@@ -60,7 +60,7 @@ reference; raw-pixel kNN 85.07):
 | lr=5e-4 | 500 | 3.9 | 86.57 | 70.83 | 0.283 | 11.50 | 66.0 | 1.77 | 0.780 |
 
 A 3× higher learning rate (5e-4 for both) scored best at 500 iterations; it is not yet
-measured at 1 500, so the default keeps 1.5e-4. ε² = 2 (``benchmarks/ablations.py``, the
+measured at 1 500, so the default keeps 1.5e-4. ε² = 2 (``experiments/ablations.py``, the
 README's "What each term does") trades retrieval for generation at 1 500 iterations:
 consistency 80.7% and linear probe 83.8 against 76.1% and 80.0, kNN 86.28 against
 87.50; the default keeps ε² = 0.5.

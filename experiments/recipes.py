@@ -47,6 +47,7 @@ from uctrl_jax import input_pipeline  # noqa: E402
 from uctrl_jax import guards  # noqa: E402
 from uctrl_jax import sharding  # noqa: E402
 from uctrl_jax import train  # noqa: E402
+from uctrl_jax.steps import make_steps, train_iteration  # noqa: E402
 from uctrl_jax.state import create_train_state  # noqa: E402
 
 # name -> (label, overrides of configs/fashion_mnist.py). "uctrl" is the default itself.
@@ -109,14 +110,14 @@ def seconds_per_iteration(config, iterations: int = SPEED_ITERATIONS) -> float:
   mesh = sharding.create_mesh(mesh_config=config.mesh)
   image_shape = input_pipeline.get_dataset_info(config).image_shape
   state = sharding.replicate(create_train_state(config, image_shape, jax.random.key(0)), mesh)
-  encoder_step, decoder_step = train.make_steps(config, image_shape)
+  encoder_step, decoder_step = make_steps(config, image_shape)
   batches = input_pipeline.create_dataset(
     config, "train", process_index=0, process_count=1
   ).as_numpy_iterator()
 
   def run(n, state):
     for _ in range(n):
-      state, _ = train.train_iteration(
+      state, _ = train_iteration(
         encoder_step,
         decoder_step,
         state,

@@ -179,7 +179,7 @@ def game_terms(config, Z: Array, Zhat: Array, Z_aug: Array, labels: Array) -> di
     terms["R_views"] = mean_views_rate(Z_aug, loss.eps_sq)
     expansion = 0.5 * (terms["R"] + terms["R_views"])
     shift = 0.5 * (terms["R_views"] - terms["R"])
-  # Ablation weights (benchmarks/ablations.py): 0 removes the expansion or ΔR(Z, Ẑ) from
+  # Ablation weights (experiments/ablations.py): 0 removes the expansion or ΔR(Z, Ẑ) from
   # both players.
   w_rate, w_delta = loss.rate_weight, loss.delta_weight
   if (w_rate, w_delta) != (1.0, 1.0):
