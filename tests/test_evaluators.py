@@ -2,6 +2,7 @@
 
 import math
 import os
+import sys
 
 import jax
 import ml_collections
@@ -10,6 +11,7 @@ import pytest
 
 from configs import default
 from uctrl_jax import evaluators
+from uctrl_jax import validation
 from uctrl_jax.evaluators import clustering
 from uctrl_jax.evaluators import conditional_generation
 from uctrl_jax.evaluators import fid
@@ -278,6 +280,88 @@ def test_registry_skips_what_needs_missing_labels_with_one_line(tmp_path, caplog
   assert len(lines) == 1, lines
   assert f"no labels in the evaluation's {' and '.join(unlabelled)} split" in lines[0]
   assert all(name in lines[0] for name in skipped) and "reconstruction" in lines[0]
+
+
+_FAKE_EVALUATOR = """
+import numpy as np
+
+NEEDS_LABELS = ("test",)
+OPTIONAL_LABELS = ("train",)
+
+
+def defaults(config):
+  return {"scale": float(config.loss.eps_sq)}
+
+
+def run(context, *, scale=None, offset=0.0):
+  out = {"norm": scale * float(np.linalg.norm(context.z_test, axis=1).mean()) + offset}
+  if context.data.y_train is not None:
+    out["train_classes"] = float(len(np.unique(context.data.y_train)))
+  if context.dataset_key is not None:
+    out["key_length"] = float(len(context.dataset_key))
+  return out
+"""
+
+
+@pytest.fixture
+def fake_evaluator(tmp_path, monkeypatch):
+  """A new evaluator, ``fake_norm``: one file in a folder of the package's search path."""
+  (tmp_path / "fake_norm.py").write_text(_FAKE_EVALUATOR)
+  monkeypatch.setattr(evaluators, "__path__", list(evaluators.__path__) + [str(tmp_path)])
+  yield "fake_norm"
+  sys.modules.pop("uctrl_jax.evaluators.fake_norm", None)
+
+
+def test_a_new_evaluator_is_one_new_file(fake_evaluator):
+  assert fake_evaluator in evaluators.ALL and fake_evaluator in evaluators.CLASSIFIERS
+  config = default.get_config()
+  config.loss.eps_sq = 0.25
+  config.evals.names = ("knn", fake_evaluator)  # no config.evals block: every default
+  config.evals.during_training.names = (fake_evaluator,)
+  validation.check_names(config)
+  built = evaluators.build(config)
+  data = _synthetic_data()
+  flatten = lambda x: np.asarray(x).reshape(len(x), -1)  # noqa: E731
+  metrics = evaluators.run_all(built, flatten, None, data, batch_size=16, dataset_key="toy")
+  norms = np.linalg.norm(flatten(data.x_test), axis=1)
+  assert metrics[f"{fake_evaluator}/norm"] == pytest.approx(0.25 * norms.mean(), rel=1e-6)
+  assert metrics[f"{fake_evaluator}/train_classes"] == C
+  assert metrics[f"{fake_evaluator}/key_length"] == 3.0
+  assert metrics["knn/top1"] == 100.0
+  # Its options, and what it declares about labels, come from the module alone.
+  (ev,) = evaluators.build(config, names=(fake_evaluator,))
+  assert (ev.needs_decoder, ev.needs_labels, ev.optional_labels) == (False, ("test",), ("train",))
+  options = ml_collections.ConfigDict(dict(scale=2.0, offset=1.0))
+  with config.unlocked():
+    config.evals[fake_evaluator] = options
+  metrics = evaluators.run_all(evaluators.build(config), flatten, None, data, batch_size=16)
+  assert metrics[f"{fake_evaluator}/norm"] == pytest.approx(2.0 * norms.mean() + 1.0, rel=1e-6)
+  keep, note = evaluators.without_labels(built, data._replace(y_train=None))
+  assert [e.name for e in keep] == [fake_evaluator]
+  assert note == (
+    "no labels in the evaluation's train split: knn skipped (they score with labels); "
+    f"{fake_evaluator} without label-based metrics"
+  )
+  keep, _ = evaluators.without_labels(built, data._replace(y_test=None))
+  assert keep == []
+
+
+def test_baselines_run_the_evaluators_that_need_no_decoder():
+  assert evaluators.CLASSIFIERS == (
+    "clustering",
+    "knn",
+    "linear_probe",
+    "nearest_subspace",
+    "structure",
+  )
+  built = evaluators.build(default.get_config())
+  assert {e.name for e in built if e.features_only} == set(evaluators.CLASSIFIERS)
+  config = default.get_config()
+  config.evals.conditional_generation.use_labels = True
+  (cond,) = evaluators.build(config, names=("conditional_generation",))
+  assert cond.needs_labels == ("train",)  # its clusters are the training classes
+  (clustering_ev,) = [e for e in built if e.name == "clustering"]
+  assert clustering_ev.needs_labels == ("test",)
 
 
 def test_reconstruction_without_labels_reports_mse_and_psnr_only():

@@ -4,8 +4,8 @@ the in-training evaluation (``PeriodicEval``), both over the evaluators' registr
 ``evaluate(config, workdir)`` loads the checkpoint (``uctrl_jax.load``), reads the
 train/test splits as the input pipeline presents them, and runs every evaluator of
 ``config.evals.names`` (``uctrl_jax/evaluators``) on the trained encoder/decoder, and
-the feature-only ones (kNN, linear probe, nearest subspace, clustering) on two
-baselines: raw pixels, and the encoder at initialisation (the same architecture and
+those that score features only (no decoder: kNN, linear probe, nearest subspace,
+clustering, structure) on two baselines: raw pixels, and the encoder at initialisation (the same architecture and
 seed, ``state.create_train_state``; batch-norm at its initial statistics). It writes
 to ``WORKDIR``:
 
@@ -153,6 +153,7 @@ class PeriodicEval:
       batch_size=batch_size,
       log_labels=False,
       log_times=False,
+      dataset_key=self._config.data.name,
     )
     return {f"eval/{k}": v for k, v in metrics.items()}
 
@@ -199,10 +200,8 @@ def _fmt(value: Optional[float]) -> str:
   return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"
 
 
-def results_markdown(results: dict[str, Any]) -> str:
-  """``results.md``: header facts, metrics beside baselines, timings, configs."""
-  metrics, baselines = results["metrics"], results.get("baselines", {})
-  names = list(baselines)
+def _header_lines(results: dict[str, Any]) -> list[str]:
+  """``results.md``'s title and facts: data, hardware, wall time, where each run comes from."""
   lines = [
     f"# Evaluation of `{results['workdir']}` at step {results['step']}",
     "",
@@ -221,15 +220,34 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"{record['step']}, "
         + ("training time not recorded" if minutes is None else f"{minutes:.1f} min of training")
       )
-  lines += [
+  return lines
+
+
+def _metric_rows(results: dict[str, Any], timing: bool) -> list[str]:
+  """Table rows ``| key | trained | baseline ... |`` of the metrics, or (``timing``) of the
+  ``eval_seconds/`` parts, named without their prefix."""
+  baselines = results.get("baselines", {})
+  lines = []
+  for key, value in results["metrics"].items():
+    if key.startswith("eval_seconds/") == timing:
+      row = [_fmt(value)] + [_fmt(b.get(key)) for b in baselines.values()]
+      lines.append(f"| {key.split('/', 1)[1] if timing else key} | " + " | ".join(row) + " |")
+  return lines
+
+
+def _json_section(title: str, value: Any) -> list[str]:
+  return ["", f"## {title}", "", "```json", json.dumps(value, indent=2), "```"]
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+  """``results.md``: header facts, metrics beside baselines, timings, configs."""
+  names = list(results.get("baselines", {}))
+  lines = _header_lines(results) + [
     "",
     "| metric | trained |" + "".join(f" {n.replace('_', ' ')} |" for n in names),
     "|---|---:|" + "---:|" * len(names),
   ]
-  for key, value in metrics.items():
-    if not key.startswith("eval_seconds/"):
-      row = [_fmt(value)] + [_fmt(baselines[n].get(key)) for n in names]
-      lines.append(f"| {key} | " + " | ".join(row) + " |")
+  lines += _metric_rows(results, timing=False)
   for name in results.get("not_applicable", ()):
     lines.append(f"| {name} | n/a (encoder-only run: no decoder) |" + " |" * len(names))
   for name in results.get("skipped_without_labels", ()):
@@ -244,30 +262,125 @@ def results_markdown(results: dict[str, Any]) -> str:
     "| part | trained |" + "".join(f" {n} |" for n in names),
     "|---|---:|" + "---:|" * len(names),
   ]
-  for key, value in metrics.items():
-    if key.startswith("eval_seconds/"):
-      row = [_fmt(value)] + [_fmt(baselines[n].get(key)) for n in names]
-      lines.append(f"| {key.split('/', 1)[1]} | " + " | ".join(row) + " |")
+  lines += _metric_rows(results, timing=True)
   if results.get("figures"):
     lines += ["", "## Figures", ""] + [
       f"- {k}: `{os.path.relpath(v, results['workdir'])}`" for k, v in results["figures"].items()
     ]
-  lines += [
-    "",
-    "## Evaluation settings",
-    "",
-    "```json",
-    json.dumps(results["evals_config"], indent=2),
-    "```",
-    "",
-    "## Run config",
-    "",
-    "```json",
-    json.dumps(results["config"], indent=2),
-    "```",
-    "",
-  ]
+  lines += _json_section("Evaluation settings", results["evals_config"])
+  lines += _json_section("Run config", results["config"]) + [""]
   return "\n".join(lines)
+
+
+def _load_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[int]):
+  """``(loaded run, EvalData)``: the checkpoint at ``step`` and the evaluation data,
+  checked to be the run's dataset at its models' image shape."""
+  loaded = loading.load(workdir, step)
+  run_config = loaded.config
+  if config.data.name != run_config.data.name:
+    raise validation.ConfigError(
+      f"config.data.name = {config.data.name!r}, but {workdir} was trained on "
+      f"{run_config.data.name!r}; pass the run's config (--config=...)"
+    )
+  image_shape = tuple(run_config.data.image_shape)
+  data = load_data(config)
+  if data.x_train.shape[1:] != image_shape:
+    raise validation.ConfigError(
+      f"the data come as {data.x_train.shape[1:]} images, the run's models read "
+      f"{image_shape}; set config.data.image_size as in the run"
+    )
+  return loaded, data
+
+
+def _baselines(config, run_config, data, classifiers) -> dict[str, dict[str, float]]:
+  """``{"raw_pixels": metrics, "random_encoder": metrics}`` of the feature evaluators
+  ``classifiers`` (none when ``config.evals.baselines`` is off or there are none)."""
+  if not (config.evals.baselines and classifiers):
+    return {}
+  image_shape = tuple(run_config.data.image_shape)
+  baselines = {}
+  # The initial state train_and_evaluate starts from: what training added.
+  for name, encode in (
+    ("raw_pixels", _flatten),
+    ("random_encoder", random_encoder(run_config, image_shape, int(run_config.seed))),
+  ):
+    logging.info("baseline %s", name)
+    baselines[name] = evaluators.run_all(
+      classifiers, encode, None, data, batch_size=int(config.evals.batch_size)
+    )
+  return baselines
+
+
+def _compared_runs(config, run_config, data, classifiers) -> tuple[dict, dict]:
+  """``(metrics, training records)`` of ``config.evals.compare_workdirs``, each named
+  ``"<loss.mode>: <directory>"``: other runs on the same data (e.g. the encoder-only
+  baselines trained for the same minutes), their features through the same classifiers."""
+  image_shape = tuple(run_config.data.image_shape)
+  metrics, records = {}, {}
+  for path in config.evals.compare_workdirs:
+    other = loading.load(path)
+    if (
+      other.config.data.name != run_config.data.name
+      or tuple(other.config.data.image_shape) != image_shape
+    ):
+      raise validation.ConfigError(
+        f"config.evals.compare_workdirs: {path} was trained on "
+        f"{other.config.data.name!r} {tuple(other.config.data.image_shape)}, this "
+        f"run on {run_config.data.name!r} {image_shape}"
+      )
+    name = f"{other.config.loss.mode}: {os.path.basename(os.path.normpath(path))}"
+    logging.info("compared run %s", name)
+    metrics[name] = evaluators.run_all(
+      classifiers, other.encode, None, data, batch_size=int(config.evals.batch_size)
+    )
+    records[name] = _training_record(path, other)
+  return metrics, records
+
+
+def _not_applicable(built, loaded) -> list[str]:
+  """The evaluators that need the decoder an encoder-only run (loss.mode "tcr",
+  "simclr") lacks: "n/a" in the results, logged once."""
+  names = [] if loaded.decode is not None else [e.name for e in built if e.needs_decoder]
+  if names:
+    logging.info(
+      "%s: n/a, the run is encoder-only (loss.mode %r, no decoder)",
+      ", ".join(names),
+      loaded.config.loss.mode,
+    )
+  return names
+
+
+def _write_figures(config, workdir: str, context, built) -> dict[str, str]:
+  """``{figure: path}`` of ``figures.write_all`` under ``WORKDIR/figures`` and the
+  conditional-generation grid the evaluators wrote there."""
+  out_dir = os.path.join(workdir, "figures")
+  decoded = context.decode is not None
+  paths = dict(
+    figures.write_all(
+      out_dir,
+      x_test=context.data.x_test,
+      x_hat=context.x_hat if decoded else None,
+      z_test=context.z_test,
+      zhat_test=context.zhat_test if decoded else None,
+      y_test=context.data.y_test,
+      workdir=workdir,
+      class_names=input_pipeline.get_dataset_info(config).class_names,
+    )
+  )
+  cond = os.path.join(out_dir, "conditional_generation.png")
+  if os.path.isfile(cond) and any(e.name == "conditional_generation" for e in built):
+    paths["conditional_generation"] = cond
+  return paths
+
+
+def _write_results(workdir: str, results: dict[str, Any]) -> None:
+  """``WORKDIR/results.json`` and ``results.md``."""
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2, default=str)
+    f.write("\n")
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(results_markdown(results))
+  logging.info("wrote %s and results.md", os.path.join(workdir, "results.json"))
 
 
 def evaluate(
@@ -281,102 +394,37 @@ def evaluate(
     ``step``, ``wall_time_s``, ``figures`` and the configs.
   """
   start = time.time()
-  loaded = loading.load(workdir, step)
-  run_config = loaded.config
-  if config.data.name != run_config.data.name:
-    raise validation.ConfigError(
-      f"config.data.name = {config.data.name!r}, but {workdir} was trained on "
-      f"{run_config.data.name!r}; pass the run's config (--config=...)"
-    )
-  image_shape = tuple(run_config.data.image_shape)
-  evals = config.evals
-  data = load_data(config)
-  if data.x_train.shape[1:] != image_shape:
-    raise validation.ConfigError(
-      f"the data come as {data.x_train.shape[1:]} images, the run's models read "
-      f"{image_shape}; set config.data.image_size as in the run"
-    )
+  loaded, data = _load_run(config, workdir, step)
+  run_config, evals = loaded.config, config.evals
   write = jax.process_index() == 0
-  out_dir = os.path.join(workdir, "figures")
-  batch_size = int(evals.batch_size)
   built = evaluators.build(config)
-  step_done = int(loaded.state.step)
   logging.info(
     "evaluating %s at step %d on %d train / %d test examples",
     workdir,
-    step_done,
+    int(loaded.state.step),
     len(data.x_train),
     len(data.x_test),
   )
-
   context = evaluators.Context(
-    data, loaded.encode, loaded.decode, batch_size, out_dir if write else None, None
+    data,
+    loaded.encode,
+    loaded.decode,
+    int(evals.batch_size),
+    os.path.join(workdir, "figures") if write else None,
+    dataset_key=config.data.name,
   )
   metrics = evaluators.run_context(built, context)
-  baselines = {}
   # Only those the labels allow (run_context logged which were skipped, and why).
   runnable, _ = evaluators.without_labels(built, data)
-  skipped = [e.name for e in built if e not in runnable]
-  classifiers = [e for e in runnable if e.name in evaluators.CLASSIFIERS]
-  if evals.baselines and classifiers:
-    # The initial state train_and_evaluate starts from: what training added.
-    for name, encode in (
-      ("raw_pixels", _flatten),
-      ("random_encoder", random_encoder(run_config, image_shape, int(run_config.seed))),
-    ):
-      logging.info("baseline %s", name)
-      baselines[name] = evaluators.run_all(classifiers, encode, None, data, batch_size=batch_size)
-  # Other runs on the same data (e.g. the encoder-only baselines trained for the same
-  # minutes): their features through the same classifiers, one column each.
-  compared = {}
-  for path in evals.compare_workdirs:
-    other = loading.load(path)
-    if (
-      other.config.data.name != run_config.data.name
-      or tuple(other.config.data.image_shape) != image_shape
-    ):
-      raise validation.ConfigError(
-        f"config.evals.compare_workdirs: {path} was trained on "
-        f"{other.config.data.name!r} {tuple(other.config.data.image_shape)}, this "
-        f"run on {run_config.data.name!r} {image_shape}"
-      )
-    name = f"{other.config.loss.mode}: {os.path.basename(os.path.normpath(path))}"
-    logging.info("compared run %s", name)
-    baselines[name] = evaluators.run_all(
-      classifiers, other.encode, None, data, batch_size=batch_size
-    )
-    compared[name] = _training_record(path, other)
-
-  # Encoder-only runs (loss.mode "tcr", "simclr") have no g: what needs it is "n/a".
-  not_applicable = [] if loaded.decode is not None else [e.name for e in built if e.needs_decode]
-  if not_applicable:
-    logging.info(
-      "%s: n/a, the run is encoder-only (loss.mode %r, no decoder)",
-      ", ".join(not_applicable),
-      run_config.loss.mode,
-    )
-  paths = {}
-  if write and evals.figures:
-    decoded = loaded.decode is not None
-    paths = dict(
-      figures.write_all(
-        out_dir,
-        x_test=data.x_test,
-        x_hat=context.x_hat if decoded else None,
-        z_test=context.z_test,
-        zhat_test=context.zhat_test if decoded else None,
-        y_test=data.y_test,
-        workdir=workdir,
-        class_names=input_pipeline.get_dataset_info(config).class_names,
-      )
-    )
-    cond = os.path.join(out_dir, "conditional_generation.png")
-    if os.path.isfile(cond) and any(e.name == "conditional_generation" for e in built):
-      paths["conditional_generation"] = cond
-
+  classifiers = [e for e in runnable if e.features_only]
+  baselines = _baselines(config, run_config, data, classifiers)
+  compared_metrics, compared = _compared_runs(config, run_config, data, classifiers)
+  baselines.update(compared_metrics)
+  not_applicable = _not_applicable(built, loaded)
+  paths = _write_figures(config, workdir, context, built) if write and evals.figures else {}
   results = {
     "workdir": os.path.abspath(workdir),
-    "step": step_done,
+    "step": int(loaded.state.step),
     "dataset": run_config.data.name,
     "num_train": int(len(data.x_train)),
     "num_test": int(len(data.x_test)),
@@ -386,17 +434,12 @@ def evaluate(
     "compared_runs": compared,
     "metrics": metrics,
     "not_applicable": not_applicable,
-    "skipped_without_labels": skipped,
+    "skipped_without_labels": [e.name for e in built if e not in runnable],
     "baselines": baselines,
     "figures": paths,
     "evals_config": evals.to_dict() if hasattr(evals, "to_dict") else dict(evals),
     "config": run_config.to_dict(),
   }
   if write:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2, default=str)
-      f.write("\n")
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-      f.write(results_markdown(results))
-    logging.info("wrote %s and results.md", os.path.join(workdir, "results.json"))
+    _write_results(workdir, results)
   return results

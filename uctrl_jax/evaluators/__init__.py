@@ -13,6 +13,18 @@ Each module has a pure ``evaluate(...)`` on arrays returning ``{metric: float}``
     fid                     Fréchet distance of Z and Ẑ; FID with Inception weights
     structure               within- over between-class mean |cos| of test features
 
+and says what the registry needs to run it (an evaluator is one module of this package):
+
+    NEEDS_DECODER = False          # reads g (context.decode, context.x_hat); default False
+    NEEDS_LABELS = ("train", "test")  # splits whose labels every metric needs; default ()
+    def needs_labels(options): ... # instead of NEEDS_LABELS where the options decide
+    OPTIONAL_LABELS = ("train",)   # splits whose labels some metrics need; default ()
+    def defaults(config): ...      # {option: value} for options left None (optional)
+    def run(context, **options):   # -> {metric: float}, from the shared ``Context``
+
+An evaluator without a decoder scores features only: those run on the baselines (raw
+pixels, the encoder at initialisation; ``CLASSIFIERS``) too.
+
 The registry runs the ones named in ``config.evals.names`` on an encoder/decoder pair,
 computing features once:
 
@@ -22,17 +34,17 @@ computing features once:
     # {"knn/top1": 87.1, "reconstruction/psnr": 15.2, ...}
 
 Labels only score a run. On data without them (``EvalData`` with ``y_train`` and/or
-``y_test`` None) the evaluators that need them (``Evaluator.needs_labels``: kNN, linear
-probe, nearest subspace, clustering, structure) are skipped with one log line saying
-why (``without_labels``); reconstruction reports MSE/PSNR without its class consistency,
-conditional generation clusters by k-means (``num_clusters``, or
-``num_clusters_without_labels`` when there are no classes) without its
-``sample_consistency``; FID needs none.
+``y_test`` None) the evaluators that need them (``NEEDS_LABELS``: kNN, linear probe,
+nearest subspace, clustering, structure) are skipped with one log line saying why
+(``without_labels``); those with ``OPTIONAL_LABELS`` run without their label-based
+metrics: reconstruction reports MSE/PSNR without its class consistency, conditional
+generation clusters by k-means (``num_clusters``, or ``num_clusters_without_labels``
+when there are no classes) without its ``sample_consistency``; FID needs none.
 
 ``encode(x (B, H, W, C)) -> (B, d)`` and ``decode(Z) -> x̂`` are called on batches of
 exactly ``config.evals.batch_size`` rows (padded), so jitted callables compile once.
-Options of an evaluator are ``config.evals.<name>`` (keyword arguments of its
-``evaluate``); a missing ``config.evals`` means every default.
+Options of an evaluator are ``config.evals.<name>`` (keyword arguments of its ``run``);
+a missing block means every default.
 """
 
 from __future__ import annotations
@@ -40,8 +52,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-import os
+import pkgutil
 import time
+from types import ModuleType
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 from absl import logging
@@ -49,8 +62,28 @@ import numpy as np
 
 from uctrl_jax.evaluators import common
 
-# Evaluators that need only features: the ones run on raw pixels and random encoders.
-CLASSIFIERS = ("knn", "linear_probe", "nearest_subspace", "clustering", "structure")
+_HELPERS = ("common",)  # modules of this package that are not evaluators
+
+
+def _names() -> tuple[str, ...]:
+  """Every evaluator's name: the modules of this package (a new file is a new evaluator)."""
+  return tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in _HELPERS))
+
+
+def module(name: str) -> ModuleType:
+  """The module of evaluator ``name``, imported on first use (only those named are)."""
+  if name not in _names():
+    raise ValueError(f"unknown evaluator {name!r}; known: {', '.join(_names())}")
+  return importlib.import_module(f"{__name__}.{name}")
+
+
+def __getattr__(attr: str):
+  # Computed on use, so that they follow the modules present.
+  if attr == "ALL":  # every evaluator's name
+    return _names()
+  if attr == "CLASSIFIERS":  # those that score features only: run on the baselines too
+    return tuple(n for n in _names() if build_one(n).features_only)
+  raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
 class EvalData(NamedTuple):
@@ -64,7 +97,15 @@ class EvalData(NamedTuple):
 
 
 class Context:
-  """What evaluators read; features and reconstructions computed once, on first use."""
+  """What evaluators read; features and reconstructions computed once, on first use.
+
+  Beyond the data and the loop, optional keyword fields (None when the caller has none)
+  carry what only some evaluators need; a new one is one more keyword here, and the
+  evaluators that read it check it for None:
+
+  - ``dataset_key``: names the evaluation data (``config.data.name``), for caches kept
+    across runs.
+  """
 
   def __init__(
     self,
@@ -74,9 +115,12 @@ class Context:
     batch_size: int = 500,
     out_dir: Optional[str] = None,
     step: Optional[int] = None,
+    *,
+    dataset_key: Optional[str] = None,
   ):
     self.data, self.encode, self.decode = data, encode, decode
     self.batch_size, self.out_dir, self.step = batch_size, out_dir, step
+    self.dataset_key = dataset_key
 
   def _run(self, fn, x):
     return common.batched(fn, x, self.batch_size).astype(np.float32)
@@ -100,126 +144,60 @@ class Context:
 
 @dataclasses.dataclass(frozen=True)
 class Evaluator:
-  """A named evaluator: ``fn(context) -> {metric: float}``; ``needs_labels`` names the
-  splits ("train", "test") whose labels all its metrics need."""
+  """A named evaluator: ``fn(context) -> {metric: float}``, with its module's needs:
+  ``needs_labels`` names the splits ("train", "test") whose labels all its metrics need,
+  ``optional_labels`` those whose labels some of its metrics need."""
 
   name: str
   fn: Callable[[Context], Mapping[str, float]]
-  needs_decode: bool = False
+  needs_decoder: bool = False
   needs_labels: tuple[str, ...] = ()
+  optional_labels: tuple[str, ...] = ()
 
-
-def _knn(m, o):
-  return lambda c: m.evaluate(
-    c.z_train, c.data.y_train, c.z_test, c.data.y_test, num_classes=c.data.num_classes, **o
-  )
-
-
-def _clustering(m, o):
-  k = o.pop("num_clusters", None)
-  # Clusters the test split (unsupervised: the labels only score the partition).
-  return lambda c: m.evaluate(c.z_test, c.data.y_test, num_clusters=k or c.data.num_classes, **o)
-
-
-def _structure(m, o):
-  return lambda c: m.evaluate(c.z_test, c.data.y_test, num_classes=c.data.num_classes, **o)
-
-
-def _reconstruction(m, o):
-  return lambda c: m.evaluate(
-    c.data.x_train,
-    c.data.y_train,
-    c.data.x_test,
-    c.data.y_test,
-    c.x_hat,
-    num_classes=c.data.num_classes,
-    **o,
-  )
-
-
-def _conditional_generation(m, o):
-  use_labels, k = o.pop("use_labels", False), o.pop("num_clusters", None)
-  k_unlabelled = o.pop("num_clusters_without_labels", None)
-
-  def fn(c):
-    grid, metrics = m.evaluate(
-      c.z_train,
-      c.decode,
-      labels=c.data.y_train if use_labels else None,
-      num_clusters=k or c.data.num_classes or k_unlabelled,
-      x_train=c.data.x_train,
-      y_train=c.data.y_train,
-      num_classes=c.data.num_classes,
-      batch_size=c.batch_size,
-      **o,
-    )
-    if c.out_dir:
-      from uctrl_jax import image_grid  # pylint: disable=import-outside-toplevel
-
-      name = "conditional_generation" + ("" if c.step is None else f"_step_{c.step:07d}")
-      logging.info("wrote %s", image_grid.save_png(os.path.join(c.out_dir, name + ".png"), grid))
-    return metrics
-
-  return fn
-
-
-def _fid(m, o):
-  return lambda c: m.evaluate(
-    c.z_test, c.zhat_test, x_test=c.data.x_test, x_hat=c.x_hat, batch_size=c.batch_size, **o
-  )
-
-
-# name -> (builder(module, options) -> fn(context), needs_decode, needs_labels)
-_REGISTRY = {
-  "knn": (_knn, False, ("train", "test")),
-  "linear_probe": (_knn, False, ("train", "test")),  # same arguments as knn
-  "nearest_subspace": (_knn, False, ("train", "test")),
-  # Clusters the test split; its labels only score the partition.
-  "clustering": (_clustering, False, ("test",)),
-  # Without labels: MSE and PSNR only.
-  "reconstruction": (_reconstruction, True, ()),
-  # Without labels: k-means clusters, no sample_consistency (use_labels needs train's).
-  "conditional_generation": (_conditional_generation, True, ()),
-  "fid": (_fid, True, ()),
-  "structure": (_structure, False, ("test",)),
-}
-ALL = tuple(_REGISTRY)  # every evaluator's name, in the registry's order
+  @property
+  def features_only(self) -> bool:
+    """Scores features alone (no decoder): runs on raw pixels and random encoders too."""
+    return not self.needs_decoder
 
 
 def build_one(name: str, options: Optional[Mapping[str, Any]] = None) -> Evaluator:
-  """The evaluator ``name`` with keyword ``options`` of its module's ``evaluate``."""
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown evaluator {name!r}; known: {', '.join(ALL)}")
-  builder, needs_decode, needs_labels = _REGISTRY[name]
-  module = importlib.import_module(f"uctrl_jax.evaluators.{name}")  # lazily: only those named
+  """The evaluator ``name`` with keyword ``options`` of its module's ``run``."""
+  mod = module(name)
   options = dict(options or {})
-  if name == "conditional_generation" and options.get("use_labels"):
-    needs_labels = ("train",)  # its clusters are the training classes
-  inner = builder(module, options)
+  if hasattr(mod, "needs_labels"):
+    needs = mod.needs_labels(options)
+  else:
+    needs = getattr(mod, "NEEDS_LABELS", ())
 
   def fn(context):
     try:
-      return inner(context)
+      return mod.run(context, **options)
     except TypeError as e:  # most likely a misspelt option
       raise TypeError(f"evaluator {name!r} with options {options}: {e}") from e
 
-  return Evaluator(name, fn, needs_decode, needs_labels)
+  return Evaluator(
+    name,
+    fn,
+    needs_decoder=getattr(mod, "NEEDS_DECODER", False),
+    needs_labels=tuple(needs),
+    optional_labels=tuple(getattr(mod, "OPTIONAL_LABELS", ())),
+  )
 
 
 def build(config, names: Optional[Sequence[str]] = None) -> list[Evaluator]:
-  """Evaluators named in ``config.evals.names`` (or ``names``), with their options.
-
-  ``clustering.eps_sq`` defaults to ``config.loss.eps_sq`` (the ε² the features were
-  trained with).
-  """
+  """Evaluators named in ``config.evals.names`` (or ``names``), with their options
+  ``config.evals.<name>``; an option left None takes its module's ``defaults(config)``
+  where it has one (``clustering.eps_sq``: the ``config.loss.eps_sq`` the features were
+  trained with)."""
   evals = config.evals
-  names = tuple(names if names is not None else evals.names)
   out = []
-  for name in names:
-    options = evals[name] if name in _REGISTRY else None  # unknown: build_one says so
+  for name in tuple(names if names is not None else evals.names):
+    mod = module(name)
+    options = evals.get(name)
     options = dict(options.to_dict() if hasattr(options, "to_dict") else (options or {}))
-    if name == "clustering" and options["eps_sq"] is None:
-      options["eps_sq"] = float(config.loss.eps_sq)
+    for key, value in (mod.defaults(config) if hasattr(mod, "defaults") else {}).items():
+      if options.get(key) is None:
+        options[key] = value
     out.append(build_one(name, options))
   return out
 
@@ -229,14 +207,10 @@ def without_labels(
 ) -> tuple[list[Evaluator], Optional[str]]:
   """The evaluators that ``data``'s labels allow, and one line naming the others and why
   (None when none is skipped, or when ``data`` has every label)."""
-  missing = [s for s, y in (("train", data.y_train), ("test", data.y_test)) if y is None]
-  keep = [e for e in evaluators if not set(e.needs_labels) & set(missing)]
+  missing = {s for s, y in (("train", data.y_train), ("test", data.y_test)) if y is None}
+  keep = [e for e in evaluators if not set(e.needs_labels) & missing]
   # Label-based metrics dropped by evaluators that still run.
-  partial = [
-    e.name
-    for e in keep
-    if e.name == "reconstruction" or (e.name == "conditional_generation" and "train" in missing)
-  ]
+  partial = [e.name for e in keep if set(e.optional_labels) & missing]
   parts = []
   if len(keep) < len(evaluators):
     parts.append(
@@ -246,7 +220,8 @@ def without_labels(
     parts.append(", ".join(partial) + " without label-based metrics")
   if not missing or not parts:
     return keep, None
-  return keep, f"no labels in the evaluation's {' and '.join(missing)} split: " + "; ".join(parts)
+  splits = [s for s in ("train", "test") if s in missing]
+  return keep, f"no labels in the evaluation's {' and '.join(splits)} split: " + "; ".join(parts)
 
 
 def run_context(
@@ -271,7 +246,7 @@ def run_context(
   context.z_train, context.z_test  # pylint: disable=pointless-statement  (timed apart)
   metrics = {"eval_seconds/encode": time.time() - start}
   for ev in evaluators:
-    if ev.needs_decode and context.decode is None:
+    if ev.needs_decoder and context.decode is None:
       continue
     start = time.time()
     for key, value in ev.fn(context).items():
@@ -293,16 +268,18 @@ def run_all(
   batch_size: int = 500,
   log_labels: bool = True,
   log_times: bool = True,
+  **fields,
 ) -> dict[str, float]:
   """Runs ``evaluators`` on ``encode``/``decode`` and ``data``: ``{"name/metric": float}``.
 
   ``decode=None`` (raw pixels, say) skips the evaluators that need a decoder.
   ``out_dir`` receives pictures (conditional generation), suffixed with ``step`` when
-  given. Features are computed once, in batches of ``batch_size``.
+  given. Features are computed once, in batches of ``batch_size``. ``fields``: the
+  optional keyword fields of ``Context`` (``dataset_key``).
   """
   return run_context(
     evaluators,
-    Context(data, encode, decode, batch_size, out_dir, step),
+    Context(data, encode, decode, batch_size, out_dir, step, **fields),
     log_labels=log_labels,
     log_times=log_times,
   )

@@ -32,6 +32,11 @@ from scipy import optimize
 from uctrl_jax import rate_reduction as rr
 from uctrl_jax.evaluators import common
 
+# What the registry needs (uctrl_jax/evaluators/__init__.py): test features; the test
+# split's labels only score the partition.
+NEEDS_DECODER = False
+NEEDS_LABELS = ("test",)
+
 
 # ----------------------------------------------------------------------------
 # Scores.
@@ -223,3 +228,17 @@ def evaluate(
       mcr2_acc=hungarian_accuracy(ym, pred), mcr2_nmi=nmi(ym, pred), mcr2_delta_r=float(history[-1])
     )
   return out
+
+
+def defaults(config) -> dict:
+  """Options left None that the run's config decides: the ε² the features were trained with."""
+  return {"eps_sq": float(config.loss.eps_sq)}
+
+
+def run(context, *, num_clusters: int | None = None, **options) -> dict[str, float]:
+  """``evaluate`` on a registry ``Context``: clusters the test split (unsupervised: the
+  labels only score the partition) into ``num_clusters`` (None: the number of classes)."""
+  data = context.data
+  return evaluate(
+    context.z_test, data.y_test, num_clusters=num_clusters or data.num_classes, **options
+  )

@@ -60,3 +60,18 @@ def batched(fn: Callable, x: np.ndarray, batch_size: int) -> np.ndarray:
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
     out.append(np.asarray(fn(chunk))[: batch_size - pad])
   return np.concatenate(out)
+
+
+def classify(evaluate: Callable, context, **options) -> dict[str, float]:
+  """``evaluate(z_train, y_train, z_test, y_test, num_classes=C, **options)`` of a
+  classifier on a registry ``Context``: fit on the train split's features and labels,
+  scored on the test split's."""
+  data = context.data
+  return evaluate(
+    context.z_train,
+    data.y_train,
+    context.z_test,
+    data.y_test,
+    num_classes=data.num_classes,
+    **options,
+  )

@@ -17,8 +17,10 @@ generation works; a collapsed decoder drawing one thing for every cluster scores
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Optional
 
+from absl import logging
 import jax
 import numpy as np
 
@@ -26,6 +28,16 @@ from uctrl_jax import image_grid
 from uctrl_jax.evaluators import clustering
 from uctrl_jax.evaluators import common
 from uctrl_jax.evaluators import knn
+
+# What the registry needs (uctrl_jax/evaluators/__init__.py): the decoder; the train
+# split's labels for ``sample_consistency`` (and for the clusters, with ``use_labels``).
+NEEDS_DECODER = True
+OPTIONAL_LABELS = ("train",)
+
+
+def needs_labels(options) -> tuple[str, ...]:
+  """With ``use_labels`` the clusters are the training classes: no run without them."""
+  return ("train",) if options.get("use_labels") else ()
 
 
 def cluster_samples(
@@ -114,3 +126,38 @@ def evaluate(
     pred = knn.weighted_knn(x_train, y_train, generated, num_classes=num_classes)
     metrics["sample_consistency"] = common.accuracy(np.repeat(cluster_class, S - 1), pred)
   return image_grid.image_grid(list(images)), metrics
+
+
+def run(
+  context,
+  *,
+  use_labels: bool = False,
+  num_clusters: Optional[int] = None,
+  num_clusters_without_labels: Optional[int] = None,
+  **options,
+) -> dict[str, float]:
+  """``evaluate`` on a registry ``Context``'s training features; writes the grid to
+  ``context.out_dir`` (suffixed with ``context.step``) when it is set.
+
+  Clusters: the training classes with ``use_labels``, else k-means into
+  ``num_clusters`` (None: the number of classes, or ``num_clusters_without_labels``
+  when the data have none).
+  """
+  data = context.data
+  grid, metrics = evaluate(
+    context.z_train,
+    context.decode,
+    labels=data.y_train if use_labels else None,
+    num_clusters=num_clusters or data.num_classes or num_clusters_without_labels,
+    x_train=data.x_train,
+    y_train=data.y_train,
+    num_classes=data.num_classes,
+    batch_size=context.batch_size,
+    **options,
+  )
+  if context.out_dir:
+    name = "conditional_generation" + ("" if context.step is None else f"_step_{context.step:07d}")
+    logging.info(
+      "wrote %s", image_grid.save_png(os.path.join(context.out_dir, name + ".png"), grid)
+    )
+  return metrics

@@ -23,6 +23,10 @@ from scipy import linalg
 
 from uctrl_jax.evaluators import common
 
+# What the registry needs (uctrl_jax/evaluators/__init__.py): the decoder, no labels.
+NEEDS_DECODER = True
+NEEDS_LABELS = ()
+
 SKIP_MESSAGE = (
   "FID skipped: config.evals.fid.inception_path is not set (no Inception weights "
   "on this machine; nothing is downloaded)"
@@ -87,3 +91,15 @@ def evaluate(
   fake = common.batched(features, x_hat, batch_size)
   out["fid"] = frechet_distance(real, fake)
   return out
+
+
+def run(context, **options) -> dict[str, float]:
+  """``evaluate`` on a registry ``Context``: test features against their reconstructions'."""
+  return evaluate(
+    context.z_test,
+    context.zhat_test,
+    x_test=context.data.x_test,
+    x_hat=context.x_hat,
+    batch_size=context.batch_size,
+    **options,
+  )

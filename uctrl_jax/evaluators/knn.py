@@ -16,6 +16,10 @@ import numpy as np
 
 from uctrl_jax.evaluators import common
 
+# What the registry needs (uctrl_jax/evaluators/__init__.py): features and both splits' labels.
+NEEDS_DECODER = False
+NEEDS_LABELS = ("train", "test")
+
 
 @functools.partial(jax.jit, static_argnames=("k", "num_classes"))
 def _votes(queries, reference, reference_labels, temperature, *, k: int, num_classes: int):
@@ -82,3 +86,8 @@ def evaluate(
     train_z, train_y, test_z, num_classes=num_classes, k=k, temperature=temperature
   )
   return {"top1": common.accuracy(test_y, pred)}
+
+
+def run(context, **options) -> dict[str, float]:
+  """``evaluate`` on a registry ``Context``: fit on train features, scored on test."""
+  return common.classify(evaluate, context, **options)

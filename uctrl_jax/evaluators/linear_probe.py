@@ -22,6 +22,10 @@ import optax
 
 from uctrl_jax.evaluators import common
 
+# What the registry needs (uctrl_jax/evaluators/__init__.py): features and both splits' labels.
+NEEDS_DECODER = False
+NEEDS_LABELS = ("train", "test")
+
 
 def standardize(train_z: np.ndarray, test_z: np.ndarray, eps: float = 1e-6):
   """Both ``(n, d)`` sets scaled by the training set's per-dimension mean and std."""
@@ -92,3 +96,8 @@ def evaluate(
     "top1": common.accuracy(test_y, (test_s @ W + b).argmax(1)),
     "train_top1": common.accuracy(train_y, (train_s @ W + b).argmax(1)),
   }
+
+
+def run(context, **options) -> dict[str, float]:
+  """``evaluate`` on a registry ``Context``: fit on train features, scored on test."""
+  return common.classify(evaluate, context, **options)

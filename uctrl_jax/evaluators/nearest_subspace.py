@@ -15,6 +15,10 @@ import numpy as np
 
 from uctrl_jax.evaluators import common
 
+# What the registry needs (uctrl_jax/evaluators/__init__.py): features and both splits' labels.
+NEEDS_DECODER = False
+NEEDS_LABELS = ("train", "test")
+
 
 def class_subspaces(
   train_z, train_y, num_classes: int, n_components: int, rtol: float = 1e-6
@@ -58,3 +62,8 @@ def evaluate(
     num_classes = int(max(train_y.max(), test_y.max())) + 1
   bases = class_subspaces(train_z, train_y, int(num_classes), n_components)
   return {"top1": common.accuracy(test_y, residuals(test_z, bases).argmin(axis=1))}
+
+
+def run(context, **options) -> dict[str, float]:
+  """``evaluate`` on a registry ``Context``: fit on train features, scored on test."""
+  return common.classify(evaluate, context, **options)

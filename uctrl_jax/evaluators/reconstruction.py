@@ -19,6 +19,12 @@ import numpy as np
 from uctrl_jax.evaluators import common
 from uctrl_jax.evaluators import knn
 
+# What the registry needs (uctrl_jax/evaluators/__init__.py): the decoder; without both
+# splits' labels, MSE and PSNR only.
+NEEDS_DECODER = True
+NEEDS_LABELS = ()
+OPTIONAL_LABELS = ("train", "test")
+
 
 def mse_psnr(x, x_hat) -> dict[str, float]:
   """``{"mse", "psnr"}`` of images in [-1, 1] (any equal shapes)."""
@@ -64,3 +70,18 @@ def evaluate(
   out["real_top1"] = common.accuracy(y_test, pred[: len(x_test)])
   out["consistency"] = common.accuracy(y_test, pred[len(x_test) :])
   return out
+
+
+def run(context, **options) -> dict[str, float]:
+  """``evaluate`` on a registry ``Context``: the test split's reconstructions, classified
+  by pixels of the train split."""
+  data = context.data
+  return evaluate(
+    data.x_train,
+    data.y_train,
+    data.x_test,
+    data.y_test,
+    context.x_hat,
+    num_classes=data.num_classes,
+    **options,
+  )

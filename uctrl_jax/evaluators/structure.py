@@ -13,6 +13,10 @@ import numpy as np
 
 from uctrl_jax.evaluators import common
 
+# What the registry needs (uctrl_jax/evaluators/__init__.py): test features and labels.
+NEEDS_DECODER = False
+NEEDS_LABELS = ("test",)
+
 
 def abs_cos_within_between(
   Z, labels, *, num_classes: int | None = None, chunk_size: int = 1000
@@ -54,3 +58,9 @@ def evaluate(Z, labels, *, num_classes: int | None = None) -> dict[str, float]:
   within, between = abs_cos_within_between(Z, labels, num_classes=num_classes)
   score = within / between if between > 0 else float("inf")
   return {"within_abs_cos": within, "between_abs_cos": between, "score": score}
+
+
+def run(context, **options) -> dict[str, float]:
+  """``evaluate`` on a registry ``Context``: the test split's features and labels."""
+  data = context.data
+  return evaluate(context.z_test, data.y_test, num_classes=data.num_classes, **options)
