@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.name = "fashion_mnist"  # tfds name, or "image_folder:PATH", "npz:PATH"
   # The split training reads; slices hold data out: "train[:90%]" (npz/image_folder slices
-  # are taken after a fixed shuffle: uctrl_jax/datasets.py).
+  # are taken after a fixed shuffle: uctrl_jax/datasets/splits.py).
   config.data.train_split = "train"
   config.data.data_dir = ml_collections.config_dict.placeholder(str)  # None: tfds default
   # Let tfds download a dataset missing from data_dir (needs network). Off, so an

@@ -1,4 +1,4 @@
-"""Tests of uctrl_jax/datasets.py: offline Fashion-MNIST, user data, clear errors."""
+"""Tests of uctrl_jax/datasets/: offline Fashion-MNIST, user data, clear errors."""
 
 import gzip
 import logging
@@ -493,6 +493,15 @@ def test_image_folder_slices_come_from_the_same_permutation(tmp_path):
   source = datasets.open_dataset(f"image_folder:{root}")
   permutation = np.random.RandomState(datasets.SLICE_SHUFFLE_SEED).permutation(10)
   assert _ids(source, "train[70%:]") == [10 * i for i in permutation[7:]]
+
+
+def test_split_name_is_the_name_parse_split_returns():
+  for split in ("train", "test", "train[:90%]", "train[90%:]", "valid[-3:]", "my split[1:2]"):
+    assert datasets.split_name(split) == datasets.parse_split(split)[0], split
+  # tfds expressions are more than the grammar: their first split's name, unchecked.
+  assert datasets.split_name("train[:50%]+test") == "train"
+  with pytest.raises(datasets.DataError, match="expected NAME or NAME"):
+    datasets.parse_split("train[:50%]+test")
 
 
 def test_shared_examples_of_two_slices(tmp_path):

@@ -110,7 +110,7 @@ class PeriodicEval:
     self.every = int(config.train.eval_every)
     splits = [evals.train_split, evals.test_split]
     available = input_pipeline.get_dataset_info(config).num_examples
-    missing = [s for s in splits if s.split("[", 1)[0] not in available]
+    missing = [s for s in splits if datasets.split_name(s) not in available]
     if self.names and self.every > 0 and missing:
       # A single .npz file holds a train split only: train anyway, without evaluations.
       logging.warning(

@@ -58,7 +58,7 @@ _hide_accelerators_from_tf()
 
 
 def open_source(config: ml_collections.ConfigDict) -> datasets.Source:
-  """The dataset named by `config.data` (see uctrl_jax/datasets.py)."""
+  """The dataset named by `config.data` (see uctrl_jax/datasets/)."""
   return datasets.open_dataset(
     config.data.name, data_dir=config.data.data_dir, download=config.data.download
   )
@@ -100,7 +100,7 @@ def create_dataset(
     config: the experiment config; reads config.seed, config.data and
       config.train.batch_size.
     split: split name, e.g. "train", "test", or a slice of one ("train[:90%]";
-      see uctrl_jax/datasets.py for how npz and image-folder slices are drawn).
+      see uctrl_jax/datasets/splits.py for how npz and image-folder slices are drawn).
     process_index: this process, in [0, process_count).
     process_count: number of processes; each reads a disjoint shard.
     training: shuffle + repeat + drop the remainder (True) or one padded, masked
