@@ -228,6 +228,8 @@ def check_numbers(config: ml_collections.ConfigDict) -> None:
   ):
     _require_int(config, f"train.{key}", 1)
   _require_int(config, "train.num_steps", 0)
+  for key in ("remind_every", "clear_after"):  # the health monitor's, in logged steps
+    _require_int(config, f"train.health.{key}", 1)
   for key in ("encoder_lr", "decoder_lr"):
     _require_number(config, f"train.{key}", positive=False)
   for key in ("encoder_b1", "decoder_b1", "b2"):
