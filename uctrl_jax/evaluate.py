@@ -38,6 +38,7 @@ from uctrl_jax import input_pipeline
 from uctrl_jax import loading
 from uctrl_jax import models
 from uctrl_jax import validation
+from uctrl_jax import workdir_files
 from uctrl_jax.state import TrainState, create_train_state
 
 
@@ -392,11 +393,10 @@ def evaluate(
     "evals_config": evals.to_dict() if hasattr(evals, "to_dict") else dict(evals),
     "config": run_config.to_dict(),
   }
-  if write:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2, default=str)
-      f.write("\n")
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-      f.write(results_markdown(results))
+  if write:  # atomic: an interrupted evaluation leaves the previous results whole
+    workdir_files.write_text_atomic(
+      os.path.join(workdir, "results.json"), json.dumps(results, indent=2, default=str) + "\n"
+    )
+    workdir_files.write_text_atomic(os.path.join(workdir, "results.md"), results_markdown(results))
     logging.info("wrote %s and results.md", os.path.join(workdir, "results.json"))
   return results

@@ -224,6 +224,22 @@ def _flat_hparams(tree: Mapping[str, Any], prefix: str = "") -> dict:
   return flat
 
 
+def _holding_the_workdir(train_fn: Callable) -> Callable:
+  """``train_fn(config, workdir)`` inside ``workdir_files.training_lock`` (issue 26): one
+  training per work directory, the lock released on every way out."""
+
+  @functools.wraps(train_fn)
+  def train_holding_it(config, workdir):
+    from uctrl_jax import validation, workdir_files  # pylint: disable=import-outside-toplevel
+
+    validation.check_workdir_writable(workdir)  # its one-line error before any lock file
+    with workdir_files.training_lock(workdir):
+      return train_fn(config, workdir)
+
+  return train_holding_it
+
+
+@_holding_the_workdir
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains uCTRL as ``config`` says, in ``workdir``, resuming from its latest checkpoint.
 
@@ -234,6 +250,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   Reliability:
 
+  * One writer: the run holds ``WORKDIR/train.lock`` (``workdir_files.training_lock``);
+    a second training on the directory raises ``WorkdirBusyError`` naming the holder.
   * Validation: ``validation.validate_config`` runs first (names, ranges, batch vs.
     devices, image size vs. model, a writable workdir whose earlier ``config.json``
     agrees on the architecture and data) and raises ``ConfigError`` before any compile.
@@ -277,6 +295,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     FloatingPointError: non-finite values with ``on_nonfinite = "stop"`` (or rollbacks
       exhausted, or nothing to roll back to).
     checkpointing.RunLoadError: checkpoints exist but none can be restored.
+    checkpointing.CheckpointWriteError: a checkpoint could not be written (full disk, ...).
+    workdir_files.WorkdirBusyError: another training holds ``workdir``.
   """
   # pylint: disable=import-outside-toplevel
   from clu import metric_writers, periodic_actions
