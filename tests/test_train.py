@@ -218,13 +218,14 @@ def _fooling_run(holds_at, steps):
   return {step: lines for step, lines in said.items() if lines}
 
 
-def test_health_monitor_tells_a_lasting_failure_at_its_start_every_few_logs_and_its_end():
-  assert _fooling_run(holds_at=range(2, 9), steps=12) == {
+def test_health_monitor_tells_a_lasting_failure_at_its_start_now_and_then_and_its_end():
+  # Reminders 3 logged steps in, then 6 more, then 12 more, ...
+  assert _fooling_run(holds_at=range(2, 15), steps=18) == {
     2: [f"step 2: {_ONSET}"],
     5: [_goes_on(5, 4, 4)],
-    8: [_goes_on(8, 7, 7)],
-    10: [
-      "step 10: decoder fooling cleared: it held at 7 of the 7 logged steps from step 2 to step 8"
+    11: [_goes_on(11, 10, 10)],
+    16: [
+      "step 16: decoder fooling cleared: it held at 13 of the 13 logged steps from step 2 to step 14"
     ],
   }
 
@@ -232,12 +233,12 @@ def test_health_monitor_tells_a_lasting_failure_at_its_start_every_few_logs_and_
 def test_health_monitor_keeps_a_flickering_failure_one_episode():
   """Fooling at every other logged step (a tiny run printed ten warnings in 76 steps so):
   one onset, reminders with the count, one end once it stayed away for clear_after logs."""
-  assert _fooling_run(holds_at=range(2, 11, 2), steps=14) == {
+  assert _fooling_run(holds_at=range(2, 17, 2), steps=20) == {
     2: [f"step 2: {_ONSET}"],
     6: [_goes_on(6, 3, 5)],
-    10: [_goes_on(10, 5, 9)],
-    12: [
-      "step 12: decoder fooling cleared: it held at 5 of the 9 logged steps from step 2 to step 10"
+    12: [_goes_on(12, 6, 11)],
+    18: [
+      "step 18: decoder fooling cleared: it held at 8 of the 15 logged steps from step 2 to step 16"
     ],
   }
   # A new onset after the end is a new episode.

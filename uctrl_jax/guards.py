@@ -42,11 +42,14 @@ class HealthMonitor:
     without ``g∘f ≈ id``.
 
   ``update`` is called at the logged steps. Each failure is an episode, told in a few
-  lines however long it lasts: one when it starts (the values that show it), a reminder
-  with its count every ``remind_every`` logged steps while it lasts, and one when it ends.
-  It ends only after ``clear_after`` logged steps in a row without it: a condition that
-  flickers around its threshold (it held, cleared and came back at every other log line
-  of a tiny run) stays one episode instead of one warning per return.
+  lines however long it lasts: one when it starts (the values that show it), reminders
+  with its count while it lasts, and one when it ends. The first reminder comes
+  ``remind_every`` logged steps after the start, each next one after twice as many as
+  the one before (10, 30, 70, 150, ... logged steps in): a failure that lasts the whole
+  run adds a handful of lines, not one per ``remind_every``, and its progress lines stay
+  readable. It ends only after ``clear_after`` logged steps in a row without it: a
+  condition that flickers around its threshold (it held, cleared and came back at every
+  other log line of a tiny run) stays one episode instead of one warning per return.
   """
 
   def __init__(
@@ -66,7 +69,8 @@ class HealthMonitor:
     self.first_mse: Optional[float] = None
     # name -> {"start": its first step, "last": its latest step, "held": logged steps it
     #          held, "logged": logged steps since it started, "clear": logged steps in a
-    #          row without it, "told": logged steps since the last line about it}
+    #          row without it, "told": logged steps since the last line about it,
+    #          "wait": logged steps from that line to the next reminder}
     self._episodes: dict[str, dict] = {}
 
   def _episode(self, step: int, name: str, detail: Optional[str]) -> Optional[str]:
@@ -76,7 +80,9 @@ class HealthMonitor:
     if episode is None:
       if detail is None:
         return None
-      self._episodes[name] = dict(start=step, last=step, held=1, logged=1, clear=0, told=0)
+      self._episodes[name] = dict(
+        start=step, last=step, held=1, logged=1, clear=0, told=0, wait=self.remind_every
+      )
       return f"step {step}: {name}: {detail}"
     episode["logged"] += 1
     episode["told"] += 1
@@ -92,9 +98,9 @@ class HealthMonitor:
       )
     episode["held"] += 1
     episode["last"], episode["clear"] = step, 0
-    if episode["told"] < self.remind_every:
+    if episode["told"] < episode["wait"]:
       return None
-    episode["told"] = 0
+    episode["told"], episode["wait"] = 0, 2 * episode["wait"]
     return (
       f"step {step}: {name} goes on: it held at {episode['held']} of the "
       f"{episode['logged']} logged steps since step {episode['start']}; now {detail}"
