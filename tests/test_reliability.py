@@ -690,6 +690,7 @@ def test_sigterm_saves_then_resume_then_kill9_loses_at_most_checkpoint_every(
   stopped_at = max(run.logged_steps())
   assert f"SIGTERM received: saved the checkpoint of step {stopped_at}" in run.text
   assert checkpointing.Checkpointer(workdir).all_steps() == [stopped_at]
+  assert not os.path.exists(os.path.join(workdir, workdir_files.LOCK_FILENAME))  # released
 
   # 2. The same command resumes there (checkpointing every 2 steps now), then dies hard.
   every = 2
@@ -697,6 +698,8 @@ def test_sigterm_saves_then_resume_then_kill9_loses_at_most_checkpoint_every(
   run.wait_for_step(stopped_at + 5)
   run.proc.send_signal(signal.SIGKILL)
   run.finish()
+  # kill -9 leaves its lock behind; the next start (3.) takes it over: its pid is gone.
+  assert workdir_files.read_lock(workdir)["pid"] == run.proc.pid
   assert f"at step {stopped_at}" in run.text and "resumed from" in run.text
   assert min(run.logged_steps()) == stopped_at + 1
   last_logged = max(run.logged_steps())
@@ -714,4 +717,5 @@ def test_sigterm_saves_then_resume_then_kill9_loses_at_most_checkpoint_every(
   )
   assert int(state.step) == latest + 1
   assert not os.path.exists(partial)
+  assert workdir_files.read_lock(workdir) is None
   assert checkpointing.Checkpointer(workdir).all_steps()[-2:] == [latest, latest + 1]
