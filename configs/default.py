@@ -147,8 +147,18 @@ def get_config() -> ml_collections.ConfigDict:
   # its first value. fooling_cos 0.75: the 2026-11-29 Fashion-MNIST run drew noise at
   # cos(z, ẑ) ≈ 0.8 (prototypes: 0.8-0.96); a faithful transcription has cos near 1 and
   # falling MSE.
+  # Each failure is said when it starts, while it lasts (with a count: remind_every logged
+  # steps in, then after twice as many each time) and when it ends: after clear_after
+  # logged steps in a row without it, so that a condition flickering around its threshold
+  # is one episode, not a warning at each return.
   config.train.health = ml_collections.ConfigDict(
-    dict(collapse_fraction=0.5, fooling_cos=0.75, fooling_mse_fraction=0.9)
+    dict(
+      collapse_fraction=0.5,
+      fooling_cos=0.75,
+      fooling_mse_fraction=0.9,
+      remind_every=10,
+      clear_after=3,
+    )
   )
 
   # --- evaluation (uctrl_jax/evaluators/, evaluate.py; docs/method.md#evaluation-protocols) ---

@@ -64,6 +64,40 @@ def test_bad_config_value(tmp_path):
   _assert_one_line_error(status, stderr, "config.loss.eps_sq must be a finite number > 0")
 
 
+@pytest.mark.parametrize(
+  "flags, message",
+  [
+    (
+      ["--config=configs/tiny.py", "--config.train.num_step=10"],
+      "error: unknown config key train.num_step (did you mean train.num_steps?)",
+    ),
+    (
+      ["--config.trian.num_steps=10"],  # no --config: the default file, read at import
+      "error: unknown config key trian.num_steps (did you mean train.num_steps?)",
+    ),
+    (
+      ["--config=configs/tiny.py", "--config.train.nothing_like_it=1"],
+      "error: unknown config key train.nothing_like_it",
+    ),
+    (
+      ["--config=configs/tiny.py", "--config.train.num_steps=ten"],
+      "error: --config.train.num_steps=ten: invalid literal for int() with base 10: 'ten'",
+    ),
+    (
+      ["--config=configs/no_such_config.py"],
+      "error: cannot load the config file configs/no_such_config.py: [Errno 2] No such file "
+      "or directory: 'configs/no_such_config.py'",
+    ),
+  ],
+  ids=["typo", "typo-default-config", "unknown", "wrong-type", "missing-file"],
+)
+def test_bad_command_line(tmp_path, flags, message):
+  status, stderr = _main(f"--workdir={tmp_path / 'run'}", *flags)
+  _assert_one_line_error(status, stderr)
+  assert stderr.strip() == message  # the only line
+  assert not (tmp_path / "run").exists()
+
+
 def test_bad_data(tmp_path):
   x = np.full((4, 28, 28), 0.5, np.float32)
   x[2, 3, 3] = np.nan

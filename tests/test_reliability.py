@@ -1,5 +1,6 @@
-"""Reliability of train_and_evaluate (issue 6): preemption, kill -9, NaN guard, config
-validation, damaged checkpoints, determinism.
+"""Reliability of train_and_evaluate (issues 6 and 26): preemption, kill -9, NaN guard,
+config validation, damaged checkpoints, determinism; one training per work directory, a
+checkpoint that cannot be written, an evaluation interrupted while writing.
 
 Signals are sent to real `python main.py` subprocesses (tiny config, a 64-image npz
 dataset) once they have logged the step the test needs, never after a blind sleep;
@@ -15,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +35,7 @@ from uctrl_jax import guards
 from uctrl_jax import steps
 from uctrl_jax import train
 from uctrl_jax import validation
+from uctrl_jax import workdir_files
 from uctrl_jax.state import create_train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -194,6 +197,200 @@ def test_a_run_saved_with_a_retired_key_loads_evaluates_and_resumes(
   assert int(state.step) == 5 and "resumed from" in caplog.text and "at step 4" in caplog.text
 
 
+# ------------------------------------------------------------------ one writer per run
+
+
+def _subprocess_env(cache_dir):
+  """The environment of a `main.py` subprocess: this module's compilation cache."""
+  return dict(
+    os.environ,  # conftest's 8 CPU devices included
+    JAX_COMPILATION_CACHE_DIR=cache_dir,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+  )
+
+
+def _main_subprocess(cache_dir, *args, code=None, timeout=600):
+  """`python main.py ARGS` (or ``code`` with main's flags; `main` is importable from it):
+  (exit status, stderr)."""
+  cmd = [sys.executable] + (["-c", code] if code else ["main.py"]) + list(args)
+  proc = subprocess.run(
+    cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=_subprocess_env(cache_dir)
+  )
+  return proc.returncode, proc.stderr
+
+
+def _lock_record(**fields):
+  return {
+    "host": socket.gethostname(),
+    "pid": os.getpid(),  # alive, and not the subprocess's own pid
+    "since": "2026-12-05T09:00:00+00:00",
+    "command": "python main.py",
+    "job": "0123456789abcdef",
+    **fields,
+  }
+
+
+def _hold(workdir, **fields):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, workdir_files.LOCK_FILENAME), "w") as f:
+    json.dump(_lock_record(**fields), f)
+
+
+def test_a_second_training_on_a_held_workdir_exits_with_one_line(
+  npz_path, compilation_cache, tmp_path
+):
+  workdir = str(tmp_path / "run")
+  _hold(workdir)
+  status, stderr = _main_subprocess(
+    compilation_cache,
+    "--config=configs/tiny.py",
+    f"--workdir={workdir}",
+    f"--config.data.name=npz:{npz_path}",
+  )
+  assert status == 1 and "Traceback" not in stderr, stderr[-3000:]
+  assert stderr.strip().splitlines()[-1] == (
+    f"error: work directory {workdir} is held by another training: pid {os.getpid()} on "
+    f"{socket.gethostname()} since 2026-12-05T09:00:00+00:00 ({workdir}/train.lock); let it "
+    "finish or stop it, or use another --workdir"
+  )
+  assert os.listdir(workdir) == ["train.lock"]  # nothing written, nothing cleaned up
+
+
+def test_a_stale_lock_is_taken_over_and_released_at_the_end(npz_path, tmp_path, caplog):
+  workdir = str(tmp_path / "run")
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  _hold(workdir, pid=dead.pid)
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    state = train.train_and_evaluate(_config(npz_path, num_steps=2), workdir)
+  assert int(state.step) == 2
+  assert f"its holder, pid {dead.pid} on {socket.gethostname()}" in caplog.text
+  assert "is gone" in caplog.text
+  assert not os.path.exists(os.path.join(workdir, workdir_files.LOCK_FILENAME))
+
+
+def test_load_reads_beside_a_running_training(four_step_run, tmp_path):
+  """A training holds the directory and has a save under way: `load` takes no lock and
+  leaves the save's temporary directory alone (a training's start would remove it)."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(four_step_run, workdir)
+  _hold(workdir)
+  under_way = os.path.join(workdir, "checkpoints", "6.orbax-checkpoint-tmp")
+  os.makedirs(under_way)
+  loaded = uctrl_jax.load(workdir)
+  assert int(loaded.state.step) == 4
+  assert os.path.isdir(under_way)
+  with open(os.path.join(workdir, workdir_files.LOCK_FILENAME)) as f:
+    assert json.load(f) == _lock_record()
+
+
+# ------------------------------------------------------------------ a checkpoint that cannot be written
+
+# main.py with orbax's commit of step 4 failing as on a full disk (the step's temporary
+# directory written, its rename refused), as a real full disk fails (tried on a 1.5 MB
+# tmpfs: one line, the same leftover).
+_FULL_DISK_AT_STEP_4 = """
+import errno, os, sys
+sys.argv[0] = "main.py"
+from orbax.checkpoint._src.path import atomicity
+commit = atomicity.AtomicRenameTemporaryPath.finalize
+async def full_disk(self, *args, **kwargs):
+  if os.path.basename(os.fspath(self._final_path)) == "4":
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(self._tmp_path))
+  return await commit(self, *args, **kwargs)
+atomicity.AtomicRenameTemporaryPath.finalize = full_disk
+from absl import app
+import main
+app.run(main.main, flags_parser=main._parse_flags)
+"""
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_a_rerun_resumes(
+  npz_path, compilation_cache, tmp_path, caplog
+):
+  workdir = str(tmp_path / "run")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  status, stderr = _main_subprocess(
+    compilation_cache,
+    "--config=configs/tiny.py",
+    f"--workdir={workdir}",
+    f"--config.data.name=npz:{npz_path}",
+    "--config.train.schedule=constant",
+    "--config.train.image_every=1000",
+    code=_FULL_DISK_AT_STEP_4,
+  )
+  assert status == 1, stderr[-3000:]
+  assert "Traceback" not in stderr and "orbax" not in stderr, stderr[-3000:]
+  # Python-side lines only: XLA's C++ log may warn about the compilation cache's machine.
+  errors = [line for line in stderr.splitlines() if re.match(r"(\d\d:\d\d:\d\d )?error", line)]
+  assert (
+    errors
+    == stderr.strip().splitlines()[-1:]
+    == [
+      f"error: cannot write the checkpoint of step 4 in {ckpt_dir}: No space left on device; "
+      "the last complete checkpoint: step 2 (the same command resumes from it once the "
+      "directory can be written again)"
+    ]
+  ), stderr[-3000:]
+  assert sorted(os.listdir(ckpt_dir)) == ["2", "4.orbax-checkpoint-tmp"]
+  assert not os.path.exists(os.path.join(workdir, workdir_files.LOCK_FILENAME))
+
+  with caplog.at_level(logging.INFO, logger="absl"):
+    state = train.train_and_evaluate(_config(npz_path), workdir)
+  assert int(state.step) == 4 and f"resumed from {workdir} at step 2" in caplog.text
+  assert sorted(os.listdir(ckpt_dir)) == ["2", "4"]  # the leftover removed, step 4 written
+
+
+def test_the_reason_of_a_failed_write_is_the_os_error():
+  tensorstore = ValueError(
+    'RESOURCE_EXHAUSTED: Error writing "x" in OCDBT database at local file "/w/": Failed to '
+    "write 18541 bytes to file 15: No space left on device [os_error_code='28']"
+  )
+  assert checkpointing._failure_reason(tensorstore) == "No space left on device"  # pylint: disable=protected-access
+  try:
+    try:
+      raise PermissionError(13, "Permission denied", "/w/checkpoints")
+    except OSError as e:
+      raise RuntimeError("commit failed") from e
+  except RuntimeError as wrapped:
+    assert checkpointing._failure_reason(wrapped) == "Permission denied"  # pylint: disable=protected-access
+  assert checkpointing._failure_reason(KeyError("x")) == "KeyError: 'x'"  # pylint: disable=protected-access
+
+
+# ------------------------------------------------------------------ an interrupted evaluation
+
+
+def test_an_evaluation_interrupted_while_writing_leaves_the_previous_results(
+  npz_path, four_step_run, tmp_path, monkeypatch
+):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(four_step_run, workdir)
+  results = os.path.join(workdir, "results.json")
+  previous = '{"metrics": {"knn/top1": 12.5}}\n'
+  with open(results, "w") as f:
+    f.write(previous)
+  config = _config(npz_path)
+  config.evals.names = ("knn",)
+  config.evals.train_split, config.evals.test_split = "train[:48]", "train[48:]"
+  config.evals.baselines = False
+  config.evals.figures = False
+  replace = os.replace
+
+  def killed_before_the_rename(src, dst):
+    if os.path.basename(dst) == "results.json":
+      with open(src) as f:
+        assert json.load(f)["step"] == 4  # the new results were complete
+      raise KeyboardInterrupt  # e.g. Ctrl-C
+    replace(src, dst)
+
+  monkeypatch.setattr(os, "replace", killed_before_the_rename)
+  with pytest.raises(KeyboardInterrupt):
+    evaluate.evaluate(config, workdir)
+  with open(results) as f:
+    assert f.read() == previous
+  assert not [n for n in os.listdir(workdir) if n.endswith(".tmp")]
+
+
 # ------------------------------------------------------------------ non-finite guard
 
 
@@ -235,6 +432,7 @@ def test_injected_nan_stops_naming_term_and_keeps_last_checkpoint(npz_path, tmp_
   assert "non-finite values at step 3" in message
   assert "encoder/encoder_objective" in message and ".encoder_params" in message
   assert "the last checkpoint, step 2" in message
+  assert not os.path.exists(os.path.join(workdir, workdir_files.LOCK_FILENAME))  # released
   with checkpointing.Checkpointer(workdir) as ckpt:
     assert ckpt.all_steps() == [2]
     target = create_train_state(config, (28, 28, 1), jax.random.key(0))
@@ -504,13 +702,13 @@ class _Run:
       "--config.train.schedule=constant",
       *flags,
     ]  # as _config: resumed with other num_steps
-    env = dict(
-      os.environ,  # conftest's 8 CPU devices included
-      JAX_COMPILATION_CACHE_DIR=cache_dir,
-      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-    )
     self.proc = subprocess.Popen(
-      cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+      cmd,
+      cwd=REPO,
+      env=_subprocess_env(cache_dir),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
     )
     self.lines = []
     self._reader = threading.Thread(target=self._read, daemon=True)
@@ -555,6 +753,7 @@ def test_sigterm_saves_then_resume_then_kill9_loses_at_most_checkpoint_every(
   stopped_at = max(run.logged_steps())
   assert f"SIGTERM received: saved the checkpoint of step {stopped_at}" in run.text
   assert checkpointing.Checkpointer(workdir).all_steps() == [stopped_at]
+  assert not os.path.exists(os.path.join(workdir, workdir_files.LOCK_FILENAME))  # released
 
   # 2. The same command resumes there (checkpointing every 2 steps now), then dies hard.
   every = 2
@@ -562,6 +761,8 @@ def test_sigterm_saves_then_resume_then_kill9_loses_at_most_checkpoint_every(
   run.wait_for_step(stopped_at + 5)
   run.proc.send_signal(signal.SIGKILL)
   run.finish()
+  # kill -9 leaves its lock behind; the next start (3.) takes it over: its pid is gone.
+  assert workdir_files.read_lock(workdir)["pid"] == run.proc.pid
   assert f"at step {stopped_at}" in run.text and "resumed from" in run.text
   assert min(run.logged_steps()) == stopped_at + 1
   last_logged = max(run.logged_steps())
@@ -579,4 +780,5 @@ def test_sigterm_saves_then_resume_then_kill9_loses_at_most_checkpoint_every(
   )
   assert int(state.step) == latest + 1
   assert not os.path.exists(partial)
+  assert workdir_files.read_lock(workdir) is None
   assert checkpointing.Checkpointer(workdir).all_steps()[-2:] == [latest, latest + 1]

@@ -181,11 +181,75 @@ def test_health_monitor_names_collapse_and_fooling():
   assert len(collapse) == 1 and "feature collapse" in collapse[0] and "62.00" in collapse[0]
   fooling = monitor.update(200, _health_metrics(61.0, 0.96, 0.78))
   assert len(fooling) == 1 and "decoder fooling" in fooling[0] and "0.960" in fooling[0]
-  # A lasting condition is named once; again after it cleared and came back.
+  # A lasting condition is named once.
   assert monitor.update(210, _health_metrics(61.0, 0.96, 0.78)) == []
-  # The same cosine with reconstructions that did improve is transcription, not fooling.
-  assert monitor.update(250, _health_metrics(61.0, 0.96, 0.30)) == []
-  assert "decoder fooling" in monitor.update(260, _health_metrics(61.0, 0.96, 0.79))[0]
+  # The same cosine with reconstructions that did improve is transcription, not fooling;
+  # one logged step of it does not end the episode (clear_after = 3): no new warning.
+  # The collapse, gone for 3 logged steps now, has ended.
+  assert monitor.update(250, _health_metrics(61.0, 0.96, 0.30)) == [
+    "step 250: feature collapse cleared: it held at 1 of the 1 logged steps from step 150 "
+    "to step 150"
+  ]
+  assert monitor.update(260, _health_metrics(61.0, 0.96, 0.79)) == []
+
+
+_DETAIL = (
+  "cos(z, ẑ) = 0.960 while the reconstruction MSE 0.780 is still 98% of its first value 0.800"
+)
+_ONSET = "decoder fooling: " + _DETAIL
+
+
+def _goes_on(step, held, logged):
+  return (
+    f"step {step}: decoder fooling goes on: it held at {held} of the {logged} logged steps "
+    f"since step 2; now {_DETAIL}"
+  )
+
+
+def _fooling_run(holds_at, steps):
+  """The warnings of a monitor (remind_every 3, clear_after 2) over logged steps 1..steps,
+  with fooling at the steps of ``holds_at`` (R steady, no collapse): {step: [lines]}."""
+  monitor = guards.HealthMonitor(0.5, 0.75, 0.9, remind_every=3, clear_after=2)
+  said = {1: monitor.update(1, _health_metrics(60.0, 0.3, 0.80))}  # the MSE's first value
+  for step in range(2, steps + 1):
+    fooled = step in holds_at
+    said[step] = monitor.update(
+      step, _health_metrics(60.0, 0.96 if fooled else 0.3, 0.78 if fooled else 0.2)
+    )
+  return {step: lines for step, lines in said.items() if lines}
+
+
+def test_health_monitor_tells_a_lasting_failure_at_its_start_now_and_then_and_its_end():
+  # Reminders 3 logged steps in, then 6 more, then 12 more, ...
+  assert _fooling_run(holds_at=range(2, 15), steps=18) == {
+    2: [f"step 2: {_ONSET}"],
+    5: [_goes_on(5, 4, 4)],
+    11: [_goes_on(11, 10, 10)],
+    16: [
+      "step 16: decoder fooling cleared: it held at 13 of the 13 logged steps from step 2 to step 14"
+    ],
+  }
+
+
+def test_health_monitor_keeps_a_flickering_failure_one_episode():
+  """Fooling at every other logged step (a tiny run printed ten warnings in 76 steps so):
+  one onset, reminders with the count, one end once it stayed away for clear_after logs."""
+  assert _fooling_run(holds_at=range(2, 17, 2), steps=20) == {
+    2: [f"step 2: {_ONSET}"],
+    6: [_goes_on(6, 3, 5)],
+    12: [_goes_on(12, 6, 11)],
+    18: [
+      "step 18: decoder fooling cleared: it held at 8 of the 15 logged steps from step 2 to step 16"
+    ],
+  }
+  # A new onset after the end is a new episode.
+  assert _fooling_run(holds_at={2, 6}, steps=6) == {
+    2: [f"step 2: {_ONSET}"],
+    4: [
+      "step 4: decoder fooling cleared: it held at 1 of the 1 logged steps from step 2 to step 2"
+    ],
+    6: [f"step 6: {_ONSET}"],
+  }
 
 
 def test_check_finite_names_every_bad_term():

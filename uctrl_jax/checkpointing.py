@@ -14,6 +14,17 @@ the last complete step. A committed step damaged later (truncated or deleted fil
 fails to restore; ``restore_latest_readable`` then sets it aside with a warning and
 falls back to the previous step, and never silently starts over.
 
+A save that fails (a full disk, a quota, no permission) raises ``CheckpointWriteError``:
+one line naming the directory, the step and the last complete checkpoint. Orbax's own
+error lines about it (several per failure, from its threads, some while the process
+exits) are held back from then on, for the rest of the process. The uncommitted step
+directory it leaves is removed by the next training's ``Checkpointer``, which then
+resumes from the last complete step.
+
+Readers beside a running training (``uctrl_jax.load``, ``main.py --mode=eval``) open a
+``Checkpointer(..., read_only=True)``: it creates, cleans up and deletes nothing, so the
+training's save under way is left alone.
+
 Multi-host: every process must call ``Checkpointer(...)``, ``save`` and ``restore``
 with the same arguments (orbax synchronises the processes inside them and each
 process writes/reads its own shards; process 0 writes the metadata and the JSON).
@@ -23,14 +34,19 @@ only; ``load_config`` may be called anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging as python_logging
 import os
+import re
 from typing import Any, Callable, Optional, Tuple
 
 from absl import logging
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+
+from uctrl_jax import workdir_files
 
 CHECKPOINT_SUBDIR = "checkpoints"
 UNREADABLE_SUBDIR = "checkpoints_unreadable"  # restore_latest_readable moves damaged steps here
@@ -45,6 +61,43 @@ class RunLoadError(RuntimeError):
   line naming the directory; ``main.py`` prints it as ``error: ...``."""
 
 
+class CheckpointWriteError(RuntimeError):
+  """A checkpoint could not be written; the message is one line naming the directory,
+  the step and the last complete checkpoint (``main.py`` prints it as ``error: ...``)."""
+
+
+_ORBAX_DIR = os.path.dirname(os.path.dirname(ocp.__file__)) + os.sep  # .../site-packages/orbax/
+
+
+class _OrbaxErrorsHeld(python_logging.Filter):
+  """Keeps orbax's ERROR records off the console while installed; ``records`` holds them."""
+
+  def __init__(self):
+    super().__init__()
+    self.records: list[python_logging.LogRecord] = []
+
+  def filter(self, record: python_logging.LogRecord) -> bool:
+    if record.levelno >= python_logging.ERROR and record.pathname.startswith(_ORBAX_DIR):
+      self.records.append(record)
+      return False
+    return True
+
+
+def _failure_reason(error: BaseException) -> str:
+  """What stopped a write, in a few words: the OS's reason where the error names one
+  (tensorstore writes it as ``[os_error_code='28']``), else its first line."""
+  seen = error
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.strerror:
+      return seen.strerror
+    code = re.search(r"os_error_code='?(\d+)", str(seen))
+    if code:
+      return os.strerror(int(code.group(1)))
+    seen = seen.__cause__ or seen.__context__
+  first = str(error).splitlines()[0][:300] if str(error) else ""
+  return f"{type(error).__name__}: {first}"
+
+
 class Checkpointer:
   """Orbax CheckpointManager over WORKDIR/checkpoints: the whole TrainState plus a small
   JSON 'extra' dict.
@@ -53,18 +106,22 @@ class Checkpointer:
     workdir: the run's directory; checkpoints go to ``workdir/checkpoints`` (created).
     max_to_keep: the newest ``max_to_keep`` steps are kept, older ones deleted after
       each save.
+    read_only: only read (``restore``, the step lists): no directory is created, no
+      leftover of a save cleaned up (it may be a running training's save under way).
   """
 
-  def __init__(self, workdir: str, *, max_to_keep: int = 3):
+  def __init__(self, workdir: str, *, max_to_keep: int = 3, read_only: bool = False):
     if max_to_keep < 1:
       raise ValueError(f"max_to_keep must be ≥ 1, got {max_to_keep}")
     self.directory = os.path.join(os.fspath(workdir), CHECKPOINT_SUBDIR)
+    self._save_failed = False
     options = ocp.CheckpointManagerOptions(
       # `max_to_keep=` on the options is deprecated in favour of a preservation policy.
-      preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep),
+      preservation_policy=None if read_only else ocp.checkpoint_managers.LatestN(n=max_to_keep),
       # Partial saves left by a crash (uncommitted tmp dirs) are removed on start.
-      cleanup_tmp_directories=True,
-      create=True,
+      cleanup_tmp_directories=not read_only,
+      create=not read_only,
+      read_only=read_only,
     )
     self._manager = ocp.CheckpointManager(
       self.directory, options=options, item_names=(_STATE, _EXTRA)
@@ -92,6 +149,9 @@ class Checkpointer:
       state: a pytree of ``jax.Array``s (the ``TrainState``), any sharding.
       extra: JSON-serialisable dict, e.g. ``{"step": 10, "data_seed": 3,
         "examples_seen": 1280}``.
+    Raises:
+      CheckpointWriteError: the write failed (full disk, quota, permission, ...); the
+        Checkpointer only closes after that.
     """
     step = int(step)
     existing = self.all_steps()
@@ -103,15 +163,31 @@ class Checkpointer:
         f"{self.directory}; restore it or use a fresh workdir"
       )
     json.dumps(extra)  # fail here, with the caller's stack, if not JSON-serialisable
-    self._manager.save(
-      step,
-      args=ocp.args.Composite(
-        **{_STATE: ocp.args.StandardSave(state), _EXTRA: ocp.args.JsonSave(extra)}
-      ),
-      force=True,
-    )
-    # Saves are asynchronous; wait so that a crash right after loses nothing.
-    self._manager.wait_until_finished()
+    held = _OrbaxErrorsHeld()
+    absl_logger = python_logging.getLogger("absl")  # orbax logs through absl
+    absl_logger.addFilter(held)
+    try:
+      self._manager.save(
+        step,
+        args=ocp.args.Composite(
+          **{_STATE: ocp.args.StandardSave(state), _EXTRA: ocp.args.JsonSave(extra)}
+        ),
+        force=True,
+      )
+      # Saves are asynchronous; wait so that a crash right after loses nothing.
+      self._manager.wait_until_finished()
+    except Exception as e:  # orbax/tensorstore raise many types for one failed write
+      # The filter stays: orbax's threads go on failing (in close(), and at exit).
+      self._save_failed = True
+      last = f"step {existing[-1]}" if existing else "none yet"
+      raise CheckpointWriteError(
+        f"cannot write the checkpoint of step {step} in {self.directory}: "
+        f"{_failure_reason(e)}; the last complete checkpoint: {last} (the same command "
+        "resumes from it once the directory can be written again)"
+      ) from e
+    absl_logger.removeFilter(held)
+    for record in held.records:  # errors orbax logged about a save that did succeed
+      absl_logger.handle(record)
 
   def restore(self, target_state: Any, step: Optional[int] = None) -> Tuple[Any, dict]:
     """Reads a checkpoint into the structure, dtypes and shardings of ``target_state``.
@@ -223,8 +299,13 @@ class Checkpointer:
     return target
 
   def close(self) -> None:
-    """Waits for pending work and releases orbax's threads."""
-    self._manager.close()
+    """Waits for pending work and releases orbax's threads. After a failed save, the
+    failure (raised already as CheckpointWriteError) is not raised again."""
+    if not self._save_failed:
+      self._manager.close()
+      return
+    with contextlib.suppress(Exception):
+      self._manager.close()
 
   def __enter__(self) -> "Checkpointer":
     return self
@@ -240,13 +321,8 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> str:
   unset ``placeholder(str)`` is written as ``null``).
   """
   path = os.path.join(os.fspath(workdir), CONFIG_FILENAME)
-  if jax.process_index() == 0:
-    os.makedirs(os.fspath(workdir), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:  # write-then-rename, so a reader never sees half a file
-      f.write(config.to_json_best_effort(indent=2))
-      f.write("\n")
-    os.replace(tmp, path)
+  if jax.process_index() == 0:  # atomic: a reader never sees half a file
+    workdir_files.write_text_atomic(path, config.to_json_best_effort(indent=2) + "\n")
   return path
 
 

@@ -38,6 +38,7 @@ from uctrl_jax import input_pipeline
 from uctrl_jax import loading
 from uctrl_jax import models
 from uctrl_jax import validation
+from uctrl_jax import workdir_files
 from uctrl_jax.state import TrainState, create_train_state
 
 
@@ -374,13 +375,12 @@ def _write_figures(config, workdir: str, context, built) -> dict[str, str]:
 
 
 def _write_results(workdir: str, results: dict[str, Any]) -> None:
-  """``WORKDIR/results.json`` and ``results.md``."""
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2, default=str)
-    f.write("\n")
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(results_markdown(results))
-  logging.info("wrote %s and results.md", os.path.join(workdir, "results.json"))
+  """``WORKDIR/results.json`` and ``results.md``, each written atomically: an interrupted
+  evaluation leaves the previous results whole."""
+  path = os.path.join(workdir, "results.json")
+  workdir_files.write_text_atomic(path, json.dumps(results, indent=2, default=str) + "\n")
+  workdir_files.write_text_atomic(os.path.join(workdir, "results.md"), results_markdown(results))
+  logging.info("wrote %s and results.md", path)
 
 
 def evaluate(

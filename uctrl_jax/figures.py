@@ -17,6 +17,7 @@ left out and ``pca.png`` has one colour.
 from __future__ import annotations
 
 import glob
+import io
 import math
 import os
 from typing import Mapping, Optional, Sequence
@@ -28,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-posi
 import numpy as np  # noqa: E402
 
 from uctrl_jax import image_grid  # noqa: E402
+from uctrl_jax import workdir_files  # noqa: E402
 
 
 def _unit(Z: np.ndarray) -> np.ndarray:
@@ -36,9 +38,11 @@ def _unit(Z: np.ndarray) -> np.ndarray:
 
 
 def _save(fig, path: str) -> str:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fig.savefig(path, dpi=100, bbox_inches="tight")
+  """Writes ``fig`` as a PNG atomically: an interrupted evaluation leaves the old figure."""
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
   plt.close(fig)
+  workdir_files.write_bytes_atomic(path, png.getvalue())
   return path
 
 

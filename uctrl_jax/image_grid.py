@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import os
+import io
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
+
+from uctrl_jax import workdir_files
 
 
 # Small images are enlarged (nearest neighbour, whole pixels) until a tile is at least
@@ -45,7 +47,9 @@ def image_grid(
 
 
 def save_png(path: str, grid: np.ndarray) -> str:
-  """Writes a (H, W, 1 or 3) uint8 picture; returns ``path``."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+  """Writes a (H, W, 1 or 3) uint8 picture atomically (the old file stays whole until the
+  new one is complete); returns ``path``."""
+  png = io.BytesIO()
+  Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(png, format="PNG")
+  workdir_files.write_bytes_atomic(path, png.getvalue())
   return path

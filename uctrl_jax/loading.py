@@ -126,7 +126,8 @@ def load(workdir: str, step: Optional[int] = None) -> Loaded:
     ) from e
   target = create_train_state(config, image_shape, jax.random.key(0))
   try:
-    with checkpointing.Checkpointer(workdir) as checkpointer:
+    # Read-only: a training running in `workdir` keeps its save under way.
+    with checkpointing.Checkpointer(workdir, read_only=True) as checkpointer:
       state, extra = checkpointer.restore(target, step)
   except FileNotFoundError as e:
     raise checkpointing.RunLoadError(f"{workdir} holds no checkpoint to load: {e}") from e

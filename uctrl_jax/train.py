@@ -12,9 +12,10 @@ signals, the BLAS cap) wrap the loop; non-finite values stop or roll back the ru
 
 from __future__ import annotations
 
+import functools
 import os
 import time
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 from absl import logging
 from clu import metric_writers
@@ -33,6 +34,7 @@ from uctrl_jax import loading
 from uctrl_jax import sharding
 from uctrl_jax import steps
 from uctrl_jax import validation
+from uctrl_jax import workdir_files
 from uctrl_jax.state import TrainState, create_train_state
 
 
@@ -268,6 +270,20 @@ def _check_or_roll_back(
   return None
 
 
+def _holding_the_workdir(train_fn: Callable) -> Callable:
+  """``train_fn(config, workdir)`` inside ``workdir_files.training_lock``: one training per
+  work directory, the lock released on every way out."""
+
+  @functools.wraps(train_fn)
+  def train_holding_it(config, workdir):
+    validation.check_workdir_writable(workdir)  # its one-line error before any lock file
+    with workdir_files.training_lock(workdir):
+      return train_fn(config, workdir)
+
+  return train_holding_it
+
+
+@_holding_the_workdir
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains uCTRL as ``config`` says, in ``workdir``, resuming from its latest checkpoint.
 
@@ -278,6 +294,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   Reliability:
 
+  * One writer: the run holds ``WORKDIR/train.lock`` (``workdir_files.training_lock``);
+    a second training on the directory raises ``WorkdirBusyError`` naming the holder.
   * Validation: ``validation.validate_config`` runs first (names, ranges, batch vs.
     devices, image size vs. model, a writable workdir whose earlier ``config.json``
     agrees on the architecture and data) and raises ``ConfigError`` before any compile.
@@ -321,6 +339,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     FloatingPointError: non-finite values with ``on_nonfinite = "stop"`` (or rollbacks
       exhausted, or nothing to roll back to).
     checkpointing.RunLoadError: checkpoints exist but none can be restored.
+    checkpointing.CheckpointWriteError: a checkpoint could not be written (full disk, ...).
+    workdir_files.WorkdirBusyError: another training holds ``workdir``.
   """
   t = config.train
   mesh, image_shape, state, checkpointer, extra = _open_run(config, workdir)

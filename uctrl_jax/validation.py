@@ -24,16 +24,22 @@ compile (or an hour of training) and main.py can print it without a traceback:
 * labels: the supervised ``loss.mode = "ctrl_multi"`` needs a labelled training split
   (``check_training_labels``, once the dataset is open).
 
+``command_line_error`` turns what absl and ml_collections raise while parsing main.py's
+flags (an override of a key the config lacks, a value of the wrong type, ...) into one
+line, with ml_collections' "did you mean" suggestion.
+
 Importing this module is cheap (no TensorFlow); only a tfds dataset name imports
 tensorflow_datasets, to look the name up.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import numbers
 import os
+import re
 import tempfile
 from typing import Any, Optional, Sequence
 
@@ -228,6 +234,8 @@ def check_numbers(config: ml_collections.ConfigDict) -> None:
   ):
     _require_int(config, f"train.{key}", 1)
   _require_int(config, "train.num_steps", 0)
+  for key in ("remind_every", "clear_after"):  # the health monitor's, in logged steps
+    _require_int(config, f"train.health.{key}", 1)
   for key in ("encoder_lr", "decoder_lr"):
     _require_number(config, f"train.{key}", positive=False)
   for key in ("encoder_b1", "decoder_b1", "b2"):
@@ -431,3 +439,65 @@ def validate_config(
   if workdir is not None:
     check_workdir_writable(workdir)
     check_workdir_compatible(config, workdir, image_shape)
+
+
+def unknown_key(config: ml_collections.ConfigDict, dotted: str) -> Optional[str]:
+  """The one-line error for the override ``--config.<dotted>`` when ``config`` has no such
+  key, with the closest key as a suggestion (ml_collections' rule: difflib, cutoff 0.75);
+  None when the key exists."""
+  node, parts = config, dotted.split(".")
+  for i, key in enumerate(parts):
+    if not hasattr(node, "keys"):
+      return f"unknown config key {dotted}: config.{'.'.join(parts[:i])} is a value, not a group"
+    if key not in node:
+      close = difflib.get_close_matches(key, [str(k) for k in node.keys()], 1, 0.75)
+      hint = f" (did you mean {'.'.join(parts[:i] + close + parts[i + 1 :])}?)" if close else ""
+      return f"unknown config key {dotted}{hint}"
+    node = node[key]
+  return None
+
+
+def _config_file(argv: Sequence[str], default: str) -> str:
+  """The config file ``argv`` names (``--config=PATH`` or ``--config PATH``, the last wins)."""
+  path = default
+  for i, arg in enumerate(argv):
+    if re.fullmatch(r"--?config", arg) and i + 1 < len(argv):
+      path = argv[i + 1]
+    elif re.match(r"--?config=", arg):
+      path = arg.split("=", 1)[1]
+  return path
+
+
+def command_line_error(error: Exception, argv: Sequence[str], default_config: str) -> str:
+  """One line for ``error``, raised while main.py's flags ``argv`` were parsed.
+
+  ml_collections raises KeyError/AttributeError for an override of a key the config
+  lacks: the config file is read again and each override's key looked up
+  (``unknown_key``); OSError (or a "Error whilst parsing" flag error) for a config file
+  that does not load: its last line is the reason. absl's own errors (a value of the
+  wrong type, an unknown flag, a missing required flag) are already one line,
+  ``flag --NAME=VALUE: reason``.
+  """
+  if isinstance(error, (KeyError, AttributeError)):
+    # pylint: disable-next=import-outside-toplevel
+    from ml_collections.config_flags import config_flags
+
+    try:
+      config = config_flags.ConfigFileFlagParser("config").parse(_config_file(argv, default_config))
+      overrides = [
+        arg.lstrip("-").split("=", 1)[0].split(".", 1)[1]
+        for arg in argv
+        if re.match(r"--?config\.", arg)
+      ]
+      for dotted in overrides:
+        message = unknown_key(config, dotted)
+        if message:
+          return message
+    except Exception:  # pylint: disable=broad-except  (the file itself fails: said below)
+      pass
+  text = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
+  lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(error).__name__]
+  if isinstance(error, OSError) or "Error whilst parsing config file" in text:
+    # ml_collections: the file's own error (missing file, its exception) comes last.
+    return f"cannot load the config file {_config_file(argv, default_config)}: {lines[-1]}"
+  return lines[0][len("flag ") :] if lines[0].startswith("flag --") else lines[0]
