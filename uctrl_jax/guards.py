@@ -42,7 +42,9 @@ class HealthMonitor:
     without ``g∘f ≈ id``.
 
   Each is named when it starts, and again only after it has cleared and come back: a
-  condition that lasts does not fill the console with one warning per logged step.
+  condition that lasts does not fill the console with one warning per logged step. A
+  check whose terms a mode does not log is skipped: the encoder-only modes have no
+  ``ẑ`` to fool, the generative baselines neither ``R(Z)`` nor ``ẑ``.
   """
 
   def __init__(self, collapse_fraction: float, fooling_cos: float, fooling_mse_fraction: float):
@@ -62,14 +64,15 @@ class HealthMonitor:
   def update(self, step: int, metrics: Mapping[str, float]) -> list[str]:
     """Returns the warnings for the metrics logged at ``step``."""
     warnings = []
-    rate = float(metrics["encoder/R"])
-    self.max_rate = max(self.max_rate, rate)
-    if self._onset("collapse", rate < self.collapse_fraction * self.max_rate):
-      warnings.append(
-        f"step {step}: feature collapse: R(Z) = {rate:.2f} fell below "
-        f"{self.collapse_fraction:.0%} of its running maximum {self.max_rate:.2f}"
-      )
-    if "decoder/recon_mse" not in metrics:  # encoder-only modes: nothing to fool
+    if "encoder/R" in metrics:
+      rate = float(metrics["encoder/R"])
+      self.max_rate = max(self.max_rate, rate)
+      if self._onset("collapse", rate < self.collapse_fraction * self.max_rate):
+        warnings.append(
+          f"step {step}: feature collapse: R(Z) = {rate:.2f} fell below "
+          f"{self.collapse_fraction:.0%} of its running maximum {self.max_rate:.2f}"
+        )
+    if "decoder/recon_mse" not in metrics or "encoder/cos_z_zhat" not in metrics:
       return warnings
     mse = float(metrics["decoder/recon_mse"])
     self.first_mse = mse if self.first_mse is None else self.first_mse
