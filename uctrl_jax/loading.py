@@ -76,7 +76,8 @@ class Loaded(NamedTuple):
   ``n`` unconditional samples from the prior.
   """
 
-  encode: Callable[[Array], Array]  # (B, H, W, C) in [-1, 1] -> (B, d) float32 unit rows
+  encode: Callable[[Array], Array]  # (B, H, W, C) in [-1, 1] -> (B, d) float32 (unit rows,
+  # but for a VAE)
   decode: Optional[Callable[[Array], Array]]  # (B, d) -> (B, H, W, C) in [-1, 1]; None
   # for an encoder-only run (config.loss.mode "tcr" or "simclr")
   config: ml_collections.ConfigDict
