@@ -457,7 +457,7 @@ def test_load_of_a_vae_run_encodes_to_the_posterior_mean(cli_run):
     train=False,
     posterior=True,
   )
-  np.testing.assert_allclose(Z, mu, rtol=1e-6)
+  np.testing.assert_allclose(Z, mu, rtol=1e-5, atol=1e-6)  # jitted or not
   d = loaded.config.model.feature_dim
   samples = np.asarray(loaded.decode(objectives.prior_sample(jax.random.key(0), 16, d)))
   assert samples.shape == (16, *IMAGE_SHAPE) and np.all(np.abs(samples) <= 1)
