@@ -71,6 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
   # --- objective (uctrl_jax/rate_reduction.py, docs/method.md#coding-rates, #the-game) ---
   config.loss = ml_collections.ConfigDict()
   # "uctrl" | "ctrl_binary" | "ctrl_multi"; encoder-only baselines: "tcr" (EMP-SSL) | "simclr"
+  # Generative baselines with the same f and g: "autoencoder" (pixel MSE) | "vae" (ELBO).
   config.loss.mode = "uctrl"
   config.loss.eps_sq = 0.5  # CTRL's `eps`
   # λ₁: the invariance weight against R's strength (set by ε²) is the features' main lever
@@ -94,6 +95,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Without it, at λ₁ = 30 the features stay weak (docs/recipes.md: linear 81.8 → 87.3).
   config.loss.rate_on_views = True
   config.loss.num_classes = 10  # ctrl_multi only (supervised)
+  # "vae" only: σ² of the Gaussian likelihood N(x | g(z), σ² I) on [-1, 1] pixels, fixed. It
+  # weighs pixels against the KL: smaller fits pixels better but leaves the prior's samples
+  # off the data (texture); 0.2 drew garments from N(0, I) with no posterior collapse
+  # (docs/experiments.md#the-vae-baselines-likelihood-variance).
+  config.loss.vae_sigma_sq = 0.2
   # Ablations only (experiments/ablations.py): weights of R(Z) and ΔR(Z, Ẑ) in both players'
   # objectives; 1 is the method.
   config.loss.rate_weight = 1.0

@@ -18,6 +18,8 @@ from typing import Any, Mapping, Optional
 
 from absl import logging as absl_logging
 
+from uctrl_jax import objectives
+
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 # The progress line: name shown, logged key.
@@ -31,6 +33,12 @@ _TERMS = (
   ("cos(z,ẑ)", "encoder/cos_z_zhat"),
   ("cos(z,z_a)", "encoder/cos_z_zaug"),
   ("mse", "decoder/recon_mse"),
+  # The generative baselines (loss.mode "autoencoder", "vae").
+  ("loss", "generative/loss"),
+  ("nll", "generative/recon_nll"),
+  ("KL", "generative/kl"),
+  ("σ²_q", "generative/posterior_var"),
+  ("mse", "generative/recon_mse"),
 )
 
 
@@ -110,7 +118,7 @@ def startup_summary(
   models = ", ".join(f"{name} {_count(n)}" for name, n in num_params.items() if n)
   return [
     f"data {config.data.name} ({sizes}), images {tuple(image_shape)}, "
-    f"{config.data.num_views} view(s) each; batch {t.batch_size}",
+    f"{objectives.training_views(config)} view(s) each; batch {t.batch_size}",
     f"models {m.encoder}/{m.decoder}, width {m.width}, d = {m.feature_dim}, "
     f"{m.dtype}; parameters: {models}; loss {config.loss.mode}",
     f"workdir {workdir}: "

@@ -50,6 +50,8 @@ class HealthMonitor:
   readable. It ends only after ``clear_after`` logged steps in a row without it: a
   condition that flickers around its threshold (it held, cleared and came back at every
   other log line of a tiny run) stays one episode instead of one warning per return.
+  A check whose terms a mode does not log is skipped: the encoder-only modes have no
+  ``ẑ`` to fool, the generative baselines neither ``R(Z)`` nor ``ẑ``.
   """
 
   def __init__(
@@ -108,16 +110,18 @@ class HealthMonitor:
 
   def update(self, step: int, metrics: Mapping[str, float]) -> list[str]:
     """Returns the warnings for the metrics logged at ``step``."""
-    rate = float(metrics["encoder/R"])
-    self.max_rate = max(self.max_rate, rate)
-    collapse = (
-      f"R(Z) = {rate:.2f} fell below {self.collapse_fraction:.0%} of its running "
-      f"maximum {self.max_rate:.2f}"
-      if rate < self.collapse_fraction * self.max_rate
-      else None
-    )
-    warnings = [self._episode(step, "feature collapse", collapse)]
-    if "decoder/recon_mse" in metrics:  # encoder-only modes: nothing to fool
+    warnings = []
+    if "encoder/R" in metrics:  # the generative baselines: no rate to collapse
+      rate = float(metrics["encoder/R"])
+      self.max_rate = max(self.max_rate, rate)
+      collapse = (
+        f"R(Z) = {rate:.2f} fell below {self.collapse_fraction:.0%} of its running "
+        f"maximum {self.max_rate:.2f}"
+        if rate < self.collapse_fraction * self.max_rate
+        else None
+      )
+      warnings.append(self._episode(step, "feature collapse", collapse))
+    if "decoder/recon_mse" in metrics and "encoder/cos_z_zhat" in metrics:  # a game: ẑ to fool
       mse = float(metrics["decoder/recon_mse"])
       self.first_mse = mse if self.first_mse is None else self.first_mse
       cos = float(metrics["encoder/cos_z_zhat"])

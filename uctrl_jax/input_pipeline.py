@@ -15,7 +15,8 @@ Batches, with B = config.train.batch_size // process_count (per process) and
 V = config.data.num_views:
 
     "image": (B, S, S, C) float32 in [-1, 1]  the image, resized to S
-    "views": (V, B, S, S, C) float32 in [-1, 1]  independent augmentations
+    "views": (V, B, S, S, C) float32 in [-1, 1]  independent augmentations (absent
+                         where V = 0: the generative loss modes, evaluation)
     "label": (B,) int32  -1 in an unlabelled split (training never reads it,
                          except the supervised loss.mode "ctrl_multi")
     "mask":  (B,) bool  evaluation only: False marks padding (label -1)
@@ -44,6 +45,7 @@ import tensorflow as tf
 
 from uctrl_jax import augment
 from uctrl_jax import datasets
+from uctrl_jax import objectives
 
 
 def _hide_accelerators_from_tf() -> None:
@@ -105,8 +107,9 @@ def create_dataset(
     process_count: number of processes; each reads a disjoint shard.
     training: shuffle + repeat + drop the remainder (True) or one padded, masked
       pass (False). None: True iff `split` starts with "train".
-    num_views: augmented views per image; None: config.data.num_views. 0 (for
-      evaluation) leaves out the "views" key.
+    num_views: augmented views per image; None: those training reads
+      (`objectives.training_views`: config.data.num_views, 0 for the generative
+      loss modes, which read the clean images only). 0 leaves out the "views" key.
     skip_batches: training only: start after this many batches of the stream,
       which continues exactly as if they had been read (resume after a restart;
       skipped examples are not augmented, so this is cheap).
@@ -115,10 +118,11 @@ def create_dataset(
     A tf.data.Dataset of batch dicts.
   """
   training = split.startswith("train") if training is None else training
-  num_views = config.data.num_views if num_views is None else num_views
-  if num_views < (1 if training else 0):
+  num_views = objectives.training_views(config) if num_views is None else num_views
+  if num_views < (1 if training and objectives.reads_views(config) else 0):
     raise ValueError(
-      f"num_views = {num_views}: training needs at least 1 augmented view per image."
+      f"num_views = {num_views}: training loss.mode {config.loss.mode!r} needs at least "
+      "1 augmented view per image."
     )
   batch_size = per_process_batch_size(config, process_count)
   # Independent streams per process, all derived from config.seed.

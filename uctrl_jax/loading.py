@@ -42,7 +42,8 @@ _BEFORE_THE_KEY_EXISTED = {
 
 def eval_mode_loop(config, image_shape) -> Tuple[Callable, Optional[Callable]]:
   """``encode(state, x) -> Z`` and ``decode(state, Z) -> x̂`` with running BN statistics;
-  ``decode`` is None in the encoder-only modes."""
+  ``decode`` is None in the encoder-only modes. A VAE's ``encode`` gives the posterior
+  means ``μ`` (deterministic), and its ``decode`` takes any ``z ∈ R^d``."""
   encoder, decoder = models.create_models(config, image_shape)
 
   def encode(state: TrainState, x: Array) -> Array:
@@ -68,9 +69,15 @@ def make_reconstruct(config, image_shape) -> Optional[Callable]:
 
 
 class Loaded(NamedTuple):
-  """A trained closed loop: ``encode(x) -> Z`` and ``decode(Z) -> x̂``, both jitted, eval mode."""
+  """A trained closed loop: ``encode(x) -> Z`` and ``decode(Z) -> x̂``, both jitted, eval mode.
 
-  encode: Callable[[Array], Array]  # (B, H, W, C) in [-1, 1] -> (B, d) float32 unit rows
+  Of a ``loss.mode = "vae"`` run, ``encode`` gives the posterior means ``μ`` (not unit
+  rows) and ``decode(objectives.prior_sample(key, n, config.model.feature_dim))`` draws
+  ``n`` unconditional samples from the prior.
+  """
+
+  encode: Callable[[Array], Array]  # (B, H, W, C) in [-1, 1] -> (B, d) float32 (unit rows,
+  # but for a VAE)
   decode: Optional[Callable[[Array], Array]]  # (B, d) -> (B, H, W, C) in [-1, 1]; None
   # for an encoder-only run (config.loss.mode "tcr" or "simclr")
   config: ml_collections.ConfigDict

@@ -24,7 +24,11 @@ Families, chosen by config name (``config.model.encoder`` / ``config.model.decod
   (STL-10; there the linear map is ``d × 12²·8w`` ≈ 9.4 M parameters at w = 64).
 
 Every encoder ends in ``l2_normalize`` of a float32 linear map (docs/method.md#the-closed-loop), so
-its rows are float32 unit vectors whatever the compute dtype.
+its rows are float32 unit vectors whatever the compute dtype. The one exception is the VAE
+baseline (``config.loss.mode = "vae"``; ``objectives.feature_head`` picks the head):
+its ``"gaussian"`` head maps to ``2d`` values, the mean ``μ`` and log-variance
+``log σ²`` of a diagonal Gaussian posterior, not normalised. The encoder returns ``μ``
+(the features every evaluator reads) and, called with ``posterior=True``, ``(μ, log σ²)``.
 
 Upsampling (``config.model.upsample``), the decoder's only family-independent choice:
 
@@ -55,6 +59,7 @@ Public API::
   init_models(config, image_shape, rng) -> dict(encoder_params, encoder_batch_stats,
                                                decoder_params, decoder_batch_stats)
   encoder.apply({"params": p, "batch_stats": s}, x, train=False) -> Z (B, d) float32
+  (gaussian head: posterior=True -> (μ, log σ²), each (B, d) float32)
   decoder.apply({"params": p, "batch_stats": s}, z, train=False) -> x̂ (B, H, W, C)
   (with train=True pass mutable=["batch_stats"]; apply returns (out, {"batch_stats":…}))
   count_params(tree) -> int;  l2_normalize(z);  depth_to_space(x, r)
@@ -70,11 +75,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uctrl_jax import objectives
+
 Array = jax.Array
 
 ENCODERS = ("dcgan", "resnet18")
 DECODERS = ("dcgan", "resnet18")
 UPSAMPLES = ("conv_transpose", "pixel_shuffle", "resize_conv")
+FEATURE_HEADS = ("sphere", "gaussian")  # unit rows | a VAE's posterior (μ, log σ²)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Square image sizes S (H = W = S) each family supports.
 IMAGE_SIZES = {"dcgan": (28, 32), "resnet18": (32, 96)}
@@ -232,7 +240,11 @@ class ResBlock(nn.Module):
 
 
 class FeatureHead(nn.Module):
-  """``(B, ...) -> (B, d)`` float32 unit rows: flatten, linear map, L2 normalise.
+  """``(B, ...) -> (B, d)`` float32 features: flatten, linear map, then by ``head``:
+
+  * ``"sphere"``: L2 normalise (unit rows);
+  * ``"gaussian"``: the map gives ``2d`` values, a diagonal Gaussian's mean ``μ`` and
+    log-variance; returns ``μ``, or ``(μ, log σ²)`` with ``posterior=True``.
 
   The linear map runs in float32 (it is small) so the features the float32 rate terms
   see are not rounded to bf16 (docs/method.md#coding-rates).
@@ -240,12 +252,21 @@ class FeatureHead(nn.Module):
 
   feature_dim: int
   kernel_init: Callable = nn.initializers.lecun_normal()
+  head: str = "sphere"
 
   @nn.compact
-  def __call__(self, h: Array) -> Array:
+  def __call__(self, h: Array, posterior: bool = False):
     h = h.reshape(h.shape[0], -1).astype(jnp.float32)
-    z = nn.Dense(self.feature_dim, dtype=jnp.float32, kernel_init=self.kernel_init)(h)
-    return l2_normalize(z)
+    gaussian = self.head == "gaussian"
+    if self.head not in FEATURE_HEADS or (posterior and not gaussian):
+      raise ValueError(f"posterior={posterior} with feature head {self.head!r}")
+    out = nn.Dense(
+      self.feature_dim * (2 if gaussian else 1), dtype=jnp.float32, kernel_init=self.kernel_init
+    )(h)
+    if not gaussian:
+      return l2_normalize(out)
+    mu, log_var = jnp.split(out, 2, axis=-1)
+    return (mu, log_var) if posterior else mu
 
 
 class FeatureStem(nn.Module):
@@ -282,7 +303,8 @@ class DCGANEncoder(nn.Module):
 
   S ∈ {28, 32}; 28 is padded to 32 with −1. 32 → 16 → 8 → 4 by three 4×4 stride-2
   convs (``w, 2w, 4w`` channels; BN after all but the first, DCGAN's rule; LeakyReLU
-  0.2), then ``FeatureHead`` on the flattened ``4·4·4w`` map (CTRL's last 4×4 conv).
+  0.2), then ``FeatureHead`` (of kind ``head``) on the flattened ``4·4·4w`` map (CTRL's
+  last 4×4 conv).
   ``depth`` (``config.model.encoder_depth``, 0 in CTRL) adds that many 3×3 stride-1
   convs (+ BN + LeakyReLU) after each strided one, at its width and resolution.
   """
@@ -292,9 +314,10 @@ class DCGANEncoder(nn.Module):
   width: int = 64
   dtype: Any = jnp.float32
   depth: int = 0
+  head: str = "sphere"
 
   @nn.compact
-  def __call__(self, x: Array, train: bool) -> Array:
+  def __call__(self, x: Array, train: bool, posterior: bool = False):
     _check_input("DCGANEncoder", x, self.image_shape)
     h = _pad_to(x, _DCGAN_SIZE).astype(self.dtype)
     for i, mult in enumerate((1, 2, 4)):
@@ -320,7 +343,7 @@ class DCGANEncoder(nn.Module):
           kernel_init=_dcgan_init,
         )(h)
         h = nn.leaky_relu(_batch_norm(train, self.dtype)(h), 0.2)
-    return FeatureHead(self.feature_dim, kernel_init=_dcgan_init)(h)
+    return FeatureHead(self.feature_dim, kernel_init=_dcgan_init, head=self.head)(h, posterior)
 
 
 class DCGANDecoder(nn.Module):
@@ -364,7 +387,7 @@ class ResNet18Encoder(nn.Module):
 
   3×3 stride-1 conv (w) + BN + ReLU, no max-pool; four stages of two basic blocks
   (``w, 2w, 4w, 8w``; stages 2-4 start with a stride-2 block) to ``S/8``; global
-  average pool; ``FeatureHead``. At w = 64 the trunk is the standard CIFAR
+  average pool; ``FeatureHead`` (of kind ``head``). At w = 64 the trunk is the standard CIFAR
   ResNet-18 without its classifier: 11 168 832 parameters.
   """
 
@@ -372,9 +395,10 @@ class ResNet18Encoder(nn.Module):
   feature_dim: int
   width: int = 64
   dtype: Any = jnp.float32
+  head: str = "sphere"
 
   @nn.compact
-  def __call__(self, x: Array, train: bool) -> Array:
+  def __call__(self, x: Array, train: bool, posterior: bool = False):
     _check_input("ResNet18Encoder", x, self.image_shape)
     h = nn.Conv(
       self.width,
@@ -390,7 +414,7 @@ class ResNet18Encoder(nn.Module):
         down = "down" if stage > 0 and block == 0 else None
         h = ResBlock(self.width * mult, resample=down, dtype=self.dtype)(h, train)
     h = jnp.mean(h.astype(jnp.float32), axis=(1, 2))  # global average pool
-    return FeatureHead(self.feature_dim)(h)
+    return FeatureHead(self.feature_dim, head=self.head)(h, posterior)
 
 
 class ResNet18Decoder(nn.Module):
@@ -461,7 +485,9 @@ def create_models(config, image_shape: Sequence[int]) -> Tuple[nn.Module, nn.Mod
   """The ``(encoder, decoder)`` linen modules named by ``config.model``.
 
   Reads ``encoder``, ``decoder``, ``feature_dim``, ``upsample``, ``width``,
-  ``encoder_depth`` and ``dtype`` (``configs/default.py`` holds their defaults).
+  ``encoder_depth`` and ``dtype`` (``configs/default.py`` holds their defaults), and the
+  encoder's head from ``config.loss.mode`` (``objectives.feature_head``: a VAE's is
+  ``"gaussian"``).
   ``image_shape = (H, W, C)`` of the images the encoder reads and the decoder writes.
   Raises ``ValueError`` naming the bad value for an unknown name, upsample or dtype, a
   non-positive width / feature_dim, or an image size the family does not support
@@ -488,7 +514,12 @@ def create_models(config, image_shape: Sequence[int]) -> Tuple[nn.Module, nn.Mod
     )
   extra = {"depth": depth} if enc_name == "dcgan" else {}
   encoder = _ENCODER_CLASSES[enc_name](
-    image_shape=enc_shape, feature_dim=int(feature_dim), width=width, dtype=dtype, **extra
+    image_shape=enc_shape,
+    feature_dim=int(feature_dim),
+    width=width,
+    dtype=dtype,
+    head=objectives.feature_head(config.loss.mode),
+    **extra,
   )
   decoder = _DECODER_CLASSES[dec_name](
     image_shape=dec_shape, width=width, upsample=upsample, dtype=dtype

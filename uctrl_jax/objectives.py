@@ -1,5 +1,6 @@
-"""The objective each ``config.loss.mode`` trains: the uCTRL game, its CTRL relatives, and
-the encoder-only self-supervised baselines (EMP-SSL's TCR, SimCLR's NT-Xent).
+"""The objective each ``config.loss.mode`` trains: the uCTRL game, its CTRL relatives, the
+encoder-only self-supervised baselines (EMP-SSL's TCR, SimCLR's NT-Xent) and the generative
+baselines (an autoencoder, a VAE).
 
 Modes (``LOSS_MODES``):
 
@@ -11,11 +12,23 @@ Modes (``LOSS_MODES``):
   mean of the sample's views (cosine); the uCTRL encoder objective without ``g``.
 * ``"simclr"`` — SimCLR's NT-Xent over ``V ≥ 2`` views (temperature
   ``config.loss.temperature``), encoder only.
+* ``"autoencoder"`` — ``f`` and ``g`` trained together to minimise the pixel MSE of
+  ``g(f(x))`` on the clean images (``f``'s features unit rows, as uCTRL's).
+* ``"vae"`` — a VAE with the same networks: ``f``'s head gives a Gaussian posterior
+  ``q(z|x) = N(μ, diag σ²)`` (``models``' ``"gaussian"`` head, no normalisation), ``g``
+  decodes ``z = μ + σ·ε``; minimises the negative ELBO (``vae_terms``).
 
 The encoder-only modes (``ENCODER_ONLY_MODES``) build and step no decoder: the trainer
 keeps the decoder's slots of the state empty and evaluators that need ``g`` report
 "n/a". They exist so that a user can ask, with the same trainer, data, encoder,
 augmentations, evaluators and budget, whether the game costs the features anything.
+
+The generative modes (``GENERATIVE_MODES``) ask the same of the generation half: what a
+user would train instead of the game, with the same ``f``, ``g``, data and evaluators.
+They read no augmented views (the training pipeline makes none: ``training_views``) and
+take one joint step per iteration, each network with its own optimizer. A VAE's features,
+for every evaluator and ``uctrl_jax.load(...).encode``, are the posterior means ``μ``;
+``prior_sample`` draws the ``z`` its decoder generates from.
 
 Every function here is pure and jit-able; features are float32 rows.
 """
@@ -29,13 +42,32 @@ from uctrl_jax import rate_reduction as rr
 
 Array = jax.Array
 
-LOSS_MODES = ("uctrl", "ctrl_binary", "ctrl_multi", "tcr", "simclr")
+LOSS_MODES = ("uctrl", "ctrl_binary", "ctrl_multi", "tcr", "simclr", "autoencoder", "vae")
 ENCODER_ONLY_MODES = ("tcr", "simclr")
+GENERATIVE_MODES = ("autoencoder", "vae")
 
 
 def uses_decoder(config) -> bool:
-  """Whether ``config.loss.mode`` plays the closed-loop game (builds and steps ``g``)."""
+  """Whether ``config.loss.mode`` builds and trains ``g`` (all but the encoder-only modes)."""
   return config.loss.mode not in ENCODER_ONLY_MODES
+
+
+def feature_head(mode: str) -> str:
+  """The encoder head that ``loss.mode = mode`` trains (``models.FEATURE_HEADS``):
+  ``"gaussian"`` (μ and log σ² of a VAE's posterior) or ``"sphere"`` (unit rows)."""
+  return "gaussian" if mode == "vae" else "sphere"
+
+
+def reads_views(config) -> bool:
+  """Whether ``config.loss.mode`` trains on augmented views; the generative modes train on
+  the clean images alone."""
+  return config.loss.mode not in GENERATIVE_MODES
+
+
+def training_views(config) -> int:
+  """Augmented views per image that training reads: ``config.data.num_views``, or 0 where
+  the mode reads none (which so does not pay for views it would never encode)."""
+  return int(config.data.num_views) if reads_views(config) else 0
 
 
 def _unit(Z: Array) -> Array:
@@ -188,3 +220,78 @@ def game_terms(config, Z: Array, Zhat: Array, Z_aug: Array, labels: Array) -> di
     terms["encoder_objective"] = terms["encoder_objective"] + shift
     terms["decoder_objective"] = terms["decoder_objective"] + shift
   return terms
+
+
+def autoencoder_terms(X: Array, Xhat: Array) -> dict:
+  """The autoencoder's loss, to minimise: the pixel MSE of ``X̂ = g(f(X))``.
+
+  Args:
+    X, Xhat: (B, H, W, C) images in [-1, 1].
+  Returns:
+    dict of () float32: ``loss`` = ``recon_mse`` (mean over pixels and batch).
+  """
+  mse = jnp.mean(jnp.square(Xhat.astype(jnp.float32) - X.astype(jnp.float32)))
+  return {"loss": mse, "recon_mse": mse}
+
+
+def gaussian_nll(X: Array, Xhat: Array, sigma_sq) -> Array:
+  """``(B,)``: ``−log N(x | x̂, σ² I)`` per image, summed over its ``D`` pixels:
+  ``|x − x̂|² / (2σ²) + (D/2) log(2π σ²)``.
+
+  Args:
+    X, Xhat: (B, H, W, C) images; sigma_sq: the likelihood's fixed variance σ² > 0.
+  """
+  diff = (Xhat.astype(jnp.float32) - X.astype(jnp.float32)).reshape(X.shape[0], -1)
+  D = diff.shape[1]
+  return jnp.sum(diff * diff, axis=1) / (2.0 * sigma_sq) + 0.5 * D * jnp.log(
+    2.0 * jnp.pi * sigma_sq
+  )
+
+
+def gaussian_kl(mu: Array, log_var: Array) -> Array:
+  """``(B,)``: ``KL(N(μ, diag σ²) ‖ N(0, I)) = ½ Σ_j (μ_j² + σ_j² − 1 − log σ_j²)``.
+
+  Args:
+    mu, log_var: (B, d) float32 posterior means and log-variances.
+  """
+  return 0.5 * jnp.sum(jnp.square(mu) + jnp.exp(log_var) - 1.0 - log_var, axis=-1)
+
+
+def reparameterize(key: Array, mu: Array, log_var: Array) -> Array:
+  """``z = μ + σ·ε``, ``ε ~ N(0, I)`` from ``key``: (B, d) float32, differentiable in μ, σ."""
+  eps = jax.random.normal(key, mu.shape, jnp.float32)
+  return mu + jnp.exp(0.5 * log_var) * eps
+
+
+def prior_sample(key: Array, n: int, d: int) -> Array:
+  """``(n, d)`` float32 draws from a VAE's prior ``N(0, I)``: decode them
+  (``uctrl_jax.load(workdir).decode``) for unconditional samples of a ``"vae"`` run."""
+  return jax.random.normal(key, (n, d), jnp.float32)
+
+
+def vae_terms(X: Array, Xhat: Array, mu: Array, log_var: Array, sigma_sq) -> dict:
+  """The VAE's negative ELBO, to minimise, and its parts (batch means of per-image values).
+
+  ``loss = E_q[−log p(x | z)] + KL(q(z | x) ‖ N(0, I))``, the expectation estimated with
+  the one sample ``z`` that ``X̂ = g(z)`` decodes; ``p(x | z) = N(x̂, σ² I)`` with σ²
+  fixed (``config.loss.vae_sigma_sq``).
+
+  Args:
+    X, Xhat: (B, H, W, C) images and the decoded sample.
+    mu, log_var: (B, d) float32 posterior parameters.
+    sigma_sq: σ² > 0 of the likelihood.
+  Returns:
+    dict of () float32: ``loss`` (negative ELBO, nats per image), ``recon_nll``, ``kl``,
+    ``recon_mse`` (pixel MSE of the sample's decoding) and ``posterior_var`` (the mean
+    over images and dimensions of σ²: near 1 where the posterior has collapsed onto
+    the prior).
+  """
+  nll = jnp.mean(gaussian_nll(X, Xhat, sigma_sq))
+  kl = jnp.mean(gaussian_kl(mu, log_var))
+  return {
+    "loss": nll + kl,
+    "recon_nll": nll,
+    "kl": kl,
+    "recon_mse": autoencoder_terms(X, Xhat)["recon_mse"],
+    "posterior_var": jnp.mean(jnp.exp(log_var)),
+  }

@@ -38,6 +38,9 @@ from uctrl_jax.state import TrainState, learning_rate_schedule, make_optimizers
 
 Array = jax.Array
 Metrics = Mapping[str, Array]
+
+# The VAE's noise stream, folded into key(seed) apart from the initialisation's split.
+_VAE_NOISE = 1
 # (params, state, batch) -> (loss, (terms, new batch statistics)), for jax.grad's has_aux.
 Loss = Callable[..., Tuple[Array, Tuple[dict, dict]]]
 
@@ -151,8 +154,12 @@ def make_steps(config, image_shape) -> Tuple[Callable, Optional[Callable]]:
   (``sharding.shard_batch``). In the game the encoder step does not advance
   ``state.step``; the decoder step, which ends an iteration, does. In the encoder-only
   modes (``objectives.ENCODER_ONLY_MODES``) ``decoder_step`` is None, the encoder step
-  sees the views only and ends the iteration.
+  sees the views only and ends the iteration. In the generative modes
+  (``objectives.GENERATIVE_MODES``) the first is ``make_generative_step``'s joint step,
+  the second None.
   """
+  if config.loss.mode in objectives.GENERATIVE_MODES:
+    return make_generative_step(config, image_shape), None
   encoder, decoder = models.create_models(config, image_shape)
   enc_tx, dec_tx = make_optimizers(config)
   enc_lr = learning_rate_schedule(config, config.train.encoder_lr)
@@ -194,11 +201,89 @@ def make_steps(config, image_shape) -> Tuple[Callable, Optional[Callable]]:
   return encoder_step, (decoder_step if game else None)
 
 
+def make_generative_step(config, image_shape) -> Callable:
+  """Jitted ``step(state, batch) -> (new_state, metrics)`` of the generative baselines
+  (``loss.mode`` ``"autoencoder"`` or ``"vae"``; ``state`` donated).
+
+  One joint update per iteration (``state.step`` + 1): the loss of ``objectives``
+  (``autoencoder_terms`` or ``vae_terms``) on ``batch["image"]`` alone, its gradient taken
+  in both networks' parameters, each applied by its own player's Adam (``make_optimizers``:
+  ``train.encoder_lr``/``encoder_b1`` and ``decoder_lr``/``decoder_b1``). Both networks
+  run in training mode and update their batch statistics. The VAE's noise ``ε`` comes from
+  ``fold_in(key(config.seed), _VAE_NOISE)`` folded with the step: the same run draws the
+  same noise, resumed or not.
+
+  Metrics: the loss's terms as ``generative/<term>``, and ``encoder/grad_norm``,
+  ``encoder/lr``, ``decoder/grad_norm``, ``decoder/lr``.
+  """
+  encoder, decoder = models.create_models(config, image_shape)
+  enc_tx, dec_tx = make_optimizers(config)
+  enc_lr = learning_rate_schedule(config, config.train.encoder_lr)
+  dec_lr = learning_rate_schedule(config, config.train.decoder_lr)
+  vae = config.loss.mode == "vae"
+  sigma_sq = config.loss.vae_sigma_sq
+  noise_key = jax.random.fold_in(jax.random.key(config.seed), _VAE_NOISE)
+
+  def loss_fn(params, state, batch):
+    enc_params, dec_params = params
+    X = batch["image"]
+    out, enc_updates = encoder.apply(
+      {"params": enc_params, "batch_stats": state.encoder_batch_stats},
+      X,
+      train=True,
+      posterior=vae,
+      mutable=["batch_stats"],
+    )
+    if vae:
+      mu, log_var = out
+      Z = objectives.reparameterize(jax.random.fold_in(noise_key, state.step), mu, log_var)
+    else:
+      Z = out
+    Xhat, dec_updates = decoder.apply(
+      {"params": dec_params, "batch_stats": state.decoder_batch_stats},
+      Z,
+      train=True,
+      mutable=["batch_stats"],
+    )
+    terms = (
+      objectives.vae_terms(X, Xhat, mu, log_var, sigma_sq)
+      if vae
+      else objectives.autoencoder_terms(X, Xhat)
+    )
+    return terms["loss"], (terms, enc_updates["batch_stats"], dec_updates["batch_stats"])
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def step(state: TrainState, batch) -> Tuple[TrainState, Metrics]:
+    params = (state.encoder_params, state.decoder_params)
+    (enc_grads, dec_grads), (terms, enc_stats, dec_stats) = jax.grad(loss_fn, has_aux=True)(
+      params, state, batch
+    )
+    enc_updates, enc_opt = enc_tx.update(enc_grads, state.encoder_opt_state, state.encoder_params)
+    dec_updates, dec_opt = dec_tx.update(dec_grads, state.decoder_opt_state, state.decoder_params)
+    new_state = state.replace(
+      encoder_params=optax.apply_updates(state.encoder_params, enc_updates),
+      encoder_batch_stats=enc_stats,
+      encoder_opt_state=enc_opt,
+      decoder_params=optax.apply_updates(state.decoder_params, dec_updates),
+      decoder_batch_stats=dec_stats,
+      decoder_opt_state=dec_opt,
+      step=state.step + 1,
+    )
+    return new_state, {
+      **{f"generative/{k}": v for k, v in terms.items()},
+      **_with_grad_norm("encoder", {}, enc_grads, enc_lr(state.step)),
+      **_with_grad_norm("decoder", {}, dec_grads, dec_lr(state.step)),
+    }
+
+  return step
+
+
 def train_iteration(
   encoder_step, decoder_step, state: TrainState, batch, encoder_steps: int
 ) -> Tuple[TrainState, dict]:
   """One iteration on one batch: ``encoder_steps`` encoder updates, then one decoder update
-  (none when ``decoder_step`` is None: an encoder-only mode, one encoder update).
+  (none when ``decoder_step`` is None: an encoder-only mode's one encoder update, or a
+  generative mode's one joint update).
 
   Returns the new state and the metrics of the last encoder step and the decoder step.
   """

@@ -9,6 +9,8 @@ compile (or an hour of training) and main.py can print it without a traceback:
   dataset (a tfds name, ``npz:PATH`` or ``image_folder:PATH`` whose PATH exists);
 * numbers: ``eps_sq > 0``, ``λ ≥ 0``, ``feature_dim``, ``width``, ``encoder_steps``,
   ``num_views``, ``batch_size`` and the ``*_every`` intervals ≥ 1, ``num_steps ≥ 0``;
+  ``vae_sigma_sq > 0`` for a VAE; one step per iteration (``encoder_steps = 1``) for the
+  encoder-only and the generative modes, whose step is not the game's alternation;
 * the global batch divisible by the device count and the process count;
 * the image size supported by both model families (``models.IMAGE_SIZES``), from
   ``data.image_size`` or, when that is None (keep the stored size), from
@@ -199,19 +201,24 @@ def check_numbers(config: ml_collections.ConfigDict) -> None:
     _require_int(config, "loss.num_classes", 1)
   if _get(config, "loss.mode") == "simclr":
     _require_number(config, "loss.temperature", positive=True)
-  if _get(config, "loss.mode") in objectives.ENCODER_ONLY_MODES:
-    mode = _get(config, "loss.mode")
+  mode = _get(config, "loss.mode")
+  if mode == "vae":
+    _require_number(config, "loss.vae_sigma_sq", positive=True)
+  if mode in objectives.ENCODER_ONLY_MODES:
     if _is_int(_get(config, "data.num_views")) and _get(config, "data.num_views") < 2:
       raise ConfigError(
         f"config.loss.mode = {mode!r} compares views with each other: "
         f"config.data.num_views must be ≥ 2; got {_get(config, 'data.num_views')}"
       )
-    if _get(config, "train.encoder_steps") != 1:
-      raise ConfigError(
-        f"config.loss.mode = {mode!r} trains the encoder alone (one step per "
-        "iteration): config.train.encoder_steps must be 1; got "
-        f"{_get(config, 'train.encoder_steps')!r}"
-      )
+  one_step = {
+    **dict.fromkeys(objectives.ENCODER_ONLY_MODES, "trains the encoder alone"),
+    **dict.fromkeys(objectives.GENERATIVE_MODES, "updates both networks together"),
+  }
+  if mode in one_step and _get(config, "train.encoder_steps") != 1:
+    raise ConfigError(
+      f"config.loss.mode = {mode!r} {one_step[mode]} (one step per iteration): "
+      f"config.train.encoder_steps must be 1; got {_get(config, 'train.encoder_steps')!r}"
+    )
   _require_int(config, "model.feature_dim", 1)
   _require_int(config, "model.width", 1)
   _require_int(config, "model.encoder_depth", 0)
@@ -220,7 +227,8 @@ def check_numbers(config: ml_collections.ConfigDict) -> None:
       "config.model.encoder_depth > 0 needs config.model.encoder = 'dcgan'; got "
       f"{_get(config, 'model.encoder')!r}"
     )
-  _require_int(config, "data.num_views", 1)
+  # The generative modes read no views (objectives.training_views): any count, 0 too.
+  _require_int(config, "data.num_views", 1 if objectives.reads_views(config) else 0)
   image_size = _get(config, "data.image_size")
   if image_size is not None:
     _require_int(config, "data.image_size", 1)
@@ -354,16 +362,18 @@ def check_workdir_compatible(
         f"config has {new.get(key)!r}; a resume would not fit its "
         "checkpoints: use a fresh --workdir"
       )
-  if "loss.mode" in saved and (
-    (saved["loss.mode"] in objectives.ENCODER_ONLY_MODES)
-    != (new.get("loss.mode") in objectives.ENCODER_ONLY_MODES)
-  ):
-    raise ConfigError(
-      f"{workdir} holds a run with config.loss.mode = {saved['loss.mode']!r}, "
-      f"this config has {new.get('loss.mode')!r}: one trains a decoder, the "
-      "other does not, so a resume would not fit its checkpoints: use a fresh "
-      "--workdir"
-    )
+  if "loss.mode" in saved:
+    old_mode, new_mode = saved["loss.mode"], new.get("loss.mode")
+    for what, differs in (
+      ("a decoder", lambda m: m in objectives.ENCODER_ONLY_MODES),
+      ("a VAE's Gaussian head", objectives.feature_head),
+    ):
+      if differs(old_mode) != differs(new_mode):
+        raise ConfigError(
+          f"{workdir} holds a run with config.loss.mode = {old_mode!r}, this config has "
+          f"{new_mode!r}: one trains {what}, the other does not, so a resume would not "
+          "fit its checkpoints: use a fresh --workdir"
+        )
   for key in _WARN_IF_CHANGED:
     if key in saved and _normal(new.get(key)) != _normal(saved.get(key)):
       logging.warning(

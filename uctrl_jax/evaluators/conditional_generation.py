@@ -3,9 +3,10 @@
 Protocol (docs/method.md#evaluation-protocols): cluster the training features (k-means, or the
 labels when given); for each cluster ``c`` with centred features ``Z_c − μ_c = U S Vᵀ`` draw
 ``z = μ_c + Σ_{j ≤ r} a_j (s_j / √n_c) v_j``, ``a ~ N(0, I)`` (a Gaussian with the
-cluster's spread along its top ``r`` components), scale to unit norm (the encoder's
-outputs are unit rows) and decode. The grid has one row per cluster: the decoded
-normalised mean ``μ_c / |μ_c|`` first, then the samples.
+cluster's spread along its top ``r`` components), scale to unit norm where the encoder's
+outputs are unit rows (a VAE's posterior means are not: there samples and clusters stay
+in the features' own space) and decode. The grid has one row per cluster: the decoded
+(normalised) mean ``μ_c`` first, then the samples.
 
 Metrics: ``explained_variance`` (mean over clusters of the share of the cluster's
 variance in its top ``r`` components) and, with training pixels and labels given,
@@ -41,17 +42,26 @@ def needs_labels(options) -> tuple[str, ...]:
 
 
 def cluster_samples(
-  Z, assign, num_clusters: int, key, *, num_components: int = 8, num_samples: int = 10
+  Z,
+  assign,
+  num_clusters: int,
+  key,
+  *,
+  num_components: int = 8,
+  num_samples: int = 10,
+  unit: bool = True,
 ):
-  """Unit features sampled per cluster.
+  """Features sampled per cluster.
 
   Args:
     Z: (n, d) features.
     assign: (n,) int cluster of each row in ``[0, num_clusters)``.
     key: PRNG key of the Gaussian coefficients.
+    unit: scale the samples to unit rows (features on the unit sphere).
   Returns:
-    ``samples (K, 1 + num_samples, d)`` float32 unit rows (column 0: the mean; an
-    empty cluster's row is zeros) and ``explained (K,)`` variance shares (NaN if empty).
+    ``samples (K, 1 + num_samples, d)`` float32 rows, unit ones if ``unit`` (column 0:
+    the mean; an empty cluster's row is zeros) and ``explained (K,)`` variance shares
+    (NaN if empty).
   """
   Z = common.as_features("Z", Z)
   d = Z.shape[1]
@@ -69,7 +79,8 @@ def cluster_samples(
     explained[c] = np.sum(s[:r] ** 2) / total if total > 0 else 1.0
     spread = s[:r] / np.sqrt(len(Zc))  # standard deviation along each component
     draws = mean + (coeffs[c, :, :r] * spread) @ Vt[:r]
-    samples[c] = common.l2_normalize(np.concatenate([mean[None], draws])).astype(np.float32)
+    rows = np.concatenate([mean[None], draws])
+    samples[c] = common.l2_normalize(rows) if unit else rows
   return samples, explained
 
 
@@ -97,7 +108,10 @@ def evaluate(
     x_train, y_train: the images and labels of the rows of ``Z``, for
       ``sample_consistency`` (optional).
   """
-  Z = common.l2_normalize(common.as_features("Z", Z))
+  Z = common.as_features("Z", Z)
+  # The decoder reads features as the encoder writes them: unit rows or not (a VAE's μ).
+  unit = bool(np.allclose(np.linalg.norm(Z, axis=1), 1.0, atol=1e-3))
+  Z = common.l2_normalize(Z) if unit else Z
   key_kmeans, key_samples = jax.random.split(jax.random.key(seed))
   if labels is not None:
     assign = common.as_labels("labels", labels, len(Z))
@@ -113,6 +127,7 @@ def evaluate(
     key_samples,
     num_components=num_components,
     num_samples=num_samples,
+    unit=unit,
   )
   K, S, d = samples.shape
   images = common.batched(decode, samples.reshape(K * S, d), batch_size)
