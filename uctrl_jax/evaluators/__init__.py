@@ -11,6 +11,8 @@ Each module has a pure ``evaluate(...)`` on arrays returning ``{metric: float}``
     reconstruction          MSE, PSNR of g(f(x)); class consistency of g(f(x))
     conditional_generation  samples along each cluster's principal subspace (PNG grid)
     fid                     Fréchet distance of Z and Ẑ; FID with Inception weights
+    judge                   a cached CNN judge's consistency, FD, precision/recall of
+                            reconstructions and samples, cluster purity
     structure               within- over between-class mean |cos| of test features
 
 The registry runs the ones named in ``config.evals.names`` on an encoder/decoder pair,
@@ -27,7 +29,8 @@ probe, nearest subspace, clustering, structure) are skipped with one log line sa
 why (``without_labels``); reconstruction reports MSE/PSNR without its class consistency,
 conditional generation clusters by k-means (``num_clusters``, or
 ``num_clusters_without_labels`` when there are no classes) without its
-``sample_consistency``; FID needs none.
+``sample_consistency``; FID needs none; the judge needs training labels (to train it)
+and reports its accuracy and reconstructions' consistency only with test labels.
 
 ``encode(x (B, H, W, C)) -> (B, d)`` and ``decode(Z) -> x̂`` are called on batches of
 exactly ``config.evals.batch_size`` rows (padded), so jitted callables compile once.
@@ -169,6 +172,10 @@ def _fid(m, o):
   )
 
 
+def _judge(m, o):
+  return lambda c: m.run(c, **o)
+
+
 # name -> (builder(module, options) -> fn(context), needs_decode, needs_labels)
 _REGISTRY = {
   "knn": (_knn, False, ("train", "test")),
@@ -182,6 +189,8 @@ _REGISTRY = {
   "conditional_generation": (_conditional_generation, True, ()),
   "fid": (_fid, True, ()),
   "structure": (_structure, False, ("test",)),
+  # Trained on the training labels; without test labels no top1 / recon_consistency.
+  "judge": (_judge, True, ("train",)),
 }
 ALL = tuple(_REGISTRY)  # every evaluator's name, in the registry's order
 
@@ -210,7 +219,9 @@ def build(config, names: Optional[Sequence[str]] = None) -> list[Evaluator]:
   """Evaluators named in ``config.evals.names`` (or ``names``), with their options.
 
   ``clustering.eps_sq`` defaults to ``config.loss.eps_sq`` (the ε² the features were
-  trained with).
+  trained with). The judge gets ``name`` (its cache file's readable part: the dataset and
+  the evaluation's training split) and the conditional sampler's settings of
+  ``config.evals.conditional_generation``, so its samples are the grid's.
   """
   evals = config.evals
   names = tuple(names if names is not None else evals.names)
@@ -220,8 +231,19 @@ def build(config, names: Optional[Sequence[str]] = None) -> list[Evaluator]:
     options = dict(options.to_dict() if hasattr(options, "to_dict") else (options or {}))
     if name == "clustering" and options["eps_sq"] is None:
       options["eps_sq"] = float(config.loss.eps_sq)
+    if name == "judge":
+      options.update(_judge_options(config))
     out.append(build_one(name, options))
   return out
+
+
+def _judge_options(config) -> dict[str, Any]:
+  sampler = config.evals.conditional_generation
+  limit = config.evals.max_train_examples
+  return dict(
+    name=f"{config.data.name}|{config.evals.train_split}" + (f"|first{limit}" if limit else ""),
+    **{k: sampler[k] for k in ("num_clusters", "num_components", "seed", "use_labels")},
+  )
 
 
 def without_labels(
@@ -235,7 +257,8 @@ def without_labels(
   partial = [
     e.name
     for e in keep
-    if e.name == "reconstruction" or (e.name == "conditional_generation" and "train" in missing)
+    if e.name in ("reconstruction", "judge")
+    or (e.name == "conditional_generation" and "train" in missing)
   ]
   parts = []
   if len(keep) < len(evaluators):

@@ -5,7 +5,9 @@ labels when given); for each cluster ``c`` with centred features ``Z_c − μ_c 
 ``z = μ_c + Σ_{j ≤ r} a_j (s_j / √n_c) v_j``, ``a ~ N(0, I)`` (a Gaussian with the
 cluster's spread along its top ``r`` components), scale to unit norm (the encoder's
 outputs are unit rows) and decode. The grid has one row per cluster: the decoded
-normalised mean ``μ_c / |μ_c|`` first, then the samples.
+normalised mean ``μ_c / |μ_c|`` first, then the samples. ``sample_features`` is this
+sampler for every caller: the judge's scores of conditional samples (evaluators/judge.py)
+draw from it too, with the same seed, so the picture and the scores show one sampler.
 
 Metrics: ``explained_variance`` (mean over clusters of the share of the cluster's
 variance in its top ``r`` components) and, with training pixels and labels given,
@@ -17,7 +19,7 @@ generation works; a collapsed decoder drawing one thing for every cluster scores
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -28,27 +30,42 @@ from uctrl_jax.evaluators import common
 from uctrl_jax.evaluators import knn
 
 
-def cluster_samples(
-  Z, assign, num_clusters: int, key, *, num_components: int = 8, num_samples: int = 10
-):
-  """Unit features sampled per cluster.
+class Samples(NamedTuple):
+  """Features drawn by ``sample_features``, grouped by cluster in cluster order."""
+
+  features: np.ndarray  # (N, d) float32 unit rows
+  cluster_ids: np.ndarray  # (N,) int64, non-decreasing
+  assign: np.ndarray  # (n,) int64: the cluster of each training row
+  means: np.ndarray  # (K, d) float32: each cluster's normalised mean (zeros: empty cluster)
+  explained: np.ndarray  # (K,) share of each cluster's variance in its top components (NaN: empty)
+
+
+def cluster_samples(Z, assign, counts, key, *, num_components: int = 8):
+  """``counts[c]`` unit features sampled along cluster ``c``'s principal subspace.
 
   Args:
     Z: (n, d) features.
-    assign: (n,) int cluster of each row in ``[0, num_clusters)``.
-    key: PRNG key of the Gaussian coefficients.
+    assign: (n,) int cluster of each row in ``[0, K)``.
+    counts: (K,) int samples per cluster (an empty cluster must have 0).
+    key: PRNG key of the Gaussian coefficients, ``(Σ counts, num_components)`` of them
+      consumed in cluster order.
   Returns:
-    ``samples (K, 1 + num_samples, d)`` float32 unit rows (column 0: the mean; an
-    empty cluster's row is zeros) and ``explained (K,)`` variance shares (NaN if empty).
+    ``(samples (N, d), cluster_ids (N,), means (K, d), explained (K,))``, ``N = Σ counts``;
+    ``means`` and ``explained`` as in ``Samples``.
   """
   Z = common.as_features("Z", Z)
-  d = Z.shape[1]
-  coeffs = np.asarray(jax.random.normal(key, (num_clusters, num_samples, num_components)))
-  samples = np.zeros((num_clusters, 1 + num_samples, d), np.float32)
-  explained = np.full((num_clusters,), np.nan)
-  for c in range(num_clusters):
+  counts = np.asarray(counts, np.int64)
+  K, d = len(counts), Z.shape[1]
+  coeffs = np.asarray(jax.random.normal(key, (int(counts.sum()), num_components)))
+  samples = np.zeros((int(counts.sum()), d), np.float32)
+  means = np.zeros((K, d), np.float32)
+  explained = np.full((K,), np.nan)
+  offsets = np.concatenate([[0], np.cumsum(counts)])
+  for c in range(K):
     Zc = Z[assign == c].astype(np.float64)
     if not len(Zc):
+      if counts[c]:
+        raise ValueError(f"cluster {c} is empty but asked for {counts[c]} samples")
       continue
     mean = Zc.mean(0)
     _, s, Vt = np.linalg.svd(Zc - mean, full_matrices=False)
@@ -56,9 +73,71 @@ def cluster_samples(
     total = np.sum(s**2)
     explained[c] = np.sum(s[:r] ** 2) / total if total > 0 else 1.0
     spread = s[:r] / np.sqrt(len(Zc))  # standard deviation along each component
-    draws = mean + (coeffs[c, :, :r] * spread) @ Vt[:r]
-    samples[c] = common.l2_normalize(np.concatenate([mean[None], draws])).astype(np.float32)
-  return samples, explained
+    draws = mean + (coeffs[offsets[c] : offsets[c + 1], :r] * spread) @ Vt[:r]
+    means[c] = common.l2_normalize(mean[None])[0]
+    samples[offsets[c] : offsets[c + 1]] = common.l2_normalize(draws)
+  return samples, np.repeat(np.arange(K), counts), means, explained
+
+
+def proportional_counts(sizes, total: int) -> np.ndarray:
+  """``total`` split over clusters of ``sizes: (K,)`` in proportion (largest remainders)."""
+  sizes = np.asarray(sizes, np.float64)
+  exact = total * sizes / sizes.sum()
+  counts = np.floor(exact).astype(np.int64)
+  counts[np.argsort(counts - exact, kind="stable")[: total - counts.sum()]] += 1
+  return counts
+
+
+def majority_labels(assign, y, num_clusters: int) -> np.ndarray:
+  """``(K,)`` the most frequent of ``y: (n,)`` among each cluster's rows (-1: empty cluster)."""
+  out = np.full(num_clusters, -1, np.int64)
+  for c in range(num_clusters):
+    if np.any(assign == c):
+      out[c] = np.bincount(y[assign == c]).argmax()
+  return out
+
+
+def sample_features(
+  Z,
+  num_clusters: int,
+  key,
+  *,
+  labels=None,
+  num_components: int = 8,
+  num_samples: int = 10,
+  proportional: bool = False,
+) -> Samples:
+  """The sampler of unsupervised conditional generation (module docstring), one for the
+  picture and the scores: the same ``key`` gives the same clusters and samples.
+
+  Args:
+    Z: (n, d) training features (normalised to unit rows here).
+    num_clusters: K; k-means clusters of ``Z`` (one cluster: all of ``Z``).
+    key: PRNG key; split into the k-means key and the samples' key.
+    labels: (n,) int; given, the clusters are the classes (a supervised control).
+    num_samples: per non-empty cluster, or with ``proportional`` in all, split over the
+      clusters in proportion to their sizes (samples of the features' own mixture).
+  """
+  Z = common.l2_normalize(common.as_features("Z", Z))
+  key_kmeans, key_samples = jax.random.split(key)
+  if labels is not None:
+    assign = common.as_labels("labels", labels, len(Z))
+    num_clusters = int(num_clusters or assign.max() + 1)
+  elif num_clusters == 1:
+    assign = np.zeros(len(Z), np.int64)
+  elif num_clusters:
+    assign = np.asarray(clustering.kmeans(Z, int(num_clusters), key_kmeans)[0], np.int64)
+  else:
+    raise ValueError("num_clusters is required without labels")
+  sizes = np.bincount(assign, minlength=num_clusters)
+  if proportional:
+    counts = proportional_counts(sizes, int(num_samples))
+  else:
+    counts = np.where(sizes > 0, int(num_samples), 0)
+  samples, cluster_ids, means, explained = cluster_samples(
+    Z, assign, counts, key_samples, num_components=num_components
+  )
+  return Samples(samples, cluster_ids, assign, means, explained)
 
 
 def evaluate(
@@ -85,32 +164,27 @@ def evaluate(
     x_train, y_train: the images and labels of the rows of ``Z``, for
       ``sample_consistency`` (optional).
   """
-  Z = common.l2_normalize(common.as_features("Z", Z))
-  key_kmeans, key_samples = jax.random.split(jax.random.key(seed))
-  if labels is not None:
-    assign = common.as_labels("labels", labels, len(Z))
-    num_clusters = int(num_clusters or assign.max() + 1)
-  else:
-    if not num_clusters:
-      raise ValueError("num_clusters is required without labels")
-    assign, _, _ = clustering.kmeans(Z, int(num_clusters), key_kmeans)
-  samples, explained = cluster_samples(
+  drawn = sample_features(
     Z,
-    assign,
-    int(num_clusters),
-    key_samples,
+    num_clusters,
+    jax.random.key(seed),
+    labels=labels,
     num_components=num_components,
     num_samples=num_samples,
   )
-  K, S, d = samples.shape
-  images = common.batched(decode, samples.reshape(K * S, d), batch_size)
-  images = images.reshape((K, S) + images.shape[1:])
-  metrics = {"explained_variance": float(np.nanmean(explained))}
+  K, S = len(drawn.means), num_samples
+  rows = np.flatnonzero(np.bincount(drawn.cluster_ids, minlength=K))  # empty ones drew nothing
+  # The grid: per cluster its mean, then its samples; an empty cluster's row stays zeros.
+  grid = np.zeros((K, 1 + S, drawn.means.shape[1]), np.float32)
+  grid[:, 0] = drawn.means
+  grid[rows, 1:] = drawn.features.reshape(len(rows), S, -1)
+  images = common.batched(decode, grid.reshape(K * (1 + S), -1), batch_size)
+  images = images.reshape((K, 1 + S) + images.shape[1:])
+  metrics = {"explained_variance": float(np.nanmean(drawn.explained))}
   if x_train is not None and y_train is not None:
-    y_train = common.as_labels("y_train", y_train, len(Z))
-    rows = [c for c in range(K) if np.any(assign == c)]  # empty clusters drew nothing
-    cluster_class = [np.bincount(y_train[assign == c]).argmax() for c in rows]
-    generated = images[rows, 1:].reshape((len(rows) * (S - 1),) + images.shape[2:])
+    y_train = common.as_labels("y_train", y_train, len(drawn.assign))
+    cluster_class = majority_labels(drawn.assign, y_train, K)
+    generated = images[rows, 1:].reshape((len(rows) * S,) + images.shape[2:])
     pred = knn.weighted_knn(x_train, y_train, generated, num_classes=num_classes)
-    metrics["sample_consistency"] = common.accuracy(np.repeat(cluster_class, S - 1), pred)
+    metrics["sample_consistency"] = common.accuracy(cluster_class[drawn.cluster_ids], pred)
   return image_grid.image_grid(list(images)), metrics
