@@ -221,3 +221,15 @@ def test_evaluator_without_test_labels_drops_label_metrics(tmp_path, data):
   assert "judge/cond_purity" in metrics and "judge/recon_fd" in metrics
   without_train = context.data._replace(y_train=None)
   assert evaluators.without_labels([built], without_train)[0] == []  # cannot train: skipped
+
+
+@pytest.mark.slow
+def test_fashion_mnist_judge_reaches_91_percent(fashion_mnist_data_dir):
+  """The default recipe on the full Fashion-MNIST split (docs/method.md: 92.5%, minutes)."""
+  from uctrl_jax import evaluate  # pylint: disable=import-outside-toplevel  (TensorFlow)
+
+  config = default.get_config()
+  config.data.data_dir = fashion_mnist_data_dir
+  x, y, xt, yt, classes = evaluate.load_data(config)
+  trained = judge.train_judge(x, y, classes, x_test=xt, y_test=yt)
+  assert trained.meta["test_top1"] >= 91.0, trained.meta

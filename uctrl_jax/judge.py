@@ -54,6 +54,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from uctrl_jax.evaluators import common
+
 # Bump when a change of this module changes the judge a recipe trains: cached ones retrain.
 VERSION = 1
 # Measured on Fashion-MNIST (docs/method.md#evaluation-protocols).
@@ -240,12 +242,8 @@ def default_cache_dir() -> str:
 
 
 def fingerprint(x, y) -> str:
-  """A digest of the training images ``(n, ...)`` and labels ``(n,)``, values and shapes."""
-  h = hashlib.blake2b(digest_size=16)
-  for a in (np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y, np.int64)):
-    h.update(repr(a.shape).encode())
-    h.update(memoryview(a).cast("B"))
-  return h.hexdigest()
+  """A digest of the training images ``(n, ...)`` float32 and labels ``(n,)`` int64."""
+  return common.digest(np.asarray(x, np.float32), np.asarray(y, np.int64))
 
 
 def cache_path(

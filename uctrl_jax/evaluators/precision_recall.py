@@ -12,7 +12,6 @@ Distances are computed in row chunks of ``chunk`` (one jitted shape), so two set
 
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import jax
@@ -23,10 +22,13 @@ from uctrl_jax.evaluators import clustering
 from uctrl_jax.evaluators import common
 
 
-@functools.partial(jax.jit, static_argnames=("k",))
-def _kth_sq_dist(Q, X, *, k: int):
-  # Rows of Q are rows of X: the nearest (at distance 0) is the point itself.
-  return -jax.lax.top_k(-clustering._sq_dists(Q, X), k + 1)[0][:, k]  # pylint: disable=protected-access
+_sq_dists = jax.jit(clustering._sq_dists)  # pylint: disable=protected-access
+
+
+def _kth_sq_dist(Q, X, k: int) -> np.ndarray:
+  # Rows of Q are rows of X: the nearest (at distance 0) is the point itself. NumPy's
+  # partition, not lax.top_k: on XLA:CPU top_k of 1000 × 10 000 took 1.2 s, this 0.1 s.
+  return np.partition(np.asarray(_sq_dists(Q, X)), k, axis=1)[:, k]
 
 
 @jax.jit
@@ -40,7 +42,7 @@ def knn_radii(X, k: int = 3, chunk: int = 1000) -> np.ndarray:
   if not 1 <= k < len(X):
     raise ValueError(f"k must be in [1, n - 1 = {len(X) - 1}]; got {k}")
   Xj = jnp.asarray(X)
-  return common.batched(lambda q: _kth_sq_dist(q, Xj, k=k), X, chunk)
+  return common.batched(lambda q: _kth_sq_dist(q, Xj, k), X, chunk)
 
 
 def inside(Q, X, radii_sq, chunk: int = 1000) -> np.ndarray:
