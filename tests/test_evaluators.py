@@ -296,6 +296,21 @@ def test_registry_runs_the_named_evaluators(tmp_path):
   assert not any(k.startswith(("reconstruction/", "fid/", "conditional")) for k in no_decoder)
 
 
+def test_proportional_counts_and_the_kmeans_memo():
+  # 7 × (50, 30, 20, 0) / 100 = (3.5, 2.1, 1.4, 0): floors (3, 2, 1, 0), the one left over to
+  # the largest remainder.
+  counts = conditional_generation.proportional_counts([50, 30, 20, 0], 7)
+  np.testing.assert_array_equal(counts, [4, 2, 1, 0])
+  Z = np.random.default_rng(0).normal(size=(60, 5)).astype(np.float32)
+  key = jax.random.key(3)
+  first = conditional_generation.kmeans_assign(Z, 3, key)
+  np.testing.assert_array_equal(first, clustering.kmeans(Z, 3, key)[0])
+  first[:] = -1  # the caller's copy: the memo keeps its own
+  np.testing.assert_array_equal(
+    conditional_generation.kmeans_assign(Z, 3, key), clustering.kmeans(Z, 3, key)[0]
+  )
+
+
 @pytest.mark.parametrize("use_labels", [True, False])
 def test_grid_and_judge_draw_from_one_sampler(tmp_path, monkeypatch, use_labels):
   drawn = []
