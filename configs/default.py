@@ -179,6 +179,7 @@ def get_config() -> ml_collections.ConfigDict:
     "conditional_generation",
     "fid",
     "structure",
+    "judge",
   )
   # The first N examples of each split (None: all) for evaluate.py.
   config.evals.max_train_examples = ml_collections.config_dict.placeholder(int)
@@ -232,4 +233,31 @@ def get_config() -> ml_collections.ConfigDict:
     dict(inception_path=ml_collections.config_dict.placeholder(str))
   )
   config.evals.structure = ml_collections.ConfigDict()  # no options
+  # A small CNN classifier of the dataset, trained once per training set and cached, whose
+  # logits and features score reconstructions and samples (docs/method.md#evaluation-protocols).
+  # Its sampler is conditional_generation's (same clusters, components, seed).
+  config.evals.judge = ml_collections.ConfigDict(
+    dict(
+      # None: $UCTRL_JAX_JUDGE_CACHE, else ~/.cache/uctrl_jax/judges: per user, not per run
+      # (a judge depends on the data only; a workdir's would retrain for every run).
+      cache_dir=ml_collections.config_dict.placeholder(str),
+      # Images per compared set; None: as many as test images (FD is biased at small n).
+      num_samples=ml_collections.config_dict.placeholder(int),
+      k=3,  # precision/recall's neighbourhood (Kynkäänniemi et al. 2019)
+      # How the judge trains (uctrl_jax/judge.py; part of its cache key): sized for ≥ 91%
+      # on Fashion-MNIST in minutes on 2 CPU cores.
+      recipe=ml_collections.ConfigDict(
+        dict(
+          widths=(32, 64),
+          hidden=128,
+          epochs=3,
+          batch_size=128,
+          lr=1e-3,
+          shift=0,
+          flip=False,
+          seed=0,
+        )
+      ),
+    )
+  )
   return config

@@ -60,6 +60,7 @@ def test_evaluate_writes_results_and_figures(tmp_path):
   config.evals.linear_probe.steps = 100
   config.evals.max_test_examples = 20  # exercises the subset path
   config.evals.batch_size = 16  # one batch shape everywhere: fewer compilations
+  config.evals.judge.recipe.update(widths=(4,), hidden=16, epochs=4)  # the judge in seconds
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(config, workdir)
 
@@ -76,8 +77,15 @@ def test_evaluate_writes_results_and_figures(tmp_path):
     "reconstruction/consistency",
     "conditional_generation/explained_variance",
     "fid/frechet_z_zhat",
+    "judge/top1",
+    "judge/recon_consistency",
+    "judge/cond_fd",
+    "judge/cond_precision",
+    "judge/uncond_recall",
+    "judge/cond_purity",
   ):
     assert np.isfinite(metrics[key]), key
+  assert "judge/cond_fd" not in results["baselines"]["raw_pixels"]  # it needs a decoder
   for baseline in ("raw_pixels", "random_encoder"):
     assert set(results["baselines"][baseline]) >= {"knn/top1", "clustering/kmeans_nmi"}
     assert "reconstruction/psnr" not in results["baselines"][baseline]

@@ -8,6 +8,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+import scipy.linalg
 
 from configs import default
 from uctrl_jax import evaluators
@@ -18,6 +19,7 @@ from uctrl_jax.evaluators import fid
 from uctrl_jax.evaluators import knn
 from uctrl_jax.evaluators import linear_probe
 from uctrl_jax.evaluators import nearest_subspace
+from uctrl_jax.evaluators import precision_recall
 from uctrl_jax.evaluators import reconstruction
 from uctrl_jax.evaluators import structure
 
@@ -149,6 +151,67 @@ def test_identity_reconstruction_is_perfect_and_as_consistent_as_real_images():
   np.testing.assert_allclose([noisy["mse"], noisy["psnr"]], [0.04, 10 * math.log10(4 / 0.04)])
 
 
+def test_frechet_distance_matches_scipy_sqrtm_of_the_covariance_product():
+  rng = np.random.default_rng(0)
+  for n, m, d in ((30, 40, 5), (200, 150, 12)):
+    # float32 rows, as features come (the function reads them as float32).
+    A = (rng.normal(size=(n, d)) @ rng.normal(size=(d, d))).astype(np.float32).astype(np.float64)
+    B = (0.5 + rng.normal(size=(m, d)) @ rng.normal(size=(d, d))).astype(np.float32)
+    B = B.astype(np.float64)
+    cov_a, cov_b = np.cov(A, rowvar=False), np.cov(B, rowvar=False)
+    covmean = np.real(scipy.linalg.sqrtm(cov_a @ cov_b))  # Heusel et al.'s reference form
+    expected = (
+      np.sum((A.mean(0) - B.mean(0)) ** 2)
+      + np.trace(cov_a)
+      + np.trace(cov_b)
+      - 2 * np.trace(covmean)
+    )
+    assert fid.frechet_distance(A, B) == pytest.approx(expected, rel=1e-8)
+  # Fewer rows than dimensions (singular covariances): still exact where the answer is known.
+  A = rng.normal(size=(5, 20))
+  assert fid.frechet_distance(A, A) == pytest.approx(0.0, abs=1e-9)
+  assert fid.frechet_distance(A, A + 1.0) == pytest.approx(20.0, rel=1e-6)  # float32 rows
+
+
+def _brute_force_precision_recall(real, fake, k):
+  """Kynkäänniemi et al.'s definition, one pair of points at a time."""
+
+  def radii(X):
+    out = []
+    for i in range(len(X)):
+      dists = sorted(np.linalg.norm(X[i] - X[j]) for j in range(len(X)) if j != i)
+      out.append(dists[k - 1])
+    return out
+
+  def share_inside(Q, X):
+    r = radii(X)
+    hits = [any(np.linalg.norm(q - X[j]) <= r[j] for j in range(len(X))) for q in Q]
+    return sum(hits) / len(Q)
+
+  return share_inside(fake, real), share_inside(real, fake)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_precision_recall_match_brute_force(k):
+  rng = np.random.default_rng(k)
+  real = rng.normal(size=(60, 3))
+  # Half the generated points on the data, half off it; spread narrower than the data.
+  fake = np.concatenate([0.5 * rng.normal(size=(20, 3)), 3.0 + rng.normal(size=(20, 3))])
+  got = precision_recall.precision_recall(real, fake, k, chunk=16)
+  expected = _brute_force_precision_recall(real, fake, k)
+  assert (got["precision"], got["recall"]) == pytest.approx(expected, abs=1e-12)
+  assert 0.2 < got["precision"] < 0.8 and 0.0 < got["recall"] < 1.0  # neither trivial
+  same = precision_recall.precision_recall(real, real, k)
+  assert same == {"precision": 1.0, "recall": 1.0}
+  far = precision_recall.precision_recall(real, real + 100.0, k)
+  assert far == {"precision": 0.0, "recall": 0.0}
+  np.testing.assert_allclose(
+    np.sqrt(precision_recall.knn_radii(real, k, chunk=7)),
+    [sorted(np.linalg.norm(real - p, axis=1))[k] for p in real],
+    rtol=1e-5,
+  )
+
+
 def test_frechet_distance():
   rng = np.random.default_rng(0)
   A = rng.normal(size=(500, 8))
@@ -162,16 +225,20 @@ def test_frechet_distance():
 
 def test_conditional_generation_samples_unit_rows_near_each_cluster(features):
   ztr, ytr, _, _ = features
-  samples, explained = conditional_generation.cluster_samples(
-    ztr, ytr, C, jax.random.key(0), num_components=P, num_samples=5
+  drawn = conditional_generation.sample_features(
+    ztr, C, jax.random.key(0), labels=ytr, num_components=P, num_samples=5
   )
-  assert samples.shape == (C, 6, D)
-  np.testing.assert_allclose(np.linalg.norm(samples, axis=2), 1.0, rtol=1e-5)
-  np.testing.assert_allclose(explained, 1.0, rtol=1e-6)  # P components span each class
+  assert drawn.features.shape == (C * 5, D) and drawn.means.shape == (C, D)
+  np.testing.assert_array_equal(drawn.cluster_ids, np.repeat(np.arange(C), 5))
+  np.testing.assert_array_equal(drawn.assign, ytr)
+  np.testing.assert_allclose(np.linalg.norm(drawn.features, axis=1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(drawn.explained, 1.0, rtol=1e-6)  # P components span each class
   # Every sample stays in its cluster's subspace: it is nearest to it.
   bases = nearest_subspace.class_subspaces(ztr, ytr, C, P)
-  for c in range(C):
-    assert np.all(nearest_subspace.residuals(samples[c], bases).argmin(1) == c)
+  np.testing.assert_array_equal(
+    nearest_subspace.residuals(drawn.features, bases).argmin(1), drawn.cluster_ids
+  )
+  np.testing.assert_array_equal(nearest_subspace.residuals(drawn.means, bases).argmin(1), range(C))
 
   # Images are the features (D = 16 = 4 × 4 pixels); the identity decoder draws each
   # cluster's class, a collapsed one draws one image for all.
@@ -229,6 +296,51 @@ def test_registry_runs_the_named_evaluators(tmp_path):
   # Without a decoder only the feature evaluators run.
   no_decoder = evaluators.run_all(built, flatten, None, _synthetic_data(), batch_size=16)
   assert not any(k.startswith(("reconstruction/", "fid/", "conditional")) for k in no_decoder)
+
+
+def test_proportional_counts_and_the_kmeans_memo():
+  # 7 × (50, 30, 20, 0) / 100 = (3.5, 2.1, 1.4, 0): floors (3, 2, 1, 0), the one left over to
+  # the largest remainder.
+  counts = conditional_generation.proportional_counts([50, 30, 20, 0], 7)
+  np.testing.assert_array_equal(counts, [4, 2, 1, 0])
+  Z = np.random.default_rng(0).normal(size=(60, 5)).astype(np.float32)
+  key = jax.random.key(3)
+  first = conditional_generation.kmeans_assign(Z, 3, key)
+  np.testing.assert_array_equal(first, clustering.kmeans(Z, 3, key)[0])
+  first[:] = -1  # the caller's copy: the memo keeps its own
+  np.testing.assert_array_equal(
+    conditional_generation.kmeans_assign(Z, 3, key), clustering.kmeans(Z, 3, key)[0]
+  )
+
+
+@pytest.mark.parametrize("use_labels", [True, False])
+def test_grid_and_judge_draw_from_one_sampler(tmp_path, monkeypatch, use_labels):
+  drawn = []
+  original = conditional_generation.sample_features
+
+  def spy(*args, **kwargs):
+    drawn.append(original(*args, **kwargs))
+    return drawn[-1]
+
+  monkeypatch.setattr(conditional_generation, "sample_features", spy)
+  config = default.get_config()
+  config.evals.names = ("conditional_generation", "judge")
+  config.evals.conditional_generation.update(use_labels=use_labels, num_components=2, num_samples=3)
+  # The classes have equal sizes: C × 3 samples in proportion are 3 per cluster, as the grid's.
+  config.evals.judge.update(cache_dir=str(tmp_path), num_samples=C * 3)
+  config.evals.judge.recipe.update(widths=(4,), hidden=8, epochs=1)
+  flatten = lambda x: np.asarray(x).reshape(len(x), -1)  # noqa: E731
+  unflatten = lambda z: np.asarray(z).reshape(-1, 4, 4, 1)  # noqa: E731
+  metrics = evaluators.run_all(
+    evaluators.build(config), flatten, unflatten, _synthetic_data(), batch_size=16
+  )
+  assert "judge/cond_fd" in metrics
+  grid, cond, uncond = drawn  # the grid's, then the judge's conditional and unconditional
+  np.testing.assert_array_equal(cond.assign, grid.assign)
+  np.testing.assert_array_equal(cond.means, grid.means)
+  if use_labels:  # k-means may leave clusters of unequal sizes: then the counts differ
+    np.testing.assert_array_equal(cond.features, grid.features)
+  assert len(uncond.means) == 1 and len(uncond.features) == C * 3
 
 
 @pytest.mark.parametrize("unlabelled", [("train", "test"), ("train",), ("test",)])

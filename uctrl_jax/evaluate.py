@@ -255,8 +255,8 @@ def results_markdown(results: dict[str, Any]) -> str:
     lines.append(f"| {name} | skipped: no labels |" + " |" * len(names))
   lines += [
     "",
-    "Accuracies (`top1`, `acc`, `consistency`) in %; NMI in [0, 1]; "
-    "PSNR in dB (peak-to-peak 2); MSE on [-1, 1].",
+    "Accuracies (`top1`, `acc`, `consistency`, `purity`) in %; NMI, precision and recall in "
+    "[0, 1]; PSNR in dB (peak-to-peak 2); MSE on [-1, 1]; `judge/*_fd` on the judge's features.",
     "",
     "## Evaluation time (s)",
     "",

@@ -11,6 +11,8 @@ Each module has a pure ``evaluate(...)`` on arrays returning ``{metric: float}``
     reconstruction          MSE, PSNR of g(f(x)); class consistency of g(f(x))
     conditional_generation  samples along each cluster's principal subspace (PNG grid)
     fid                     Fréchet distance of Z and Ẑ; FID with Inception weights
+    judge                   a cached CNN judge's consistency, FD, precision/recall of
+                            reconstructions and samples, cluster purity
     structure               within- over between-class mean |cos| of test features
 
 and says what the registry needs to run it (an evaluator is one module of this package):
@@ -39,7 +41,9 @@ nearest subspace, clustering, structure) are skipped with one log line saying wh
 (``without_labels``); those with ``OPTIONAL_LABELS`` run without their label-based
 metrics: reconstruction reports MSE/PSNR without its class consistency, conditional
 generation clusters by k-means (``num_clusters``, or ``num_clusters_without_labels``
-when there are no classes) without its ``sample_consistency``; FID needs none.
+when there are no classes) without its ``sample_consistency``; FID needs none; the judge
+needs training labels (to train it) and reports its accuracy and the reconstructions'
+consistency only with test labels.
 
 ``encode(x (B, H, W, C)) -> (B, d)`` and ``decode(Z) -> x̂`` are called on batches of
 exactly ``config.evals.batch_size`` rows (padded), so jitted callables compile once.

@@ -6,6 +6,7 @@ only their heavy inner loops, so they run the same under the trainer and alone.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Callable
 
 import numpy as np
@@ -38,6 +39,16 @@ def l2_normalize(Z: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
   """Top-1 accuracy in %."""
   return 100.0 * float(np.mean(np.asarray(y_true) == np.asarray(y_pred)))
+
+
+def digest(*arrays) -> str:
+  """A hex digest of ``arrays``' values, dtypes and shapes (equal arrays, equal digests)."""
+  h = hashlib.blake2b(digest_size=16)
+  for a in arrays:
+    a = np.ascontiguousarray(a)
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h.update(memoryview(a).cast("B"))
+  return h.hexdigest()
 
 
 def batched(fn: Callable, x: np.ndarray, batch_size: int) -> np.ndarray:

@@ -19,7 +19,6 @@ from typing import Callable, Optional
 
 from absl import logging
 import numpy as np
-from scipy import linalg
 
 from uctrl_jax.evaluators import common
 
@@ -33,8 +32,20 @@ SKIP_MESSAGE = (
 )
 
 
-def frechet_distance(A, B, eps: float = 1e-6) -> float:
-  """Fréchet distance of the Gaussians fitted to ``A: (n, d)`` and ``B: (m, d)`` (n, m ≥ 2)."""
+def _sqrt_psd(M: np.ndarray) -> np.ndarray:
+  """Square root of a symmetric positive semi-definite matrix (round-off negatives clipped)."""
+  w, V = np.linalg.eigh(M)
+  return (V * np.sqrt(np.maximum(w, 0.0))) @ V.T
+
+
+def frechet_distance(A, B) -> float:
+  """Fréchet distance of the Gaussians fitted to ``A: (n, d)`` and ``B: (m, d)`` (n, m ≥ 2).
+
+  ``tr (Σ_A Σ_B)^½`` is computed as ``tr (Σ_A^½ Σ_B Σ_A^½)^½``, the same number (the two
+  matrices are similar) from symmetric eigendecompositions: exact for singular covariances
+  (fewer rows than dimensions) too, where ``sqrtm`` of the product needs an offset and
+  leaves an imaginary part.
+  """
   A, B = (
     common.as_features("A", A).astype(np.float64),
     common.as_features("B", B).astype(np.float64),
@@ -43,13 +54,10 @@ def frechet_distance(A, B, eps: float = 1e-6) -> float:
     raise ValueError(f"need two sets of ≥ 2 rows of one width; got {A.shape}, {B.shape}")
   mu_a, mu_b = A.mean(0), B.mean(0)
   cov_a, cov_b = np.cov(A, rowvar=False), np.cov(B, rowvar=False)
-  covmean = linalg.sqrtm(cov_a @ cov_b)
-  if not np.all(np.isfinite(covmean)):
-    # Singular product (rank-deficient sets): offset both, as the reference implementation.
-    offset = eps * np.eye(len(cov_a))
-    covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
-  covmean = np.real(covmean)  # round-off leaves a tiny imaginary part
-  value = np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean)
+  root_a = _sqrt_psd(cov_a)
+  middle = root_a @ cov_b @ root_a
+  trace_covmean = np.sum(np.sqrt(np.maximum(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0)))
+  value = np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2.0 * trace_covmean
   return float(max(value, 0.0))
 
 
