@@ -139,6 +139,24 @@ def test_pairwise_zero_iff_equal_or_opposite_for_unit_vectors():
   assert np.all(np.asarray(rr.pairwise_rate_distance(U, sphere(rng, 20, 128), EPS_SQ)) > 0.1)
 
 
+def test_l2_normalize_zero_row_has_finite_gradient():
+  z = jnp.array([[0.0, 0.0, 0.0], [3.0, 0.0, 4.0]])
+  out = rr.l2_normalize(z)
+  np.testing.assert_allclose(out, [[0, 0, 0], [0.6, 0, 0.8]], atol=1e-7)
+  g = jax.grad(lambda z: jnp.sum(rr.l2_normalize(z) * jnp.arange(3.0)))(z)
+  assert np.all(np.isfinite(g))
+  assert rr.l2_normalize(z.astype(jnp.bfloat16)).dtype == jnp.float32
+
+
+def test_views_mean_target_is_the_unit_mean_of_the_views():
+  rng = np.random.default_rng(0)
+  Z_views = rng.normal(size=(3, 5, 4))
+  mean = Z_views.mean(axis=0)
+  expected = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+  got = rr.views_mean_target(jnp.asarray(Z_views, jnp.float32))
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_cosine_distance_matches_numpy():
   rng = np.random.default_rng(2)
   U, V = rng.standard_normal((2, 30, 16)).astype(np.float32)

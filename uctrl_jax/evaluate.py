@@ -360,7 +360,7 @@ def _write_figures(config, workdir: str, context, built) -> dict[str, str]:
     figures.write_all(
       out_dir,
       x_test=context.data.x_test,
-      x_hat=context.x_hat if decoded else None,
+      xhat_test=context.xhat_test if decoded else None,
       z_test=context.z_test,
       zhat_test=context.zhat_test if decoded else None,
       y_test=context.data.y_test,

@@ -23,11 +23,11 @@ Families, chosen by config name (``config.model.encoder`` / ``config.model.decod
   upsamples 2× (stages 2-4), then a 3×3 conv to ``C`` and tanh. Image sizes 32 and 96
   (STL-10; there the linear map is ``d × 12²·8w`` ≈ 9.4 M parameters at w = 64).
 
-Every encoder ends in ``l2_normalize`` of a float32 linear map (docs/method.md#the-closed-loop), so
-its rows are float32 unit vectors whatever the compute dtype. The one exception is the VAE
-baseline (``config.loss.mode = "vae"``; ``objectives.feature_head`` picks the head):
-its ``"gaussian"`` head maps to ``2d`` values, the mean ``μ`` and log-variance
-``log σ²`` of a diagonal Gaussian posterior, not normalised. The encoder returns ``μ``
+Every encoder ends in ``rate_reduction.l2_normalize`` of a float32 linear map
+(docs/method.md#the-closed-loop), so its rows are float32 unit vectors whatever the compute
+dtype. The one exception is the VAE baseline (``config.loss.mode = "vae"``;
+``objectives.feature_head`` picks the head): its ``"gaussian"`` head maps to ``2d`` values,
+the mean ``μ`` and log-variance ``log σ²`` of a diagonal Gaussian posterior, not normalised. The encoder returns ``μ``
 (the features every evaluator reads) and, called with ``posterior=True``, ``(μ, log σ²)``.
 
 Upsampling (``config.model.upsample``), the decoder's only family-independent choice:
@@ -62,7 +62,7 @@ Public API::
   (gaussian head: posterior=True -> (μ, log σ²), each (B, d) float32)
   decoder.apply({"params": p, "batch_stats": s}, z, train=False) -> x̂ (B, H, W, C)
   (with train=True pass mutable=["batch_stats"]; apply returns (out, {"batch_stats":…}))
-  count_params(tree) -> int;  l2_normalize(z);  depth_to_space(x, r)
+  count_params(tree) -> int;  depth_to_space(x, r)
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from uctrl_jax import objectives
+from uctrl_jax import rate_reduction as rr
 
 Array = jax.Array
 
@@ -99,17 +100,6 @@ _resnet_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # ----------------------------------------------------------------------------
 # Pure helpers.
 # ----------------------------------------------------------------------------
-
-
-def l2_normalize(z: Array, eps: float = 1e-12) -> Array:
-  """Rows of ``z: (B, d)`` scaled to unit norm, in float32.
-
-  ``z / sqrt(max(|z|², eps))``: a zero row stays zero with a finite (zero) gradient,
-  where ``z / |z|`` would give NaN.
-  """
-  z = z.astype(jnp.float32)
-  sq = jnp.sum(z * z, axis=-1, keepdims=True)
-  return z * jax.lax.rsqrt(jnp.maximum(sq, eps))
 
 
 def depth_to_space(x: Array, r: int = 2) -> Array:
@@ -264,7 +254,7 @@ class FeatureHead(nn.Module):
       self.feature_dim * (2 if gaussian else 1), dtype=jnp.float32, kernel_init=self.kernel_init
     )(h)
     if not gaussian:
-      return l2_normalize(out)
+      return rr.l2_normalize(out)
     mu, log_var = jnp.split(out, 2, axis=-1)
     return (mu, log_var) if posterior else mu
 

@@ -102,7 +102,7 @@ def run(
 
   Args:
     context: reads ``data`` (train images and labels, test images and labels, classes),
-      ``decode``, ``z_train``, ``x_hat`` and ``batch_size``.
+      ``decode``, ``z_train``, ``xhat_test`` and ``batch_size``.
     name: the dataset and training split, the readable part of the judge's cache file.
     cache_dir: where judges are cached (None: ``judge.default_cache_dir()``).
     num_samples: images per compared set (None: the number of test images).
@@ -134,7 +134,7 @@ def run(
   subset = np.sort(np.asarray(jax.random.permutation(key_real, len(data.x_train)))[:n])
   images = {
     "real": data.x_train[subset],
-    "recon": context.x_hat,
+    "recon": context.xhat_test,
     "uncond": decode(uncond.features),
     "cond": decode(cond.features),
   }
