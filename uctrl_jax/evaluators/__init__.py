@@ -66,7 +66,7 @@ import numpy as np
 
 from uctrl_jax.evaluators import common
 
-_HELPERS = ("common",)  # modules of this package that are not evaluators
+_HELPERS = ("common", "precision_recall")  # modules of this package that are not evaluators
 
 
 def _names() -> tuple[str, ...]:
