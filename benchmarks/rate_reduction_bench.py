@@ -73,7 +73,19 @@ def naive_encoder_objective(Z, Zhat, Z_aug):
 
 
 def project_encoder_objective(Z, Zhat, Z_aug):
-  return rr.uctrl_objective(Z, Zhat, Z_aug, EPS_SQ, LAMBDA_AUG, LAMBDA_SELF)["encoder_objective"]
+  # The form the naive and PyTorch twins write: exact ΔR per sample, Σᵢ, each view vs z.
+  terms = rr.uctrl_objective(
+    Z,
+    Zhat,
+    Z_aug,
+    EPS_SQ,
+    LAMBDA_AUG,
+    LAMBDA_SELF,
+    sample_distance="exact",
+    sample_reduction="sum",
+    aug_target="image",
+  )
+  return terms["encoder_objective"]
 
 
 # ----------------------------------------------------------------------------

@@ -118,9 +118,10 @@ def check_objectives_agree(config, sizes=(16, 256), num_views=2, rtol=1e-4, atol
       lambda_aug=loss.lambda_aug,
       lambda_self=loss.lambda_self,
       sample_distance=loss.sample_distance,
-      sample_reduction=loss.get("sample_reduction", "sum"),
+      sample_reduction=loss.sample_reduction,
     )
-    ref = jax.device_get(rr.uctrl_objective(Z, Zhat, Z_aug, **args))
+    # The twin compares the views with the image (aug_target "image") only.
+    ref = jax.device_get(rr.uctrl_objective(Z, Zhat, Z_aug, aug_target="image", **args))
     got = torch_uctrl.uctrl_objective(*(torch.from_numpy(a) for a in (Z, Zhat, Z_aug)), **args)
     for key, value in ref.items():
       other = float(got[key])
@@ -204,7 +205,6 @@ def torch_parts(tl: TorchLoop, config) -> dict:
   model, X, views = tl.model, tl.X, tl.views
   enc, dec = model.encoder, model.decoder
   B, V, d = X.shape[0], views.shape[0], config.model.feature_dim
-  loss = config.loss
   x_all = torch.cat([X, views.reshape(-1, *X.shape[1:])])
   g = torch.Generator().manual_seed(0)
   z_all_cot = torch.randn(B * (1 + V), d, generator=g)
@@ -218,16 +218,7 @@ def torch_parts(tl: TorchLoop, config) -> dict:
       Zhat = enc(Xhat)
 
   def objective(Z, Zhat, Z_aug):
-    return torch_uctrl.uctrl_objective(
-      Z,
-      Zhat,
-      Z_aug,
-      loss.eps_sq,
-      loss.lambda_aug,
-      loss.lambda_self,
-      loss.sample_distance,
-      loss.get("sample_reduction", "sum"),
-    )["encoder_objective"]
+    return model.terms(Z, Zhat, Z_aug)["encoder_objective"]
 
   def backward(module, out, cot):
     module.zero_grad(set_to_none=True)
@@ -504,10 +495,10 @@ def run_case(name: str, args) -> dict:
   t, m, loss = config.train, config.model, config.loss
   print(f"## {name}\n")
   print(
-    f"{m.encoder}/{m.decoder} w = {m.width}, upsample {m.get('upsample', 'pixel_shuffle')}, "
+    f"{m.encoder}/{m.decoder} w = {m.width}, upsample {m.upsample}, "
     f"d = {m.feature_dim}, image {image_shape}, batch {t.batch_size}, V = {config.data.num_views}, "
     f"{t.encoder_steps} encoder step(s) per iteration; loss {loss.mode}, "
-    f"{loss.sample_distance} sample terms ({loss.get('sample_reduction', 'sum')}), "
+    f"{loss.sample_distance} sample terms ({loss.sample_reduction}), "
     f"λ₁ = {loss.lambda_aug}, λ₂ = {loss.lambda_self}, ε² = {loss.eps_sq}; "
     f"Adam b1 = {t.encoder_b1} / {t.decoder_b1} (encoder / decoder)\n"
   )

@@ -127,7 +127,15 @@ def test_uctrl_mean_target_compares_image_and_views_with_the_views_mean(sample_d
   Z, Z_aug = Z_all[0], Z_all[1:]
   Zhat = _views(8, 1, n, d)[0]
   got = rr.uctrl_objective(
-    Z, Zhat, Z_aug, 0.5, 2.0, 1.0, sample_distance, sample_reduction="mean", aug_target="mean"
+    Z,
+    Zhat,
+    Z_aug,
+    0.5,
+    2.0,
+    1.0,
+    sample_distance=sample_distance,
+    sample_reduction="mean",
+    aug_target="mean",
   )
   # Reference: per sample, z̄ the unit mean of the views; the image weighs as much as
   # all views together: ½ dist(z, z̄) + ½ mean_v dist(z_v, z̄).
@@ -145,12 +153,30 @@ def test_uctrl_mean_target_compares_image_and_views_with_the_views_mean(sample_d
     terms.append(0.5 * dist(Z64[0, i], target) + 0.5 * views)
   np.testing.assert_allclose(got["aug"], np.mean(terms), rtol=2e-4, atol=2e-5)
   image = rr.uctrl_objective(
-    Z, Zhat, Z_aug, 0.5, 2.0, 1.0, sample_distance, sample_reduction="mean", aug_target="image"
+    Z,
+    Zhat,
+    Z_aug,
+    0.5,
+    2.0,
+    1.0,
+    sample_distance=sample_distance,
+    sample_reduction="mean",
+    aug_target="image",
   )
   for key in ("R", "delta_R_z_zhat", "self"):  # the target changes the augmentation term only
     np.testing.assert_allclose(got[key], image[key], rtol=1e-6)
   with pytest.raises(ValueError, match="aug_target must be one of"):
-    rr.uctrl_objective(Z, Zhat, Z_aug, 0.5, 2.0, 1.0, aug_target="views")
+    rr.uctrl_objective(
+      Z,
+      Zhat,
+      Z_aug,
+      0.5,
+      2.0,
+      1.0,
+      sample_distance="exact",
+      sample_reduction="sum",
+      aug_target="views",
+    )
 
 
 def test_game_terms_without_views_leave_the_augmentation_term_out():

@@ -109,7 +109,7 @@ def test_encoder_step_reports_the_objective_of_its_features():
       config.loss.eps_sq,
       config.loss.lambda_aug,
       config.loss.lambda_self,
-      config.loss.sample_distance,
+      sample_distance=config.loss.sample_distance,
       sample_reduction=config.loss.sample_reduction,
       aug_target=config.loss.aug_target,
     )

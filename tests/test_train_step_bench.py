@@ -35,7 +35,7 @@ def test_torch_objective_matches_jax(n, sample_distance, sample_reduction):
     sample_distance=sample_distance,
     sample_reduction=sample_reduction,
   )
-  want = jax.device_get(rr.uctrl_objective(Z, Zhat, Z_aug, **kwargs))
+  want = jax.device_get(rr.uctrl_objective(Z, Zhat, Z_aug, aug_target="image", **kwargs))
   got = torch_uctrl.uctrl_objective(*(torch.from_numpy(a) for a in (Z, Zhat, Z_aug)), **kwargs)
   assert set(got) == set(want)
   for key in want:

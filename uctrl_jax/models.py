@@ -205,7 +205,7 @@ class ResBlock(nn.Module):
 
   features: int
   resample: Optional[str] = None
-  upsample: str = "pixel_shuffle"
+  upsample: Optional[str] = None  # the decoder's config.model.upsample; read with "up" only
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -241,8 +241,8 @@ class FeatureHead(nn.Module):
   """
 
   feature_dim: int
+  head: str
   kernel_init: Callable = nn.initializers.lecun_normal()
-  head: str = "sphere"
 
   @nn.compact
   def __call__(self, h: Array, posterior: bool = False):
@@ -301,10 +301,10 @@ class DCGANEncoder(nn.Module):
 
   image_shape: Tuple[int, int, int]
   feature_dim: int
-  width: int = 64
-  dtype: Any = jnp.float32
-  depth: int = 0
-  head: str = "sphere"
+  width: int
+  dtype: Any
+  depth: int
+  head: str
 
   @nn.compact
   def __call__(self, x: Array, train: bool, posterior: bool = False):
@@ -345,9 +345,9 @@ class DCGANDecoder(nn.Module):
   """
 
   image_shape: Tuple[int, int, int]
-  width: int = 64
-  upsample: str = "pixel_shuffle"
-  dtype: Any = jnp.float32
+  width: int
+  upsample: str
+  dtype: Any
 
   @nn.compact
   def __call__(self, z: Array, train: bool) -> Array:
@@ -383,9 +383,9 @@ class ResNet18Encoder(nn.Module):
 
   image_shape: Tuple[int, int, int]
   feature_dim: int
-  width: int = 64
-  dtype: Any = jnp.float32
-  head: str = "sphere"
+  width: int
+  dtype: Any
+  head: str
 
   @nn.compact
   def __call__(self, x: Array, train: bool, posterior: bool = False):
@@ -416,9 +416,9 @@ class ResNet18Decoder(nn.Module):
   """
 
   image_shape: Tuple[int, int, int]
-  width: int = 64
-  upsample: str = "pixel_shuffle"
-  dtype: Any = jnp.float32
+  width: int
+  upsample: str
+  dtype: Any
 
   @nn.compact
   def __call__(self, z: Array, train: bool) -> Array:

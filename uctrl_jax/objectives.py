@@ -188,7 +188,7 @@ def game_terms(config, Z: Array, Zhat: Array, Z_aug: Array, labels: Array) -> di
       loss.eps_sq,
       lambda_aug,
       0.0 if binary else loss.lambda_self,
-      loss.sample_distance,
+      sample_distance=loss.sample_distance,
       sample_reduction=loss.sample_reduction,
       aug_target=loss.aug_target,
     )

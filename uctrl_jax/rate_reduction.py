@@ -471,10 +471,10 @@ def uctrl_objective(
   eps_sq,
   lambda_aug,
   lambda_self,
-  sample_distance: str = "exact",
   *,
-  sample_reduction: str = "sum",
-  aug_target: str = "image",
+  sample_distance: str,
+  sample_reduction: str,
+  aug_target: str,
   axis_name: Optional[str] = None,
 ) -> Mapping[str, Array]:
   """Every term of the uCTRL game and both players' objectives (docs/method.md#the-game).
@@ -493,6 +493,8 @@ def uctrl_objective(
     eps_sq: ε² > 0.
     lambda_aug: λ₁ ≥ 0, weight of the augmentation-invariance term.
     lambda_self: λ₂ ≥ 0, weight of the self-consistency term.
+    sample_distance, sample_reduction, aug_target: required keywords, as
+      ``config.loss`` sets them (``configs/default.py`` holds the trainer's choice).
     sample_distance: "exact" (``pairwise_rate_distance``) or "cosine"
       (``cosine_distance``, the paper's footnote).
     sample_reduction: "sum" (the Σᵢ of docs/method.md#the-game over the global batch) or
