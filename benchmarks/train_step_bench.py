@@ -20,7 +20,7 @@ Cases (``--cases``, comma-separated):
 
 The JAX column is the iteration as ``train.train_and_evaluate`` runs it: scipy's
 OpenBLAS (the LAPACK behind jaxlib's CPU Cholesky and triangular solves) limited to
-``config.train.host_blas_threads`` (1) by ``guards.limit_host_blas``. Side by side, a
+``config.train.host_blas_threads`` (1) by ``host_blas.limit_host_blas``. Side by side, a
 third column runs it with OpenBLAS's threads as found (the project before issue 8):
 they contend with XLA's pool and make the rate terms' gradient slow (see the
 breakdown's reference rows).
@@ -66,7 +66,7 @@ import threadpoolctl  # noqa: E402
 
 from configs import cifar, fashion_mnist, tiny  # noqa: E402
 from benchmarks.jax_loop import JaxLoop, interleaved, median_ms, random_batch, timed, unit_rows  # noqa: E402
-from uctrl_jax import guards  # noqa: E402
+from uctrl_jax import host_blas  # noqa: E402
 from uctrl_jax import models  # noqa: E402
 from uctrl_jax import objectives  # noqa: E402
 from uctrl_jax import rate_reduction as rr  # noqa: E402
@@ -149,10 +149,10 @@ BLAS_AS_FOUND = openblas_threads()
 
 
 def with_openblas(num_threads, fn):
-  """``fn`` wrapped to run under ``guards.limit_host_blas(num_threads)`` (None: as found)."""
+  """``fn`` wrapped to run under ``host_blas.limit_host_blas(num_threads)`` (None: as found)."""
 
   def run():
-    with guards.limit_host_blas(num_threads):
+    with host_blas.limit_host_blas(num_threads):
       return fn()
 
   return run
@@ -582,7 +582,7 @@ def run_case(name: str, args) -> dict:
   )
 
   if args.pipeline and config.data.name == "fashion_mnist":
-    with guards.limit_host_blas(blas):
+    with host_blas.limit_host_blas(blas):
       p = pipeline_comparison(jl, args.data_dir, args.pipeline_rounds, args.pipeline_block)
     result["pipeline"] = p
     print(
@@ -602,7 +602,7 @@ def run_case(name: str, args) -> dict:
 
   if args.breakdown:
     reps = args.breakdown_repeats or args.repeats
-    with guards.limit_host_blas(blas):  # the parts as the trainer runs them
+    with host_blas.limit_host_blas(blas):  # the parts as the trainer runs them
       table, it_ms, extra = breakdown(jl, tl, reps)
     result["breakdown_ms"] = {
       label: {"jax": a, "torch": b, "per_iteration": n} for label, a, b, n in table

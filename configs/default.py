@@ -135,7 +135,7 @@ def get_config() -> ml_collections.ConfigDict:
   # "running" statistics, as evaluation runs it (X only: the views' term is constant in η).
   config.train.encoder_bn_in_decoder_step = "running"
   # Threads of the host's BLAS/LAPACK during training (jaxlib's CPU Cholesky runs in scipy's
-  # OpenBLAS; its spinning threads slow XLA's: guards.limit_host_blas). None: as found.
+  # OpenBLAS; its spinning threads slow XLA's: host_blas.limit_host_blas). None: as found.
   config.train.host_blas_threads = 1
   config.train.log_every = 50
   config.train.image_every = 500
@@ -147,7 +147,7 @@ def get_config() -> ml_collections.ConfigDict:
   # at most max_rollbacks times.
   config.train.on_nonfinite = "stop"
   config.train.max_rollbacks = 3
-  # The health monitor's warnings (uctrl_jax/guards.py, docs/method.md#known-failures):
+  # The health monitor's warnings (uctrl_jax/health.py, docs/method.md#known-failures):
   # collapse when R(Z) falls below collapse_fraction of its running maximum; fooling when
   # cos(z, ẑ) > fooling_cos while the reconstruction MSE is above fooling_mse_fraction of
   # its first value. fooling_cos 0.75: the 2026-11-29 Fashion-MNIST run drew noise at

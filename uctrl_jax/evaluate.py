@@ -31,13 +31,13 @@ import jax
 import ml_collections
 import numpy as np
 
+from uctrl_jax import config_checks
 from uctrl_jax import datasets
 from uctrl_jax import evaluators
 from uctrl_jax import figures
 from uctrl_jax import input_pipeline
 from uctrl_jax import loading
 from uctrl_jax import models
-from uctrl_jax import validation
 from uctrl_jax import workdir_files
 from uctrl_jax.state import TrainState, create_train_state
 
@@ -279,14 +279,14 @@ def _load_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[in
   loaded = loading.load(workdir, step)
   run_config = loaded.config
   if config.data.name != run_config.data.name:
-    raise validation.ConfigError(
+    raise config_checks.ConfigError(
       f"config.data.name = {config.data.name!r}, but {workdir} was trained on "
       f"{run_config.data.name!r}; pass the run's config (--config=...)"
     )
   image_shape = tuple(run_config.data.image_shape)
   data = load_data(config)
   if data.x_train.shape[1:] != image_shape:
-    raise validation.ConfigError(
+    raise config_checks.ConfigError(
       f"the data come as {data.x_train.shape[1:]} images, the run's models read "
       f"{image_shape}; set config.data.image_size as in the run"
     )
@@ -324,7 +324,7 @@ def _compared_runs(config, run_config, data, classifiers) -> tuple[dict, dict]:
       other.config.data.name != run_config.data.name
       or tuple(other.config.data.image_shape) != image_shape
     ):
-      raise validation.ConfigError(
+      raise config_checks.ConfigError(
         f"config.evals.compare_workdirs: {path} was trained on "
         f"{other.config.data.name!r} {tuple(other.config.data.image_shape)}, this "
         f"run on {run_config.data.name!r} {image_shape}"
