@@ -180,7 +180,8 @@ def _training_record(workdir: str, loaded) -> dict[str, Any]:
   }
 
 
-def _flatten(x):
+def raw_pixels(x) -> np.ndarray:
+  """The raw-pixel baseline's "encoder": images ``(n, H, W, C)`` as rows ``(n, H·W·C)``."""
   return np.asarray(x).reshape(len(x), -1)
 
 
@@ -302,7 +303,7 @@ def _baselines(config, run_config, data, classifiers) -> dict[str, dict[str, flo
   baselines = {}
   # The initial state train_and_evaluate starts from: what training added.
   for name, encode in (
-    ("raw_pixels", _flatten),
+    ("raw_pixels", raw_pixels),
     ("random_encoder", random_encoder(run_config, image_shape, int(run_config.seed))),
   ):
     logging.info("baseline %s", name)

@@ -11,8 +11,8 @@ Families, chosen by config name (``config.model.encoder`` / ``config.model.decod
   image — CTRL's first 4×4 transposed conv on a 1×1 input, i.e. a linear map
   ``d → 4×4×4w``, + BN + ReLU, three 2× upsamplings (``2w, w, C``; BN + ReLU between
   them), tanh. Nothing runs at 2×2: XLA:CPU's convs there are pathologically slow
-  (a 3×3 512→1024 conv on a 2×2 map took 6 s forward+backward at batch 128, the same
-  FLOPs at 4×4 0.3 s). Image sizes 28 and 32. **28×28 is padded to 32×32
+  (docs/benchmarks.md#measured-on-the-machine-before-the-trainer-existed). Image sizes 28
+  and 32. **28×28 is padded to 32×32
   at the encoder input** with the value −1 (black, the MNIST/Fashion-MNIST background
   in [−1, 1]) and the decoder's 32×32 output is **centre-cropped back to 28×28**, so
   one architecture (and one parameter count, up to the channels ``C``) serves both.
@@ -34,16 +34,14 @@ Upsampling (``config.model.upsample``), the decoder's only family-independent ch
 
 * ``"conv_transpose"`` — 4×4 stride-2 transposed conv (CTRL's). Its weight gradient is
   very slow in XLA:CPU (docs/benchmarks.md); fine on GPU/TPU. Avoid it with
-  ``resnet18`` on CPU: one 4×4-map 512 → 256 layer alone took 2.9 s fwd+bwd at batch 128.
+  ``resnet18`` on CPU.
 * ``"pixel_shuffle"`` — 3×3 conv to ``4·C_out`` channels, then ``depth_to_space``.
   A stride-2 4×4 transposed conv is exactly such a conv with a sparsity pattern on
   its kernel, so this family contains CTRL's; it has 9/4 × the parameters.
 * ``"resize_conv"`` — nearest-neighbour 2× resize, then a 3×3 conv (Odena et al.
   2016: no checkerboard artefacts).
 
-Measured on this 2-core CPU (float32, jit, dcgan w = 64, 28×28, batch 128, one
-encoder + decoder forward and backward, median of 5): conv_transpose 1.17 s,
-pixel_shuffle 0.34 s, resize_conv 0.46 s.
+Their speed on CPU: docs/benchmarks.md.
 
 Conventions. Images ``x: (B, H, W, C)`` float32 in [−1, 1] (NHWC). ``train=True``
 uses batch statistics and updates the running ones (mutable ``"batch_stats"``;
