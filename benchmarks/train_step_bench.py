@@ -551,7 +551,7 @@ def run_case(name: str, args) -> dict:
   # "jax" is the iteration as train_and_evaluate runs it (host BLAS limited to
   # config.train.host_blas_threads); "jax_blas_default" the same with OpenBLAS's pools
   # as found (the project before issue 8: its threads contend with XLA's pool).
-  blas = config.train.get("host_blas_threads", None)
+  blas = config.train.host_blas_threads
   contestants = {"jax": with_openblas(blas, jl.iteration), "torch": tl.iteration}
   if openblas_threads() not in (None, blas):
     contestants["jax_blas_default"] = jl.iteration

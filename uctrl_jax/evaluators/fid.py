@@ -89,7 +89,8 @@ def evaluate(
   inception_path: Optional[str] = None,
   batch_size: int = 100,
 ) -> dict[str, float]:
-  """Metrics of the module docstring; ``fid`` needs ``x_test``, ``xhat_test`` and ``inception_path``."""
+  """Metrics of the module docstring; ``fid`` needs ``x_test``, ``xhat_test`` and
+  ``inception_path``."""
   out = {"frechet_z_zhat": frechet_distance(z_test, zhat_test)}
   if not inception_path:
     logging.info("%s", SKIP_MESSAGE)
