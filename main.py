@@ -29,9 +29,11 @@ def _flag_errors_in_one_line(argv):
   try:
     yield
   except (flags.Error, KeyError, AttributeError, OSError) as e:
-    from uctrl_jax import validation  # pylint: disable=import-outside-toplevel
+    from uctrl_jax import config_checks  # pylint: disable=import-outside-toplevel
 
-    raise SystemExit(f"error: {validation.command_line_error(e, argv, DEFAULT_CONFIG)}") from None
+    raise SystemExit(
+      f"error: {config_checks.command_line_error(e, argv, DEFAULT_CONFIG)}"
+    ) from None
 
 
 def _parse_flags(argv):
@@ -91,7 +93,7 @@ def main(argv):
   if not FLAGS.verbose:
     console.import_tensorflow_quietly()
   from uctrl_jax import train  # TensorFlow (data) stays off accelerators once imported.
-  from uctrl_jax import checkpointing, datasets, validation, workdir_files  # pylint: disable=g-multiple-import
+  from uctrl_jax import checkpointing, config_checks, datasets, workdir_files  # pylint: disable=g-multiple-import
 
   logging.info("%s", distributed.describe())
   try:
@@ -103,7 +105,7 @@ def main(argv):
     else:
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (
-    validation.ConfigError,
+    config_checks.ConfigError,
     datasets.DataError,
     checkpointing.RunLoadError,
     checkpointing.CheckpointWriteError,

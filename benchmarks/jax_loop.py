@@ -5,7 +5,8 @@ Needs only jax, flax, optax, numpy and the TensorFlow-free modules of ``uctrl_ja
 on accelerator images without TensorFlow, clu or ml_collections; ``train_step_bench.py``
 adds PyTorch beside it.
 
-* ``random_batch``: a host batch of the input pipeline's shapes, random pixels.
+* ``random_batch``: a host batch of the input pipeline's shapes, random pixels;
+  ``unit_rows``: random features as the encoder outputs them.
 * ``JaxLoop``: state and steps on one mesh; ``iteration()`` times each step,
   ``run(n)`` times ``n`` iterations back to back, ``compile_check()`` counts compilations.
 * ``rate_terms_fwdgrad``: the objective's rate terms and their gradient alone, on
@@ -26,6 +27,7 @@ import numpy as np
 from uctrl_jax import objectives
 from uctrl_jax import sharding
 from uctrl_jax import steps
+from uctrl_jax.evaluators import common
 from uctrl_jax.state import create_train_state
 
 
@@ -41,8 +43,8 @@ def random_batch(config, image_shape, seed=0) -> dict:
 
 
 def unit_rows(rng, *shape):
-  Z = rng.standard_normal(shape).astype(np.float32)
-  return Z / np.linalg.norm(Z, axis=-1, keepdims=True)
+  """Random float32 unit rows of ``shape = (..., d)``, as the encoder outputs them."""
+  return common.l2_normalize(rng.standard_normal(shape).astype(np.float32))
 
 
 @contextlib.contextmanager

@@ -38,6 +38,8 @@ import numpy as np  # noqa: E402
 
 from uctrl_jax import rate_reduction as rr  # noqa: E402
 
+from benchmarks.jax_loop import unit_rows  # noqa: E402
+
 EPS_SQ = 0.5
 LAMBDA_AUG = 10.0
 LAMBDA_SELF = 10.0
@@ -71,7 +73,19 @@ def naive_encoder_objective(Z, Zhat, Z_aug):
 
 
 def project_encoder_objective(Z, Zhat, Z_aug):
-  return rr.uctrl_objective(Z, Zhat, Z_aug, EPS_SQ, LAMBDA_AUG, LAMBDA_SELF)["encoder_objective"]
+  # The form the naive and PyTorch twins write: exact ΔR per sample, Σᵢ, each view vs z.
+  terms = rr.uctrl_objective(
+    Z,
+    Zhat,
+    Z_aug,
+    EPS_SQ,
+    LAMBDA_AUG,
+    LAMBDA_SELF,
+    sample_distance="exact",
+    sample_reduction="sum",
+    aug_target="image",
+  )
+  return terms["encoder_objective"]
 
 
 # ----------------------------------------------------------------------------
@@ -154,11 +168,6 @@ def interleaved_medians(fns, repeats, warmup=2):
       fn()
       times[name].append(time.perf_counter() - start)
   return {name: statistics.median(ts) for name, ts in times.items()}
-
-
-def unit_rows(rng, n, d):
-  Z = rng.standard_normal((n, d)).astype(np.float32)
-  return Z / np.linalg.norm(Z, axis=1, keepdims=True)
 
 
 def case_callables(n, d, with_naive):

@@ -15,7 +15,7 @@ weights, only shapes, which is what a timing comparison needs.
 from __future__ import annotations
 
 import contextlib
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -91,10 +91,12 @@ def uctrl_objective(
   eps_sq: float,
   lambda_aug: float,
   lambda_self: float,
-  sample_distance: str = "exact",
-  sample_reduction: str = "sum",
+  *,
+  sample_distance: str,
+  sample_reduction: str,
 ) -> dict:
-  """``rate_reduction.uctrl_objective`` in PyTorch (same keys, same values).
+  """``rate_reduction.uctrl_objective`` with ``aug_target="image"`` in PyTorch (same keys,
+  same values).
 
   Args:
     Z, Zhat: (n, d) features; Z_aug: (n, d) or (V, n, d) views' features.
@@ -231,7 +233,7 @@ class DCGANDecoder(nn.Module):
 class ResBlock(nn.Module):
   """Basic block; ``resample`` None, "down" (stride-2 conv) or "up" (Upsample2x first)."""
 
-  def __init__(self, cin: int, cout: int, resample=None, upsample: str = "pixel_shuffle"):
+  def __init__(self, cin: int, cout: int, resample=None, upsample: Optional[str] = None):
     super().__init__()
     stride = 2 if resample == "down" else 1
     self.conv1 = (
@@ -393,7 +395,8 @@ class TorchUCTRL:
       self.decoder.parameters(), lr=t.decoder_lr, betas=(t.decoder_b1, t.b2)
     )
 
-  def _terms(self, Z, Zhat, Z_aug) -> dict:
+  def terms(self, Z, Zhat, Z_aug) -> dict:
+    """``uctrl_objective`` with the weights and choices of ``config.loss``."""
     loss = self.config.loss
     return uctrl_objective(
       Z,
@@ -402,8 +405,8 @@ class TorchUCTRL:
       loss.eps_sq,
       loss.lambda_aug,
       loss.lambda_self,
-      loss.sample_distance,
-      loss.get("sample_reduction", "sum"),
+      sample_distance=loss.sample_distance,
+      sample_reduction=loss.sample_reduction,
     )
 
   def _encode_images_and_views(self, X: Tensor, views: Tensor):
@@ -418,7 +421,7 @@ class TorchUCTRL:
       Xhat = self.decoder(Z)  # X̂ held constant (docs/method.md#the-game)
     with _eval_mode(self.encoder):
       Zhat = self.encoder(Xhat)
-    terms = self._terms(Z, Zhat, Z_aug)
+    terms = self.terms(Z, Zhat, Z_aug)
     terms["cos_z_zhat"] = (1.0 - cosine_distance(Z, Zhat)).mean()
     terms["cos_z_zaug"] = torch.stack([1.0 - cosine_distance(Z, Zv) for Zv in Z_aug]).mean()
     self.enc_opt.zero_grad(set_to_none=True)
@@ -440,7 +443,7 @@ class TorchUCTRL:
         Zhat = self.encoder(Xhat)
     finally:
       self.encoder.requires_grad_(True)
-    terms = self._terms(Z, Zhat, Z_aug)
+    terms = self.terms(Z, Zhat, Z_aug)
     terms["recon_mse"] = ((Xhat - X) ** 2).mean()
     self.dec_opt.zero_grad(set_to_none=True)
     terms["decoder_objective"].backward()

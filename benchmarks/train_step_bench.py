@@ -20,7 +20,7 @@ Cases (``--cases``, comma-separated):
 
 The JAX column is the iteration as ``train.train_and_evaluate`` runs it: scipy's
 OpenBLAS (the LAPACK behind jaxlib's CPU Cholesky and triangular solves) limited to
-``config.train.host_blas_threads`` (1) by ``guards.limit_host_blas``. Side by side, a
+``config.train.host_blas_threads`` (1) by ``host_blas.limit_host_blas``. Side by side, a
 third column runs it with OpenBLAS's threads as found (the project before issue 8):
 they contend with XLA's pool and make the rate terms' gradient slow (see the
 breakdown's reference rows).
@@ -66,7 +66,7 @@ import threadpoolctl  # noqa: E402
 
 from configs import cifar, fashion_mnist, tiny  # noqa: E402
 from benchmarks.jax_loop import JaxLoop, interleaved, median_ms, random_batch, timed, unit_rows  # noqa: E402
-from uctrl_jax import guards  # noqa: E402
+from uctrl_jax import host_blas  # noqa: E402
 from uctrl_jax import models  # noqa: E402
 from uctrl_jax import objectives  # noqa: E402
 from uctrl_jax import rate_reduction as rr  # noqa: E402
@@ -118,9 +118,10 @@ def check_objectives_agree(config, sizes=(16, 256), num_views=2, rtol=1e-4, atol
       lambda_aug=loss.lambda_aug,
       lambda_self=loss.lambda_self,
       sample_distance=loss.sample_distance,
-      sample_reduction=loss.get("sample_reduction", "sum"),
+      sample_reduction=loss.sample_reduction,
     )
-    ref = jax.device_get(rr.uctrl_objective(Z, Zhat, Z_aug, **args))
+    # The twin compares the views with the image (aug_target "image") only.
+    ref = jax.device_get(rr.uctrl_objective(Z, Zhat, Z_aug, aug_target="image", **args))
     got = torch_uctrl.uctrl_objective(*(torch.from_numpy(a) for a in (Z, Zhat, Z_aug)), **args)
     for key, value in ref.items():
       other = float(got[key])
@@ -148,10 +149,10 @@ BLAS_AS_FOUND = openblas_threads()
 
 
 def with_openblas(num_threads, fn):
-  """``fn`` wrapped to run under ``guards.limit_host_blas(num_threads)`` (None: as found)."""
+  """``fn`` wrapped to run under ``host_blas.limit_host_blas(num_threads)`` (None: as found)."""
 
   def run():
-    with guards.limit_host_blas(num_threads):
+    with host_blas.limit_host_blas(num_threads):
       return fn()
 
   return run
@@ -204,7 +205,6 @@ def torch_parts(tl: TorchLoop, config) -> dict:
   model, X, views = tl.model, tl.X, tl.views
   enc, dec = model.encoder, model.decoder
   B, V, d = X.shape[0], views.shape[0], config.model.feature_dim
-  loss = config.loss
   x_all = torch.cat([X, views.reshape(-1, *X.shape[1:])])
   g = torch.Generator().manual_seed(0)
   z_all_cot = torch.randn(B * (1 + V), d, generator=g)
@@ -218,16 +218,7 @@ def torch_parts(tl: TorchLoop, config) -> dict:
       Zhat = enc(Xhat)
 
   def objective(Z, Zhat, Z_aug):
-    return torch_uctrl.uctrl_objective(
-      Z,
-      Zhat,
-      Z_aug,
-      loss.eps_sq,
-      loss.lambda_aug,
-      loss.lambda_self,
-      loss.sample_distance,
-      loss.get("sample_reduction", "sum"),
-    )["encoder_objective"]
+    return model.terms(Z, Zhat, Z_aug)["encoder_objective"]
 
   def backward(module, out, cot):
     module.zero_grad(set_to_none=True)
@@ -504,10 +495,10 @@ def run_case(name: str, args) -> dict:
   t, m, loss = config.train, config.model, config.loss
   print(f"## {name}\n")
   print(
-    f"{m.encoder}/{m.decoder} w = {m.width}, upsample {m.get('upsample', 'pixel_shuffle')}, "
+    f"{m.encoder}/{m.decoder} w = {m.width}, upsample {m.upsample}, "
     f"d = {m.feature_dim}, image {image_shape}, batch {t.batch_size}, V = {config.data.num_views}, "
     f"{t.encoder_steps} encoder step(s) per iteration; loss {loss.mode}, "
-    f"{loss.sample_distance} sample terms ({loss.get('sample_reduction', 'sum')}), "
+    f"{loss.sample_distance} sample terms ({loss.sample_reduction}), "
     f"λ₁ = {loss.lambda_aug}, λ₂ = {loss.lambda_self}, ε² = {loss.eps_sq}; "
     f"Adam b1 = {t.encoder_b1} / {t.decoder_b1} (encoder / decoder)\n"
   )
@@ -560,7 +551,7 @@ def run_case(name: str, args) -> dict:
   # "jax" is the iteration as train_and_evaluate runs it (host BLAS limited to
   # config.train.host_blas_threads); "jax_blas_default" the same with OpenBLAS's pools
   # as found (the project before issue 8: its threads contend with XLA's pool).
-  blas = config.train.get("host_blas_threads", None)
+  blas = config.train.host_blas_threads
   contestants = {"jax": with_openblas(blas, jl.iteration), "torch": tl.iteration}
   if openblas_threads() not in (None, blas):
     contestants["jax_blas_default"] = jl.iteration
@@ -591,7 +582,7 @@ def run_case(name: str, args) -> dict:
   )
 
   if args.pipeline and config.data.name == "fashion_mnist":
-    with guards.limit_host_blas(blas):
+    with host_blas.limit_host_blas(blas):
       p = pipeline_comparison(jl, args.data_dir, args.pipeline_rounds, args.pipeline_block)
     result["pipeline"] = p
     print(
@@ -611,7 +602,7 @@ def run_case(name: str, args) -> dict:
 
   if args.breakdown:
     reps = args.breakdown_repeats or args.repeats
-    with guards.limit_host_blas(blas):  # the parts as the trainer runs them
+    with host_blas.limit_host_blas(blas):  # the parts as the trainer runs them
       table, it_ms, extra = breakdown(jl, tl, reps)
     result["breakdown_ms"] = {
       label: {"jax": a, "torch": b, "per_iteration": n} for label, a, b, n in table

@@ -3,14 +3,10 @@
     python main.py --config=configs/cifar.py --workdir=/tmp/uctrl_cifar10
 
 What is CIFAR's here: the data, the ResNet-18 pair (w = 64), CTRL's two encoder steps per
-decoder step (docs/method.md#the-game) and batch 512 (the default 2 000 iterations are about 20
-epochs). The decoder's upsampling, the sample-wise terms and the schedule are default.py's, which
-were measured on Fashion-MNIST only.
-
-Run so far (2026-12-03): 20 iterations of this command on CPU with random CIFAR-shaped
-images (`npz:`, width 8, d = 16, batch 16: tests/test_configs.py), and the iteration's
-speed on CPU (benchmarks/train_step_bench.py, docs/benchmarks.md). Not run: real CIFAR-10, the full
-width or length, any accelerator; there are no quality figures for this config.
+decoder step (docs/method.md#the-game) and batch 512 (the default 2 000 iterations are about
+20 epochs). The decoder's upsampling, the sample-wise terms and the schedule are
+default.py's, which were measured on Fashion-MNIST only. What it has run:
+docs/experiments.md#what-the-shipped-configs-have-run.
 """
 
 from configs import default

@@ -3,12 +3,7 @@
     python main.py --config=configs/stl10.py --workdir=/tmp/uctrl_stl10
 
 configs/cifar.py at 96×96 (the decoder's first linear map alone is about 9.4 M
-parameters there).
-
-Run so far (2026-12-03): 20 iterations of this command on CPU with random CIFAR-shaped
-images resized to 96×96 (`npz:`, width 8, d = 16, batch 16: tests/test_configs.py, a slow
-test). Not run: real STL-10, the full width or length, any accelerator; no quality
-figures.
+parameters there). What it has run: docs/experiments.md#what-the-shipped-configs-have-run.
 """
 
 from configs import cifar

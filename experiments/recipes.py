@@ -43,8 +43,8 @@ from experiments import sweep  # noqa: E402  (configs from overrides, resumable 
 import uctrl_jax  # noqa: E402
 from uctrl_jax import evaluate  # noqa: E402
 from uctrl_jax import evaluators  # noqa: E402
+from uctrl_jax import host_blas  # noqa: E402
 from uctrl_jax import input_pipeline  # noqa: E402
-from uctrl_jax import guards  # noqa: E402
 from uctrl_jax import sharding  # noqa: E402
 from uctrl_jax import train  # noqa: E402
 from uctrl_jax.steps import make_steps, train_iteration  # noqa: E402
@@ -126,7 +126,7 @@ def seconds_per_iteration(config, iterations: int = SPEED_ITERATIONS) -> float:
       )
     return jax.block_until_ready(state)
 
-  with guards.limit_host_blas(config.train.host_blas_threads):
+  with host_blas.limit_host_blas(config.train.host_blas_threads):
     state = run(2, state)
     start = time.time()
     run(iterations, state)

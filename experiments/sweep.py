@@ -174,9 +174,7 @@ def main():
   variants = SWEEPS[args.sweep]
   base = variant_config({}, args.steps)
   data = evaluate.load_data(base)
-  raw = evaluators.run_all(
-    evaluators.build(base, names=("knn",)), lambda x: x.reshape(len(x), -1), None, data
-  )
+  raw = evaluators.run_all(evaluators.build(base, names=("knn",)), evaluate.raw_pixels, None, data)
   run_sweep(
     variants,
     [n for n in args.only.split(",") if n] or list(variants),

@@ -32,7 +32,7 @@ def require_debian_fashion_mnist():
 @pytest.fixture(scope="session", autouse=True)
 def judge_cache(tmp_path_factory):
   """Judges trained by the tests (evaluations with default names) are cached in the session's
-  temporary directory, never in the user's (uctrl_jax/judge.py), also by subprocesses."""
+  temporary directory, never in the user's (uctrl_jax/judge_network.py), also by subprocesses."""
   path = str(tmp_path_factory.mktemp("judges"))
   with pytest.MonkeyPatch.context() as mp:
     mp.setenv("UCTRL_JAX_JUDGE_CACHE", path)

@@ -7,6 +7,18 @@ import tensorflow as tf
 from uctrl_jax import augment
 
 SEED = tf.constant([7, 11], tf.int64)
+# SimCLR's published recipe; each test overrides what it is about.
+SIMCLR = dict(
+  crop_scale=(0.08, 1.0),
+  crop_ratio=(3 / 4, 4 / 3),
+  flip=True,
+  jitter_prob=0.8,
+  brightness=0.4,
+  contrast=0.4,
+  saturation=0.4,
+  hue=0.1,
+  grayscale_prob=0.2,
+)
 
 
 def _seed(i):
@@ -35,7 +47,7 @@ OPS = {
   ),
   "to_grayscale": lambda x, s: augment.to_grayscale(x),
   "random_apply": lambda x, s: augment.random_apply(augment.to_grayscale, x, s, 0.5),
-  "augment": lambda x, s: augment.augment(x, s, size=32),
+  "augment": lambda x, s: augment.augment(x, s, size=32, **SIMCLR),
 }
 
 
@@ -132,6 +144,7 @@ def test_augment_switches_colour_ops_off_for_one_channel():
   # Crop and flip off; colour ops forced on: colour input turns gray; a 1-channel
   # input passes unchanged by saturation, hue and grayscale.
   settings = dict(
+    SIMCLR,
     size=16,
     crop_scale=(1.0, 1.0),
     crop_ratio=(1.0, 1.0),
@@ -157,6 +170,7 @@ def test_one_channel_images_get_brightness_and_contrast_jitter():
   # image changes, keeps its shape and stays in [0, 1]; its ordering of pixel values
   # (a monotone map per image) is kept.
   settings = dict(
+    SIMCLR,
     size=16,
     crop_scale=(1.0, 1.0),
     crop_ratio=(1.0, 1.0),
@@ -180,7 +194,9 @@ def test_one_channel_images_get_brightness_and_contrast_jitter():
 def test_augment_applies_colour_ops_inside_tf_data():
   # Regression: in graph mode the crop lost the static channel count, so `augment`
   # silently skipped colour jitter and grayscale for every RGB dataset.
-  settings = dict(size=16, crop_scale=(0.5, 1.0), flip=False, jitter_prob=1.0, grayscale_prob=1.0)
+  settings = dict(
+    SIMCLR, size=16, crop_scale=(0.5, 1.0), flip=False, jitter_prob=1.0, grayscale_prob=1.0
+  )
   # Unknown height and width, as decoded images of varying size arrive.
   ds = tf.data.Dataset.from_generator(
     lambda: iter([_colour_image(32)]), output_signature=tf.TensorSpec((None, None, 3))
@@ -193,10 +209,10 @@ def test_augment_applies_colour_ops_inside_tf_data():
 
 def test_augment_output_size_and_view_independence():
   image = _colour_image(32)
-  out = augment.augment(image, SEED, size=(20, 24))
+  out = augment.augment(image, SEED, size=(20, 24), **SIMCLR)
   assert out.shape == (20, 24, 3) and out.dtype == tf.float32
   seeds = tf.random.experimental.stateless_split(SEED, 2)
-  a, b = (augment.augment(image, s, size=32).numpy() for s in seeds)
+  a, b = (augment.augment(image, s, size=32, **SIMCLR).numpy() for s in seeds)
   assert np.abs(a - b).mean() > 1e-2
 
 
@@ -214,4 +230,4 @@ def test_augment_output_size_and_view_independence():
 def test_augment_rejects_bad_settings(bad):
   key = next(iter(bad))
   with pytest.raises(ValueError, match=key):
-    augment.augment(_colour_image(8), SEED, size=8, **bad)
+    augment.augment(_colour_image(8), SEED, size=8, **dict(SIMCLR, **bad))

@@ -11,11 +11,11 @@ import pytest
 from configs import tiny
 import uctrl_jax
 from uctrl_jax import checkpointing
+from uctrl_jax import config_checks
 from uctrl_jax import evaluate
 from uctrl_jax import evaluators
 from uctrl_jax import figures
 from uctrl_jax import train
-from uctrl_jax import validation
 
 
 def test_read_scalars_reads_what_clu_wrote(tmp_path):
@@ -162,6 +162,6 @@ def test_encoder_only_run_is_evaluated_and_compared_beside_a_game_run(tmp_path):
   saved.data.name = "npz:/elsewhere"
   checkpointing.save_config(tcr_dir, saved)
   with pytest.raises(
-    validation.ConfigError, match="compare_workdirs: .* was trained on 'npz:/elsewhere'"
+    config_checks.ConfigError, match="compare_workdirs: .* was trained on 'npz:/elsewhere'"
   ):
     evaluate.evaluate(config, game_dir)

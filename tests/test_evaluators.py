@@ -11,8 +11,8 @@ import pytest
 import scipy.linalg
 
 from configs import default
+from uctrl_jax import config_checks
 from uctrl_jax import evaluators
-from uctrl_jax import validation
 from uctrl_jax.evaluators import clustering
 from uctrl_jax.evaluators import conditional_generation
 from uctrl_jax.evaluators import fid
@@ -430,7 +430,7 @@ def test_a_new_evaluator_is_one_new_file(fake_evaluator):
   config.loss.eps_sq = 0.25
   config.evals.names = ("knn", fake_evaluator)  # no config.evals block: every default
   config.evals.during_training.names = (fake_evaluator,)
-  validation.check_names(config)
+  config_checks.check_names(config)
   built = evaluators.build(config)
   data = _synthetic_data()
   flatten = lambda x: np.asarray(x).reshape(len(x), -1)  # noqa: E731

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 import pytest
 
+from benchmarks.jax_loop import random_batch
 from configs import tiny
 from uctrl_jax import models
 from uctrl_jax import objectives
@@ -40,13 +41,7 @@ IMAGE_SHAPE = (28, 28, 1)
 
 
 def _batch(config, seed=0):
-  rng = np.random.default_rng(seed)
-  B, V = config.train.batch_size, config.data.num_views
-  return {
-    "image": rng.uniform(-1, 1, (B, *IMAGE_SHAPE)).astype(np.float32),
-    "views": rng.uniform(-1, 1, (V, B, *IMAGE_SHAPE)).astype(np.float32),
-    "label": (np.arange(B) % 10).astype(np.int32),
-  }
+  return random_batch(config, IMAGE_SHAPE, seed)
 
 
 def _copy(tree):

@@ -22,13 +22,13 @@ from scipy import stats
 
 from configs import tiny
 import uctrl_jax
-from uctrl_jax import guards
+from uctrl_jax import config_checks
+from uctrl_jax import health
 from uctrl_jax import input_pipeline
 from uctrl_jax import models
 from uctrl_jax import objectives
 from uctrl_jax import sharding
 from uctrl_jax import steps
-from uctrl_jax import validation
 from uctrl_jax.evaluators import conditional_generation
 from uctrl_jax.state import create_train_state
 
@@ -243,7 +243,7 @@ def test_each_network_has_its_own_optimizer(frozen):
 
 
 def test_health_monitor_skips_the_checks_whose_terms_are_not_logged():
-  monitor = guards.HealthMonitor(**tiny.get_config().train.health)
+  monitor = health.HealthMonitor(**tiny.get_config().train.health)
   for step, mse in ((1, 0.9), (2, 0.1), (3, 0.9)):
     assert monitor.update(step, {"generative/loss": mse, "generative/recon_mse": mse}) == []
 
@@ -273,10 +273,12 @@ def test_validation_accepts_the_modes_without_views(mode, random_npz):
   config = _config(mode)
   config.data.name = f"npz:{random_npz(IMAGE_SHAPE)}"
   config.data.num_views = 0
-  validation.validate_config(config, None, device_count=1, process_count=1)
+  config_checks.validate_config(config, None, device_count=1, process_count=1)
   config.loss.mode = "uctrl"
-  with pytest.raises(validation.ConfigError, match="config.data.num_views must be an integer ≥ 1"):
-    validation.validate_config(config, None, device_count=1, process_count=1)
+  with pytest.raises(
+    config_checks.ConfigError, match="config.data.num_views must be an integer ≥ 1"
+  ):
+    config_checks.validate_config(config, None, device_count=1, process_count=1)
 
 
 @pytest.mark.parametrize(
@@ -302,8 +304,8 @@ def test_validation_rejects_what_makes_no_sense(mode, key, value, message, rando
   config.data.name = f"npz:{random_npz(IMAGE_SHAPE)}"
   group, name = key.split(".")
   config[group][name] = value
-  with pytest.raises(validation.ConfigError, match=message):
-    validation.validate_config(config, None, device_count=1, process_count=1)
+  with pytest.raises(config_checks.ConfigError, match=message):
+    config_checks.validate_config(config, None, device_count=1, process_count=1)
 
 
 @pytest.mark.parametrize(
@@ -325,12 +327,12 @@ def test_resume_across_modes_only_where_the_checkpoint_fits(
   config = _config(new_mode)
   if refused:
     with pytest.raises(
-      validation.ConfigError,
+      config_checks.ConfigError,
       match=rf"config.loss.mode = '{saved_mode}', this config has '{new_mode}'",
     ):
-      validation.check_workdir_compatible(config, str(tmp_path))
+      config_checks.check_workdir_compatible(config, str(tmp_path))
   else:
-    validation.check_workdir_compatible(config, str(tmp_path))
+    config_checks.check_workdir_compatible(config, str(tmp_path))
 
 
 # ----------------------------------------------------------------------------

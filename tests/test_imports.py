@@ -9,10 +9,10 @@ import ast
 import pathlib
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "uctrl_jax"
-# README "Layout": `train → evaluate → loading → state → models, objectives →
+# README "Layout": `train → evaluate → loading → state → models → objectives →
 # rate_reduction` and `train → steps → state`; modules of one step import none of theirs.
 CHAINS = (
-  ("train", "evaluate", "loading", "state", ("models", "objectives"), "rate_reduction"),
+  ("train", "evaluate", "loading", "state", "models", "objectives", "rate_reduction"),
   ("train", "steps", "state"),
 )
 

@@ -1,4 +1,4 @@
-"""The judge network (uctrl_jax/judge.py): it learns, its cache, and its evaluator
+"""The judge network (uctrl_jax/judge_network.py): it learns, its cache, and its evaluator
 (uctrl_jax/evaluators/judge.py) on tiny data whose answers are known."""
 
 import os
@@ -9,7 +9,7 @@ import pytest
 
 from configs import default
 from uctrl_jax import evaluators
-from uctrl_jax import judge
+from uctrl_jax import judge_network
 from uctrl_jax.evaluators import judge as judge_eval
 
 # Tiny and fast: one conv block of 4 channels, 16 features.
@@ -36,7 +36,7 @@ def data():
 @pytest.fixture(scope="module")
 def trained(data):
   x, y, xt, yt = data
-  return judge.train_judge(x, y, 3, x_test=xt, y_test=yt, eval_batch_size=20, **TINY)
+  return judge_network.train_judge(x, y, 3, x_test=xt, y_test=yt, eval_batch_size=20, **TINY)
 
 
 def test_judge_learns_separable_classes(trained, data):
@@ -59,8 +59,8 @@ def test_judge_passes_any_batch_size_through_one_compiled_shape(trained, data):
 
 def test_training_is_deterministic_given_the_seed(trained, data):
   x, y, _, _ = data
-  again = judge.train_judge(x, y, 3, eval_batch_size=20, **TINY)
-  other = judge.train_judge(x, y, 3, eval_batch_size=20, **{**TINY, "seed": 1})
+  again = judge_network.train_judge(x, y, 3, eval_batch_size=20, **TINY)
+  other = judge_network.train_judge(x, y, 3, eval_batch_size=20, **{**TINY, "seed": 1})
   leaves = jax.tree_util.tree_leaves
   for a, b in zip(leaves(trained.variables), leaves(again.variables)):
     np.testing.assert_array_equal(a, b)
@@ -68,19 +68,19 @@ def test_training_is_deterministic_given_the_seed(trained, data):
     not np.array_equal(a, b) for a, b in zip(leaves(trained.variables), leaves(other.variables))
   )
   with pytest.raises(ValueError, match="unknown judge recipe options"):
-    judge.train_judge(x, y, 3, epoch=1)
+    judge_network.train_judge(x, y, 3, epoch=1)
 
 
 @pytest.fixture
 def count_training(monkeypatch):
   calls = []
-  original = judge.train_judge
+  original = judge_network.train_judge
 
   def counted(*args, **kwargs):
     calls.append(kwargs)
     return original(*args, **kwargs)
 
-  monkeypatch.setattr(judge, "train_judge", counted)
+  monkeypatch.setattr(judge_network, "train_judge", counted)
   return calls
 
 
@@ -89,30 +89,32 @@ def test_cache_loads_without_training_and_keys_on_data_split_shape_recipe(
 ):
   x, y, xt, yt = data
   kw = dict(cache_dir=str(tmp_path), x_test=xt, y_test=yt, eval_batch_size=20, **TINY)
-  first = judge.load_or_train(x, y, 3, name="bands|train", **kw)
+  first = judge_network.load_or_train(x, y, 3, name="bands|train", **kw)
   (path,) = [p for p in os.listdir(tmp_path)]  # one file, no temporary left behind
   assert path.startswith("bands_train_8x8x1_") and path.endswith(".msgpack")
-  second = judge.load_or_train(x, y, 3, name="bands|train", **kw)
+  second = judge_network.load_or_train(x, y, 3, name="bands|train", **kw)
   assert len(count_training) == 1  # loaded, not retrained
   np.testing.assert_array_equal(second.logits(xt), first.logits(xt))
   assert second.meta["test_top1"] == first.meta["test_top1"]
-  assert second.meta["recipe"] == judge.recipe_of(**TINY)
+  assert second.meta["recipe"] == judge_network.recipe_of(**TINY)
 
   # Another split name, other training data, another shape, another recipe: other judges.
-  judge.load_or_train(x, y, 3, name="bands|train[:50%]", **kw)
-  judge.load_or_train(x[:90], y[:90], 3, name="bands|train", **kw)
+  judge_network.load_or_train(x, y, 3, name="bands|train[:50%]", **kw)
+  judge_network.load_or_train(x[:90], y[:90], 3, name="bands|train", **kw)
   x12, y12 = bands(96, 0, size=12)
-  judge.load_or_train(x12, y12, 3, name="bands|train", **{**kw, "x_test": None})
-  judge.load_or_train(x, y, 3, name="bands|train", **{**kw, "epochs": 2})
+  judge_network.load_or_train(x12, y12, 3, name="bands|train", **{**kw, "x_test": None})
+  judge_network.load_or_train(x, y, 3, name="bands|train", **{**kw, "epochs": 2})
   assert len(count_training) == 5 and len(os.listdir(tmp_path)) == 5
-  fp = judge.fingerprint(x, y)
+  fp = judge_network.fingerprint(x, y)
   paths = {
-    judge.cache_path("d", "n", (8, 8, 1), 3, fp, judge.recipe_of()),
-    judge.cache_path("d", "m", (8, 8, 1), 3, fp, judge.recipe_of()),
-    judge.cache_path("d", "n", (8, 8, 3), 3, fp, judge.recipe_of()),
-    judge.cache_path("d", "n", (8, 8, 1), 4, fp, judge.recipe_of()),
-    judge.cache_path("d", "n", (8, 8, 1), 3, judge.fingerprint(x, y[::-1]), judge.recipe_of()),
-    judge.cache_path("d", "n", (8, 8, 1), 3, fp, judge.recipe_of(shift=1)),
+    judge_network.cache_path("d", "n", (8, 8, 1), 3, fp, judge_network.recipe_of()),
+    judge_network.cache_path("d", "m", (8, 8, 1), 3, fp, judge_network.recipe_of()),
+    judge_network.cache_path("d", "n", (8, 8, 3), 3, fp, judge_network.recipe_of()),
+    judge_network.cache_path("d", "n", (8, 8, 1), 4, fp, judge_network.recipe_of()),
+    judge_network.cache_path(
+      "d", "n", (8, 8, 1), 3, judge_network.fingerprint(x, y[::-1]), judge_network.recipe_of()
+    ),
+    judge_network.cache_path("d", "n", (8, 8, 1), 3, fp, judge_network.recipe_of(shift=1)),
   }
   assert len(paths) == 6
 
@@ -123,7 +125,7 @@ def test_unreadable_cache_file_is_retrained_with_a_warning(
 ):
   x, y, _, _ = data
   kw = dict(name="bands|train", cache_dir=str(tmp_path), eval_batch_size=20, **TINY)
-  trained = judge.load_or_train(x, y, 3, **kw)
+  trained = judge_network.load_or_train(x, y, 3, **kw)
   path = trained.meta["cache_path"]
   with open(path, "rb") as f:
     payload = f.read()
@@ -132,17 +134,19 @@ def test_unreadable_cache_file_is_retrained_with_a_warning(
   elif damage == "truncated":
     payload = payload[: len(payload) // 2]
   else:  # a judge of another recipe saved under this key
-    judge.save(path, judge.train_judge(x, y, 3, **{**TINY, "hidden": 8, "epochs": 1}))
+    judge_network.save(
+      path, judge_network.train_judge(x, y, 3, **{**TINY, "hidden": 8, "epochs": 1})
+    )
     with open(path, "rb") as f:
       payload = f.read()
   with open(path, "wb") as f:
     f.write(payload)
   with caplog.at_level("WARNING", logger="absl"):
-    again = judge.load_or_train(x, y, 3, **kw)
+    again = judge_network.load_or_train(x, y, 3, **kw)
   assert len(count_training) == 2 + (damage == "other_shapes")
   assert any("judge cache unreadable, training again" in r.getMessage() for r in caplog.records)
   np.testing.assert_array_equal(again.logits(x), trained.logits(x))  # same seed, same judge
-  judge.load(path, (8, 8, 1), 3, judge.recipe_of(**TINY))  # replaced by a good file
+  judge_network.load(path, (8, 8, 1), 3, judge_network.recipe_of(**TINY))  # replaced by a good file
 
 
 def test_unwritable_cache_dir_still_gives_a_judge(tmp_path, data, caplog):
@@ -150,22 +154,24 @@ def test_unwritable_cache_dir_still_gives_a_judge(tmp_path, data, caplog):
   blocker = tmp_path / "file"
   blocker.write_text("")  # a file where the directory should be
   with caplog.at_level("WARNING", logger="absl"):
-    got = judge.load_or_train(x, y, 3, cache_dir=str(blocker / "judges"), **{**TINY, "epochs": 1})
+    got = judge_network.load_or_train(
+      x, y, 3, cache_dir=str(blocker / "judges"), **{**TINY, "epochs": 1}
+    )
   assert got.logits(x[:2]).shape == (2, 3)
   assert any("judge not cached" in r.getMessage() for r in caplog.records)
 
 
 def test_default_cache_dir_follows_the_environment(monkeypatch):
-  monkeypatch.setenv(judge.ENV_CACHE_DIR, "/somewhere/judges")
-  assert judge.default_cache_dir() == "/somewhere/judges"
-  monkeypatch.delenv(judge.ENV_CACHE_DIR)
+  monkeypatch.setenv(judge_network.ENV_CACHE_DIR, "/somewhere/judges")
+  assert judge_network.default_cache_dir() == "/somewhere/judges"
+  monkeypatch.delenv(judge_network.ENV_CACHE_DIR)
   monkeypatch.setenv("XDG_CACHE_HOME", "/xdg")
-  assert judge.default_cache_dir() == "/xdg/uctrl_jax/judges"
+  assert judge_network.default_cache_dir() == "/xdg/uctrl_jax/judges"
 
 
 def test_config_recipe_is_the_module_recipe():
   recipe = default.get_config().evals.judge.recipe.to_dict()
-  assert judge.recipe_of(**recipe) == judge.recipe_of()
+  assert judge_network.recipe_of(**recipe) == judge_network.recipe_of()
 
 
 def test_purity_counts_each_clusters_majority():
@@ -231,5 +237,5 @@ def test_fashion_mnist_judge_reaches_91_percent(fashion_mnist_data_dir):
   config = default.get_config()
   config.data.data_dir = fashion_mnist_data_dir
   x, y, xt, yt, classes = evaluate.load_data(config)
-  trained = judge.train_judge(x, y, classes, x_test=xt, y_test=yt)
+  trained = judge_network.train_judge(x, y, classes, x_test=xt, y_test=yt)
   assert trained.meta["test_top1"] >= 91.0, trained.meta

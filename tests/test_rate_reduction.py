@@ -16,6 +16,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from uctrl_jax import rate_reduction as rr
 
 EPS_SQ = 0.5
+# The objective as docs/method.md#the-game writes it: exact ΔR per sample, Σᵢ, views vs z.
+PAPER = dict(sample_distance="exact", sample_reduction="sum", aug_target="image")
 
 
 # ----------------------------------------------------------------------------
@@ -139,6 +141,24 @@ def test_pairwise_zero_iff_equal_or_opposite_for_unit_vectors():
   assert np.all(np.asarray(rr.pairwise_rate_distance(U, sphere(rng, 20, 128), EPS_SQ)) > 0.1)
 
 
+def test_l2_normalize_zero_row_has_finite_gradient():
+  z = jnp.array([[0.0, 0.0, 0.0], [3.0, 0.0, 4.0]])
+  out = rr.l2_normalize(z)
+  np.testing.assert_allclose(out, [[0, 0, 0], [0.6, 0, 0.8]], atol=1e-7)
+  g = jax.grad(lambda z: jnp.sum(rr.l2_normalize(z) * jnp.arange(3.0)))(z)
+  assert np.all(np.isfinite(g))
+  assert rr.l2_normalize(z.astype(jnp.bfloat16)).dtype == jnp.float32
+
+
+def test_views_mean_target_is_the_unit_mean_of_the_views():
+  rng = np.random.default_rng(0)
+  Z_views = rng.normal(size=(3, 5, 4))
+  mean = Z_views.mean(axis=0)
+  expected = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+  got = rr.views_mean_target(jnp.asarray(Z_views, jnp.float32))
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_cosine_distance_matches_numpy():
   rng = np.random.default_rng(2)
   U, V = rng.standard_normal((2, 30, 16)).astype(np.float32)
@@ -177,7 +197,13 @@ def test_uctrl_objective_terms_and_signs(sample_distance, num_views, reduction, 
     Z_aug = Z_aug[0]
   lam_aug, lam_self = 3.0, 0.7
   got = rr.uctrl_objective(
-    Z, Zhat, Z_aug, EPS_SQ, lam_aug, lam_self, sample_distance, sample_reduction=reduction
+    Z,
+    Zhat,
+    Z_aug,
+    EPS_SQ,
+    lam_aug,
+    lam_self,
+    **dict(PAPER, sample_distance=sample_distance, sample_reduction=reduction),
   )
   dist = np_pairwise if sample_distance == "exact" else np_cosine
   expected = _np_objective(Z, Zhat, Z_aug, lam_aug, lam_self, dist, reduction)
@@ -297,7 +323,7 @@ def test_invariant_to_row_permutation_and_feature_rotation():
   Q = np.linalg.qr(rng.standard_normal((d, d)))[0].astype(np.float32)
 
   def all_terms(Z, Zhat, Z_aug, labels):
-    obj = rr.uctrl_objective(Z, Zhat, Z_aug, EPS_SQ, 1.0, 1.0)
+    obj = rr.uctrl_objective(Z, Zhat, Z_aug, EPS_SQ, 1.0, 1.0, **PAPER)
     return np.array(
       [
         obj["encoder_objective"],
@@ -346,8 +372,10 @@ def test_degenerate_features_have_finite_values_and_gradients(case):
   labels = np.arange(n) % 2
 
   def total(Z):
-    obj = rr.uctrl_objective(Z, Z[::-1], Z, EPS_SQ, 1.0, 1.0)
-    cos = rr.uctrl_objective(Z, Z[::-1], Z, EPS_SQ, 1.0, 1.0, "cosine")
+    obj = rr.uctrl_objective(Z, Z[::-1], Z, EPS_SQ, 1.0, 1.0, **PAPER)
+    cos = rr.uctrl_objective(
+      Z, Z[::-1], Z, EPS_SQ, 1.0, 1.0, **dict(PAPER, sample_distance="cosine")
+    )
     return (
       obj["encoder_objective"]
       + cos["encoder_objective"]
@@ -369,7 +397,7 @@ def test_low_precision_inputs_are_computed_in_float32():
   assert got.dtype == jnp.float32
   # Equal to the float64 reference of the bf16-rounded values, not a bf16-accurate answer.
   assert_close(got, np_rate(np.asarray(Z16, np.float64)), rtol=1e-5)
-  obj = rr.uctrl_objective(Z16, Z16, Z16, EPS_SQ, 1.0, 1.0)
+  obj = rr.uctrl_objective(Z16, Z16, Z16, EPS_SQ, 1.0, 1.0, **PAPER)
   assert all(v.dtype == jnp.float32 for v in obj.values())
 
 
@@ -396,9 +424,16 @@ def _inputs(n=128, d=32, views=2):
 
 
 def _all_terms(Z, Zhat, Z_aug, labels, axis_name=None):
-  exact = rr.uctrl_objective(Z, Zhat, Z_aug, EPS_SQ, 2.0, 0.5, axis_name=axis_name)
+  exact = rr.uctrl_objective(Z, Zhat, Z_aug, EPS_SQ, 2.0, 0.5, axis_name=axis_name, **PAPER)
   cosine = rr.uctrl_objective(
-    Z, Zhat, Z_aug, EPS_SQ, 2.0, 0.5, "cosine", sample_reduction="mean", axis_name=axis_name
+    Z,
+    Zhat,
+    Z_aug,
+    EPS_SQ,
+    2.0,
+    0.5,
+    axis_name=axis_name,
+    **dict(PAPER, sample_distance="cosine", sample_reduction="mean"),
   )
   multi = rr.ctrl_multi_objective(Z, Zhat, labels, 5, EPS_SQ, axis_name=axis_name)
   return {
@@ -452,7 +487,7 @@ def test_shard_map_gradients_equal_single_device():
   x = _inputs()
 
   def encoder_objective(Z, Zhat, Z_aug, axis_name=None):
-    return rr.uctrl_objective(Z, Zhat, Z_aug, EPS_SQ, 2.0, 0.5, axis_name=axis_name)[
+    return rr.uctrl_objective(Z, Zhat, Z_aug, EPS_SQ, 2.0, 0.5, axis_name=axis_name, **PAPER)[
       "encoder_objective"
     ]
 
@@ -513,17 +548,27 @@ Z16 = np.zeros((4, 16), np.float32)
       "non-negative",
     ),
     (
-      lambda: rr.uctrl_objective(Z16, Z16[:3], Z16, EPS_SQ, 1.0, 1.0),
+      lambda: rr.uctrl_objective(Z16, Z16[:3], Z16, EPS_SQ, 1.0, 1.0, **PAPER),
       "Zhat must have the shape of Z",
     ),
-    (lambda: rr.uctrl_objective(Z16, Z16, Z16[:, :8], EPS_SQ, 1.0, 1.0), "Z_aug must have shape"),
-    (lambda: rr.uctrl_objective(Z16, Z16, Z16, EPS_SQ, -1.0, 1.0), "lambda_aug must be ≥ 0"),
     (
-      lambda: rr.uctrl_objective(Z16, Z16, Z16, EPS_SQ, 1.0, 1.0, "l2"),
+      lambda: rr.uctrl_objective(Z16, Z16, Z16[:, :8], EPS_SQ, 1.0, 1.0, **PAPER),
+      "Z_aug must have shape",
+    ),
+    (
+      lambda: rr.uctrl_objective(Z16, Z16, Z16, EPS_SQ, -1.0, 1.0, **PAPER),
+      "lambda_aug must be ≥ 0",
+    ),
+    (
+      lambda: rr.uctrl_objective(
+        Z16, Z16, Z16, EPS_SQ, 1.0, 1.0, **dict(PAPER, sample_distance="l2")
+      ),
       "sample_distance must be one of",
     ),
     (
-      lambda: rr.uctrl_objective(Z16, Z16, Z16, EPS_SQ, 1.0, 1.0, sample_reduction="max"),
+      lambda: rr.uctrl_objective(
+        Z16, Z16, Z16, EPS_SQ, 1.0, 1.0, **dict(PAPER, sample_reduction="max")
+      ),
       "sample_reduction must be one of",
     ),
     (
@@ -535,6 +580,12 @@ Z16 = np.zeros((4, 16), np.float32)
 def test_bad_input_raises_clear_error(call, message):
   with pytest.raises(ValueError, match=message):
     call()
+
+
+def test_uctrl_objective_has_no_default_form():
+  # configs/default.py is the one source of the trainer's choices: none is restated here.
+  with pytest.raises(TypeError, match="sample_reduction' and 'aug_target"):
+    rr.uctrl_objective(Z16, Z16, Z16, EPS_SQ, 1.0, 1.0, sample_distance="exact")
 
 
 def test_shape_errors_also_raise_under_jit():

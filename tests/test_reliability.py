@@ -30,11 +30,11 @@ import pytest
 from configs import tiny
 import uctrl_jax
 from uctrl_jax import checkpointing
+from uctrl_jax import config_checks
 from uctrl_jax import evaluate
-from uctrl_jax import guards
+from uctrl_jax import nonfinite
 from uctrl_jax import steps
 from uctrl_jax import train
-from uctrl_jax import validation
 from uctrl_jax import workdir_files
 from uctrl_jax.state import create_train_state
 
@@ -438,7 +438,7 @@ def test_injected_nan_stops_naming_term_and_keeps_last_checkpoint(npz_path, tmp_
     target = create_train_state(config, (28, 28, 1), jax.random.key(0))
     restored, extra = ckpt.restore(target)
   assert int(restored.step) == 2 and extra["batches_consumed"] == 2
-  assert guards.nonfinite_state_leaves(restored) == []
+  assert nonfinite.nonfinite_state_leaves(restored) == []
 
 
 def test_rollback_skips_bad_batches_and_never_saves_nan(npz_path, tmp_path, caplog, nan_at_step):
@@ -456,7 +456,7 @@ def test_rollback_skips_bad_batches_and_never_saves_nan(npz_path, tmp_path, capl
     assert ckpt.all_steps() == [2, 3, 4]
     for step in (2, 3, 4):
       restored, extra = ckpt.restore(state, step)
-      assert guards.nonfinite_state_leaves(restored) == [], step
+      assert nonfinite.nonfinite_state_leaves(restored) == [], step
     assert extra["batches_consumed"] == 5  # step 3's first batch was skipped
 
 
@@ -466,10 +466,10 @@ def test_check_finite_names_state_arrays():
     "b": {"c": np.array([1.0, np.inf], np.float32)},
     "n": np.zeros(2, np.int32),
   }
-  assert guards.nonfinite_state_leaves(state) == ["['b']['c']"]
-  guards.check_finite(5, {"x": 1.0}, {"a": np.ones(2, np.float32)})
+  assert nonfinite.nonfinite_state_leaves(state) == ["['b']['c']"]
+  nonfinite.check_finite(5, {"x": 1.0}, {"a": np.ones(2, np.float32)})
   with pytest.raises(FloatingPointError, match=r"step 5: x, state \['b'\]\['c'\]; stopping"):
-    guards.check_finite(5, {"x": float("nan")}, state)
+    nonfinite.check_finite(5, {"x": float("nan")}, state)
 
 
 # ------------------------------------------------------------------ validation
@@ -550,10 +550,10 @@ def test_tfds_split_expressions_are_left_to_tfds():
   config = tiny.get_config()
   config.data.name = "fashion_mnist"
   config.evals.test_split = "train[:50%]+test"
-  validation.check_splits(config)
+  config_checks.check_splits(config)
   config.data.name = "npz:/data.npz"
-  with pytest.raises(validation.ConfigError, match=r"config.evals.test_split: Bad split"):
-    validation.check_splits(config)
+  with pytest.raises(config_checks.ConfigError, match=r"config.evals.test_split: Bad split"):
+    config_checks.check_splits(config)
 
 
 @pytest.fixture
@@ -573,7 +573,7 @@ def no_compile(monkeypatch):
 def test_invalid_config_fails_before_compiling(mutate, message, npz_path, tmp_path, no_compile):
   config = _config(npz_path)
   mutate(config)
-  with pytest.raises(validation.ConfigError, match=message) as e:
+  with pytest.raises(config_checks.ConfigError, match=message) as e:
     train.train_and_evaluate(config, str(tmp_path / "run"))
   assert "\n" not in str(e.value)
 
@@ -581,7 +581,7 @@ def test_invalid_config_fails_before_compiling(mutate, message, npz_path, tmp_pa
 def test_unwritable_workdir(npz_path, tmp_path, no_compile):
   blocker = tmp_path / "a_file"
   blocker.write_text("")
-  with pytest.raises(validation.ConfigError, match=r"work directory .* is not writable"):
+  with pytest.raises(config_checks.ConfigError, match=r"work directory .* is not writable"):
     train.train_and_evaluate(_config(npz_path), str(blocker / "run"))
 
 
@@ -598,7 +598,7 @@ def test_workdir_of_an_incompatible_run(path, value, key, npz_path, tmp_path, no
   checkpointing.save_config(workdir, _config(npz_path))
   config = _config(npz_path)
   _mutate(path, value)(config)
-  with pytest.raises(validation.ConfigError, match=rf"holds a run with config.{key} = "):
+  with pytest.raises(config_checks.ConfigError, match=rf"holds a run with config.{key} = "):
     train.train_and_evaluate(config, workdir)
 
 
@@ -607,7 +607,7 @@ def test_workdir_of_a_run_on_other_data(npz_path, tmp_path, no_compile):
   saved = _config(npz_path)
   saved.data.name = "fashion_mnist"
   checkpointing.save_config(workdir, saved)
-  with pytest.raises(validation.ConfigError, match=r"config.data.name = 'fashion_mnist'"):
+  with pytest.raises(config_checks.ConfigError, match=r"config.data.name = 'fashion_mnist'"):
     train.train_and_evaluate(_config(npz_path), workdir)
 
 
@@ -622,7 +622,7 @@ def test_workdir_of_a_run_with_or_without_decoder(
   config = _config(npz_path)
   config.loss.mode = new_mode
   with pytest.raises(
-    validation.ConfigError,
+    config_checks.ConfigError,
     match=rf"config.loss.mode = '{saved_mode}', this config has '{new_mode}'",
   ):
     train.train_and_evaluate(config, workdir)
@@ -631,7 +631,7 @@ def test_workdir_of_a_run_with_or_without_decoder(
 def test_schedule_changes_may_resume(npz_path, tmp_path):
   workdir = str(tmp_path / "run")
   checkpointing.save_config(workdir, _config(npz_path))
-  validation.validate_config(
+  config_checks.validate_config(
     _config(npz_path, num_steps=100, log_every=7, checkpoint_every=9),
     workdir,
     image_shape=(28, 28, 1),
@@ -661,7 +661,7 @@ def test_resume_with_other_num_steps_under_cosine_is_refused_unless_allowed(
 
   longer = _config(npz_path, schedule="cosine", num_steps=6)
   with pytest.raises(
-    validation.ConfigError,
+    config_checks.ConfigError,
     match=r"config.train.num_steps = 4, this config has 6: under the cosine "
     r".*config.train.allow_lr_curve_change=True",
   ) as e:
@@ -680,7 +680,7 @@ def test_resume_with_other_num_steps_under_cosine_is_refused_unless_allowed(
     atol=1e-6 * dec_lr,
   )
   # A constant schedule does not depend on num_steps: no question asked.
-  validation.validate_config(_config(npz_path, num_steps=9), str(tmp_path / "other"))
+  config_checks.validate_config(_config(npz_path, num_steps=9), str(tmp_path / "other"))
 
 
 # ------------------------------------------------------------------ real signals

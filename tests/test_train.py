@@ -7,10 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks.jax_loop import random_batch
 from configs import tiny
-from uctrl_jax import guards
+from uctrl_jax import health
+from uctrl_jax import host_blas
 from uctrl_jax import loading
 from uctrl_jax import models
+from uctrl_jax import nonfinite
 from uctrl_jax import objectives
 from uctrl_jax import rate_reduction as rr
 from uctrl_jax import sharding
@@ -27,13 +30,7 @@ def _config(**loss):
 
 
 def _batch(config, seed=0):
-  rng = np.random.default_rng(seed)
-  B, V = config.train.batch_size, config.data.num_views
-  return {
-    "image": rng.uniform(-1, 1, (B, *IMAGE_SHAPE)).astype(np.float32),
-    "views": rng.uniform(-1, 1, (V, B, *IMAGE_SHAPE)).astype(np.float32),
-    "label": (np.arange(B) % 10).astype(np.int32),
-  }
+  return random_batch(config, IMAGE_SHAPE, seed)
 
 
 def _setup(config, devices):
@@ -109,7 +106,7 @@ def test_encoder_step_reports_the_objective_of_its_features():
       config.loss.eps_sq,
       config.loss.lambda_aug,
       config.loss.lambda_self,
-      config.loss.sample_distance,
+      sample_distance=config.loss.sample_distance,
       sample_reduction=config.loss.sample_reduction,
       aug_target=config.loss.aug_target,
     )
@@ -174,7 +171,7 @@ def _health_metrics(R, cos, mse):
 
 
 def test_health_monitor_names_collapse_and_fooling():
-  monitor = guards.HealthMonitor(**tiny.get_config().train.health)
+  monitor = health.HealthMonitor(**tiny.get_config().train.health)
   assert monitor.update(50, _health_metrics(60.0, 0.3, 0.80)) == []
   assert monitor.update(100, _health_metrics(62.0, 0.5, 0.70)) == []
   collapse = monitor.update(150, _health_metrics(20.0, 0.5, 0.60))
@@ -209,7 +206,7 @@ def _goes_on(step, held, logged):
 def _fooling_run(holds_at, steps):
   """The warnings of a monitor (remind_every 3, clear_after 2) over logged steps 1..steps,
   with fooling at the steps of ``holds_at`` (R steady, no collapse): {step: [lines]}."""
-  monitor = guards.HealthMonitor(0.5, 0.75, 0.9, remind_every=3, clear_after=2)
+  monitor = health.HealthMonitor(0.5, 0.75, 0.9, remind_every=3, clear_after=2)
   said = {1: monitor.update(1, _health_metrics(60.0, 0.3, 0.80))}  # the MSE's first value
   for step in range(2, steps + 1):
     fooled = step in holds_at
@@ -253,9 +250,9 @@ def test_health_monitor_keeps_a_flickering_failure_one_episode():
 
 
 def test_check_finite_names_every_bad_term():
-  guards.check_finite(3, {"encoder/R": 1.0, "decoder/recon_mse": 0.5})
+  nonfinite.check_finite(3, {"encoder/R": 1.0, "decoder/recon_mse": 0.5})
   with pytest.raises(FloatingPointError, match=r"step 7: decoder/grad_norm, encoder/R; stopping"):
-    guards.check_finite(
+    nonfinite.check_finite(
       7, {"encoder/R": float("nan"), "decoder/grad_norm": float("inf"), "encoder/aug": 0.1}
     )
 
@@ -263,7 +260,7 @@ def test_check_finite_names_every_bad_term():
 def test_health_monitor_flags_the_noise_drawing_run_of_2026_11_29():
   # Logged (cos(z, ẑ), recon MSE) of configs/fashion_mnist.py at steps 50, 600, 1300:
   # its reconstructions stayed mostly noise (docs/experiments.md, "The default run").
-  monitor = guards.HealthMonitor(**tiny.get_config().train.health)
+  monitor = health.HealthMonitor(**tiny.get_config().train.health)
   assert monitor.update(50, _health_metrics(54.3, 0.506, 0.757)) == []
   assert monitor.update(600, _health_metrics(55.4, 0.817, 0.465)) == []
   assert "decoder fooling" in monitor.update(1300, _health_metrics(55.6, 0.794, 0.940))[0]
@@ -303,7 +300,7 @@ def test_ablation_weights_scale_r_and_delta_r_in_both_objectives(rate_weight, de
 
 
 def test_iteration_with_host_blas_limited_equals_the_plain_iteration():
-  """Issue 8's optimisation (guards.limit_host_blas) changes threads, not the math."""
+  """Issue 8's optimisation (host_blas.limit_host_blas) changes threads, not the math."""
   import threadpoolctl  # pylint: disable=import-outside-toplevel
 
   config = _config(sample_distance="exact")  # the Cholesky-heavy sample terms too
@@ -313,7 +310,7 @@ def test_iteration_with_host_blas_limited_equals_the_plain_iteration():
   runs = []
   for threads in (None, 1):
     state = sharding.replicate(jax.tree.map(jnp.asarray, start), mesh)
-    with guards.limit_host_blas(threads):
+    with host_blas.limit_host_blas(threads):
       if threads == 1:
         blas = [
           i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"

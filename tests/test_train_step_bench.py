@@ -16,11 +16,7 @@ from uctrl_jax import rate_reduction as rr  # noqa: E402
 
 from benchmarks import torch_uctrl  # noqa: E402
 from benchmarks import train_step_bench as bench  # noqa: E402
-
-
-def _unit_rows(rng, *shape):
-  Z = rng.standard_normal(shape).astype(np.float32)
-  return Z / np.linalg.norm(Z, axis=-1, keepdims=True)
+from benchmarks.jax_loop import unit_rows  # noqa: E402
 
 
 @pytest.mark.parametrize("n", [8, 100])  # 2n < d (row side of the Gram) and 2n ≥ d (d side)
@@ -29,9 +25,9 @@ def _unit_rows(rng, *shape):
 def test_torch_objective_matches_jax(n, sample_distance, sample_reduction):
   rng = np.random.default_rng(n)
   d = 128
-  Z = _unit_rows(rng, n, d)
-  Zhat = _unit_rows(rng, n, d) + 2 * Z
-  Z_aug = _unit_rows(rng, 2, n, d) + 2 * Z
+  Z = unit_rows(rng, n, d)
+  Zhat = unit_rows(rng, n, d) + 2 * Z
+  Z_aug = unit_rows(rng, 2, n, d) + 2 * Z
   kwargs = dict(
     eps_sq=0.5,
     lambda_aug=10.0,
@@ -39,7 +35,7 @@ def test_torch_objective_matches_jax(n, sample_distance, sample_reduction):
     sample_distance=sample_distance,
     sample_reduction=sample_reduction,
   )
-  want = jax.device_get(rr.uctrl_objective(Z, Zhat, Z_aug, **kwargs))
+  want = jax.device_get(rr.uctrl_objective(Z, Zhat, Z_aug, aug_target="image", **kwargs))
   got = torch_uctrl.uctrl_objective(*(torch.from_numpy(a) for a in (Z, Zhat, Z_aug)), **kwargs)
   assert set(got) == set(want)
   for key in want:

@@ -21,11 +21,11 @@ from PIL import Image
 import pytest
 
 from configs import tiny
+from uctrl_jax import config_checks
 from uctrl_jax import evaluate
 from uctrl_jax import figures
 from uctrl_jax import input_pipeline
 from uctrl_jax import train
-from uctrl_jax import validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABEL_FREE = {
@@ -201,7 +201,7 @@ def test_supervised_mode_refuses_an_unlabelled_training_split(tmp_path, monkeypa
 
   monkeypatch.setattr(train, "create_train_state", refuse)
   with pytest.raises(
-    validation.ConfigError,
+    config_checks.ConfigError,
     match=r"'ctrl_multi' is supervised, but config.data."
     r"train_split 'train' of 'npz:.*x.npz' has no labels",
   ):

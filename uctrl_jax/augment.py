@@ -152,17 +152,18 @@ def augment(
   seed: tf.Tensor,
   *,
   size: int | tuple[int, int],
-  crop_scale: Sequence[float] = (0.08, 1.0),
-  crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
-  flip: bool = True,
-  jitter_prob: float = 0.8,
-  brightness: float = 0.4,
-  contrast: float = 0.4,
-  saturation: float = 0.4,
-  hue: float = 0.1,
-  grayscale_prob: float = 0.2,
+  crop_scale: Sequence[float],
+  crop_ratio: Sequence[float],
+  flip: bool,
+  jitter_prob: float,
+  brightness: float,
+  contrast: float,
+  saturation: float,
+  hue: float,
+  grayscale_prob: float,
 ) -> Image:
-  """One SimCLR view of `image` (see the module docstring).
+  """One SimCLR view of `image` (see the module docstring); every setting is required, as
+  `config.data.augment` holds it (configs/default.py is the one source of the values).
 
   Args:
     image: (H, W, C) float32 in [0, 1], C in {1, 3}.

@@ -31,13 +31,13 @@ import jax
 import ml_collections
 import numpy as np
 
+from uctrl_jax import config_checks
 from uctrl_jax import datasets
 from uctrl_jax import evaluators
 from uctrl_jax import figures
 from uctrl_jax import input_pipeline
 from uctrl_jax import loading
 from uctrl_jax import models
-from uctrl_jax import validation
 from uctrl_jax import workdir_files
 from uctrl_jax.state import TrainState, create_train_state
 
@@ -180,7 +180,8 @@ def _training_record(workdir: str, loaded) -> dict[str, Any]:
   }
 
 
-def _flatten(x):
+def raw_pixels(x) -> np.ndarray:
+  """The raw-pixel baseline's "encoder": images ``(n, H, W, C)`` as rows ``(n, H·W·C)``."""
   return np.asarray(x).reshape(len(x), -1)
 
 
@@ -279,14 +280,14 @@ def _load_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[in
   loaded = loading.load(workdir, step)
   run_config = loaded.config
   if config.data.name != run_config.data.name:
-    raise validation.ConfigError(
+    raise config_checks.ConfigError(
       f"config.data.name = {config.data.name!r}, but {workdir} was trained on "
       f"{run_config.data.name!r}; pass the run's config (--config=...)"
     )
   image_shape = tuple(run_config.data.image_shape)
   data = load_data(config)
   if data.x_train.shape[1:] != image_shape:
-    raise validation.ConfigError(
+    raise config_checks.ConfigError(
       f"the data come as {data.x_train.shape[1:]} images, the run's models read "
       f"{image_shape}; set config.data.image_size as in the run"
     )
@@ -302,7 +303,7 @@ def _baselines(config, run_config, data, classifiers) -> dict[str, dict[str, flo
   baselines = {}
   # The initial state train_and_evaluate starts from: what training added.
   for name, encode in (
-    ("raw_pixels", _flatten),
+    ("raw_pixels", raw_pixels),
     ("random_encoder", random_encoder(run_config, image_shape, int(run_config.seed))),
   ):
     logging.info("baseline %s", name)
@@ -324,7 +325,7 @@ def _compared_runs(config, run_config, data, classifiers) -> tuple[dict, dict]:
       other.config.data.name != run_config.data.name
       or tuple(other.config.data.image_shape) != image_shape
     ):
-      raise validation.ConfigError(
+      raise config_checks.ConfigError(
         f"config.evals.compare_workdirs: {path} was trained on "
         f"{other.config.data.name!r} {tuple(other.config.data.image_shape)}, this "
         f"run on {run_config.data.name!r} {image_shape}"
@@ -360,7 +361,7 @@ def _write_figures(config, workdir: str, context, built) -> dict[str, str]:
     figures.write_all(
       out_dir,
       x_test=context.data.x_test,
-      x_hat=context.x_hat if decoded else None,
+      xhat_test=context.xhat_test if decoded else None,
       z_test=context.z_test,
       zhat_test=context.zhat_test if decoded else None,
       y_test=context.data.y_test,

@@ -30,11 +30,12 @@ import numpy as np  # noqa: E402
 
 from uctrl_jax import image_grid  # noqa: E402
 from uctrl_jax import workdir_files  # noqa: E402
+from uctrl_jax.evaluators import common  # noqa: E402
 
 
 def _unit(Z: np.ndarray) -> np.ndarray:
-  Z = np.asarray(Z, np.float64).reshape(len(Z), -1)
-  return Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
+  """Rows of ``Z: (n, ...)``, flattened, as float64 unit vectors."""
+  return common.l2_normalize(np.asarray(Z, np.float64).reshape(len(Z), -1))
 
 
 def _save(fig, path: str) -> str:
@@ -52,12 +53,12 @@ def balanced_subset(labels: np.ndarray, per_class: int) -> np.ndarray:
   return np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)])
 
 
-def reconstructions(x: np.ndarray, x_hat: np.ndarray, path: str, num: int = 16) -> str:
-  """Inputs ``x: (n, H, W, C)`` above ``x_hat`` (first ``num`` of each, two row pairs)."""
+def reconstructions(x: np.ndarray, xhat: np.ndarray, path: str, num: int = 16) -> str:
+  """Inputs ``x: (n, H, W, C)`` above ``xhat`` (first ``num`` of each, two row pairs)."""
   k = max(1, min(num, len(x)) // 2)
-  rows = [x[:k], x_hat[:k]]
+  rows = [x[:k], xhat[:k]]
   if len(x) >= 2 * k:
-    rows += [x[k : 2 * k], x_hat[k : 2 * k]]
+    rows += [x[k : 2 * k], xhat[k : 2 * k]]
   return image_grid.save_png(path, image_grid.image_grid(rows))
 
 
@@ -205,7 +206,7 @@ def write_all(
   out_dir: str,
   *,
   x_test: np.ndarray,
-  x_hat: Optional[np.ndarray],
+  xhat_test: Optional[np.ndarray],
   z_test: np.ndarray,
   zhat_test: Optional[np.ndarray],
   y_test: Optional[np.ndarray],
@@ -214,9 +215,9 @@ def write_all(
 ) -> Mapping[str, str]:
   """Every figure of the module docstring into ``out_dir``: ``{name: path}``."""
   paths = {}
-  if x_hat is not None:
+  if xhat_test is not None:
     paths["reconstructions"] = reconstructions(
-      x_test, x_hat, os.path.join(out_dir, "reconstructions.png")
+      x_test, xhat_test, os.path.join(out_dir, "reconstructions.png")
     )
   if y_test is not None:
     paths["similarity"] = similarity(

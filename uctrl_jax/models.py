@@ -11,8 +11,8 @@ Families, chosen by config name (``config.model.encoder`` / ``config.model.decod
   image — CTRL's first 4×4 transposed conv on a 1×1 input, i.e. a linear map
   ``d → 4×4×4w``, + BN + ReLU, three 2× upsamplings (``2w, w, C``; BN + ReLU between
   them), tanh. Nothing runs at 2×2: XLA:CPU's convs there are pathologically slow
-  (a 3×3 512→1024 conv on a 2×2 map took 6 s forward+backward at batch 128, the same
-  FLOPs at 4×4 0.3 s). Image sizes 28 and 32. **28×28 is padded to 32×32
+  (docs/benchmarks.md#measured-on-the-machine-before-the-trainer-existed). Image sizes 28
+  and 32. **28×28 is padded to 32×32
   at the encoder input** with the value −1 (black, the MNIST/Fashion-MNIST background
   in [−1, 1]) and the decoder's 32×32 output is **centre-cropped back to 28×28**, so
   one architecture (and one parameter count, up to the channels ``C``) serves both.
@@ -23,27 +23,25 @@ Families, chosen by config name (``config.model.encoder`` / ``config.model.decod
   upsamples 2× (stages 2-4), then a 3×3 conv to ``C`` and tanh. Image sizes 32 and 96
   (STL-10; there the linear map is ``d × 12²·8w`` ≈ 9.4 M parameters at w = 64).
 
-Every encoder ends in ``l2_normalize`` of a float32 linear map (docs/method.md#the-closed-loop), so
-its rows are float32 unit vectors whatever the compute dtype. The one exception is the VAE
-baseline (``config.loss.mode = "vae"``; ``objectives.feature_head`` picks the head):
-its ``"gaussian"`` head maps to ``2d`` values, the mean ``μ`` and log-variance
-``log σ²`` of a diagonal Gaussian posterior, not normalised. The encoder returns ``μ``
+Every encoder ends in ``rate_reduction.l2_normalize`` of a float32 linear map
+(docs/method.md#the-closed-loop), so its rows are float32 unit vectors whatever the compute
+dtype. The one exception is the VAE baseline (``config.loss.mode = "vae"``;
+``objectives.feature_head`` picks the head): its ``"gaussian"`` head maps to ``2d`` values,
+the mean ``μ`` and log-variance ``log σ²`` of a diagonal Gaussian posterior, not normalised. The encoder returns ``μ``
 (the features every evaluator reads) and, called with ``posterior=True``, ``(μ, log σ²)``.
 
 Upsampling (``config.model.upsample``), the decoder's only family-independent choice:
 
 * ``"conv_transpose"`` — 4×4 stride-2 transposed conv (CTRL's). Its weight gradient is
   very slow in XLA:CPU (docs/benchmarks.md); fine on GPU/TPU. Avoid it with
-  ``resnet18`` on CPU: one 4×4-map 512 → 256 layer alone took 2.9 s fwd+bwd at batch 128.
+  ``resnet18`` on CPU.
 * ``"pixel_shuffle"`` — 3×3 conv to ``4·C_out`` channels, then ``depth_to_space``.
   A stride-2 4×4 transposed conv is exactly such a conv with a sparsity pattern on
   its kernel, so this family contains CTRL's; it has 9/4 × the parameters.
 * ``"resize_conv"`` — nearest-neighbour 2× resize, then a 3×3 conv (Odena et al.
   2016: no checkerboard artefacts).
 
-Measured on this 2-core CPU (float32, jit, dcgan w = 64, 28×28, batch 128, one
-encoder + decoder forward and backward, median of 5): conv_transpose 1.17 s,
-pixel_shuffle 0.34 s, resize_conv 0.46 s.
+Their speed on CPU: docs/benchmarks.md.
 
 Conventions. Images ``x: (B, H, W, C)`` float32 in [−1, 1] (NHWC). ``train=True``
 uses batch statistics and updates the running ones (mutable ``"batch_stats"``;
@@ -62,7 +60,7 @@ Public API::
   (gaussian head: posterior=True -> (μ, log σ²), each (B, d) float32)
   decoder.apply({"params": p, "batch_stats": s}, z, train=False) -> x̂ (B, H, W, C)
   (with train=True pass mutable=["batch_stats"]; apply returns (out, {"batch_stats":…}))
-  count_params(tree) -> int;  l2_normalize(z);  depth_to_space(x, r)
+  count_params(tree) -> int;  depth_to_space(x, r)
 """
 
 from __future__ import annotations
@@ -76,6 +74,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from uctrl_jax import objectives
+from uctrl_jax import rate_reduction as rr
 
 Array = jax.Array
 
@@ -99,17 +98,6 @@ _resnet_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # ----------------------------------------------------------------------------
 # Pure helpers.
 # ----------------------------------------------------------------------------
-
-
-def l2_normalize(z: Array, eps: float = 1e-12) -> Array:
-  """Rows of ``z: (B, d)`` scaled to unit norm, in float32.
-
-  ``z / sqrt(max(|z|², eps))``: a zero row stays zero with a finite (zero) gradient,
-  where ``z / |z|`` would give NaN.
-  """
-  z = z.astype(jnp.float32)
-  sq = jnp.sum(z * z, axis=-1, keepdims=True)
-  return z * jax.lax.rsqrt(jnp.maximum(sq, eps))
 
 
 def depth_to_space(x: Array, r: int = 2) -> Array:
@@ -215,7 +203,7 @@ class ResBlock(nn.Module):
 
   features: int
   resample: Optional[str] = None
-  upsample: str = "pixel_shuffle"
+  upsample: Optional[str] = None  # the decoder's config.model.upsample; read with "up" only
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -251,8 +239,8 @@ class FeatureHead(nn.Module):
   """
 
   feature_dim: int
+  head: str
   kernel_init: Callable = nn.initializers.lecun_normal()
-  head: str = "sphere"
 
   @nn.compact
   def __call__(self, h: Array, posterior: bool = False):
@@ -264,7 +252,7 @@ class FeatureHead(nn.Module):
       self.feature_dim * (2 if gaussian else 1), dtype=jnp.float32, kernel_init=self.kernel_init
     )(h)
     if not gaussian:
-      return l2_normalize(out)
+      return rr.l2_normalize(out)
     mu, log_var = jnp.split(out, 2, axis=-1)
     return (mu, log_var) if posterior else mu
 
@@ -311,10 +299,10 @@ class DCGANEncoder(nn.Module):
 
   image_shape: Tuple[int, int, int]
   feature_dim: int
-  width: int = 64
-  dtype: Any = jnp.float32
-  depth: int = 0
-  head: str = "sphere"
+  width: int
+  dtype: Any
+  depth: int
+  head: str
 
   @nn.compact
   def __call__(self, x: Array, train: bool, posterior: bool = False):
@@ -355,9 +343,9 @@ class DCGANDecoder(nn.Module):
   """
 
   image_shape: Tuple[int, int, int]
-  width: int = 64
-  upsample: str = "pixel_shuffle"
-  dtype: Any = jnp.float32
+  width: int
+  upsample: str
+  dtype: Any
 
   @nn.compact
   def __call__(self, z: Array, train: bool) -> Array:
@@ -393,9 +381,9 @@ class ResNet18Encoder(nn.Module):
 
   image_shape: Tuple[int, int, int]
   feature_dim: int
-  width: int = 64
-  dtype: Any = jnp.float32
-  head: str = "sphere"
+  width: int
+  dtype: Any
+  head: str
 
   @nn.compact
   def __call__(self, x: Array, train: bool, posterior: bool = False):
@@ -426,9 +414,9 @@ class ResNet18Decoder(nn.Module):
   """
 
   image_shape: Tuple[int, int, int]
-  width: int = 64
-  upsample: str = "pixel_shuffle"
-  dtype: Any = jnp.float32
+  width: int
+  upsample: str
+  dtype: Any
 
   @nn.compact
   def __call__(self, z: Array, train: bool) -> Array:

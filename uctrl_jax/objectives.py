@@ -70,11 +70,6 @@ def training_views(config) -> int:
   return int(config.data.num_views) if reads_views(config) else 0
 
 
-def _unit(Z: Array) -> Array:
-  """Rows of ``Z: (..., n, d)`` scaled to unit norm (zero rows stay zero)."""
-  return Z * jax.lax.rsqrt(jnp.maximum(jnp.sum(Z * Z, axis=-1, keepdims=True), 1e-16))
-
-
 def views_mean_invariance(Z_views: Array) -> Array:
   """``(n,)``: per sample, the mean over its views of ``1 − cos(z_v, z̄)``.
 
@@ -84,8 +79,8 @@ def views_mean_invariance(Z_views: Array) -> Array:
   Args:
     Z_views: (V, n, d) float32 features of V views of n samples.
   """
-  target = _unit(jnp.mean(Z_views, axis=0))  # (n, d)
-  return jnp.mean(1.0 - jnp.sum(_unit(Z_views) * target[None], axis=-1), axis=0)
+  target = rr.views_mean_target(Z_views)  # (n, d)
+  return jnp.mean(1.0 - jnp.sum(rr.l2_normalize(Z_views) * target[None], axis=-1), axis=0)
 
 
 def mean_views_rate(Z_views: Array, eps_sq) -> Array:
@@ -129,7 +124,7 @@ def nt_xent(Z_views: Array, temperature) -> Array:
     temperature: T > 0.
   """
   V, n, _ = Z_views.shape
-  Z = _unit(Z_views.reshape(V * n, -1))
+  Z = rr.l2_normalize(Z_views.reshape(V * n, -1))
   logits = (Z @ Z.T) / temperature  # (Vn, Vn)
   eye = jnp.eye(V * n, dtype=bool)
   log_prob = logits - jax.nn.logsumexp(jnp.where(eye, -jnp.inf, logits), axis=1, keepdims=True)
@@ -193,7 +188,7 @@ def game_terms(config, Z: Array, Zhat: Array, Z_aug: Array, labels: Array) -> di
       loss.eps_sq,
       lambda_aug,
       0.0 if binary else loss.lambda_self,
-      loss.sample_distance,
+      sample_distance=loss.sample_distance,
       sample_reduction=loss.sample_reduction,
       aug_target=loss.aug_target,
     )

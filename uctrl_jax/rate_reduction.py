@@ -20,7 +20,9 @@ Sharding. Two ways to run on data sharded over devices, both exact:
 
 Public API (names used by the trainer, evaluators and users):
 ``coding_rate``, ``rate_reduction``, ``rate_distance``, ``pairwise_rate_distance``,
-``cosine_distance``, ``uctrl_objective``, ``ctrl_multi_objective``.
+``cosine_distance``, ``uctrl_objective``, ``ctrl_multi_objective``; and the feature
+helpers the models and objectives share: ``l2_normalize`` (unit rows, the encoder's last
+operation) and ``views_mean_target`` (the views' unit mean).
 
 Validation: ranks, shapes and static arguments raise ``ValueError`` at trace time.
 ``eps_sq`` and integer labels are value-checked whenever they are concrete (eager
@@ -380,6 +382,22 @@ def cosine_distance(U, V) -> Array:
   return _cosine_distance(U, V)
 
 
+def l2_normalize(Z, eps: float = 1e-12) -> Array:
+  """Rows of ``Z: (..., d)`` scaled to unit norm, in float32.
+
+  ``Z / sqrt(max(|z|², eps))``: a zero row stays zero with a finite (zero) gradient,
+  where ``Z / |Z|`` would give NaN.
+  """
+  Z = jnp.asarray(Z).astype(jnp.float32)
+  return Z * jax.lax.rsqrt(jnp.maximum(jnp.sum(Z * Z, axis=-1, keepdims=True), eps))
+
+
+def views_mean_target(Z_views) -> Array:
+  """``(n, d)``: EMP-SSL's target for the views of each sample, the unit mean ``z̄ᵢ`` of
+  its ``V`` view features ``Z_views: (V, n, d)`` (docs/method.md#the-game)."""
+  return l2_normalize(jnp.mean(Z_views, axis=0))
+
+
 def _sample_term(Z, Zs, eps_sq, sample_distance):
   """``Σᵢ dist(zᵢ, z'ᵢ)`` terms before reduction: (n,) per row, mean over views."""
   dist = (
@@ -400,8 +418,7 @@ def _aug_term(Z, Z_aug, eps_sq, sample_distance, aug_target):
   """
   if aug_target == "image":
     return _sample_term(Z, Z_aug, eps_sq, sample_distance)
-  mean = jnp.mean(Z_aug, axis=0)
-  target = mean * jax.lax.rsqrt(jnp.maximum(jnp.sum(mean * mean, axis=1, keepdims=True), 1e-16))
+  target = views_mean_target(Z_aug)
   return 0.5 * (
     _sample_term(target, Z[None], eps_sq, sample_distance)
     + _sample_term(target, Z_aug, eps_sq, sample_distance)
@@ -454,10 +471,10 @@ def uctrl_objective(
   eps_sq,
   lambda_aug,
   lambda_self,
-  sample_distance: str = "exact",
   *,
-  sample_reduction: str = "sum",
-  aug_target: str = "image",
+  sample_distance: str,
+  sample_reduction: str,
+  aug_target: str,
   axis_name: Optional[str] = None,
 ) -> Mapping[str, Array]:
   """Every term of the uCTRL game and both players' objectives (docs/method.md#the-game).
@@ -476,6 +493,8 @@ def uctrl_objective(
     eps_sq: ε² > 0.
     lambda_aug: λ₁ ≥ 0, weight of the augmentation-invariance term.
     lambda_self: λ₂ ≥ 0, weight of the self-consistency term.
+    sample_distance, sample_reduction, aug_target: required keywords, as
+      ``config.loss`` sets them (``configs/default.py`` holds the trainer's choice).
     sample_distance: "exact" (``pairwise_rate_distance``) or "cosine"
       (``cosine_distance``, the paper's footnote).
     sample_reduction: "sum" (the Σᵢ of docs/method.md#the-game over the global batch) or

@@ -1,12 +1,12 @@
 """The training loop: ``train_and_evaluate(config, workdir)`` runs the game's steps
 (``steps``) on batches from ``input_pipeline`` and hands the periodic work to the named
 actions of ``_Run``: ``log`` (console + TensorBoard scalars with clu, a progress/ETA
-line), ``health`` (``guards.HealthMonitor``'s warnings), ``images`` (reconstruction
+line), ``health`` (``health.HealthMonitor``'s warnings), ``images`` (reconstruction
 grids), ``checkpoint`` (orbax, ``checkpointing``), ``evaluate`` (the cheap evaluators of
 ``config.evals.during_training`` on a subset of both splits every
 ``config.train.eval_every`` steps and at the end, ``evaluate.PeriodicEval``, logged as
-``eval/...`` scalars) and ``stopped`` (preemption). The guards of ``guards`` (preemption
-signals, the BLAS cap) wrap the loop; non-finite values stop or roll back the run
+``eval/...`` scalars) and ``stopped`` (preemption). ``stop_signals`` and ``host_blas``
+wrap the loop; non-finite values (``nonfinite``) stop or roll back the run
 (``_check_or_roll_back``).
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from typing import Any, Callable, Mapping, Optional, Tuple
+from typing import Callable, Mapping, Optional, Tuple
 
 from absl import logging
 from clu import metric_writers
@@ -24,29 +24,29 @@ import jax
 import ml_collections
 
 from uctrl_jax import checkpointing
+from uctrl_jax import config_checks
 from uctrl_jax import console
 from uctrl_jax import distributed
 from uctrl_jax import evaluate
-from uctrl_jax import guards
+from uctrl_jax import health
+from uctrl_jax import host_blas
 from uctrl_jax import image_grid
 from uctrl_jax import input_pipeline
 from uctrl_jax import loading
+from uctrl_jax import nonfinite
 from uctrl_jax import sharding
 from uctrl_jax import steps
-from uctrl_jax import validation
+from uctrl_jax import stop_signals
 from uctrl_jax import workdir_files
 from uctrl_jax.state import TrainState, create_train_state
 
 
-def _flat_hparams(tree: Mapping[str, Any], prefix: str = "") -> dict:
+def _flat_hparams(config: ml_collections.ConfigDict) -> dict:
   """``{"train.batch_size": 128, ...}``; values TensorBoard cannot show become strings."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      flat.update(_flat_hparams(value, f"{prefix}{key}."))
-    else:
-      flat[prefix + key] = value if isinstance(value, (bool, int, float, str)) else str(value)
-  return flat
+  return {
+    key: value if isinstance(value, (bool, int, float, str)) else str(value)
+    for key, value in config_checks.flat_config(config.to_dict()).items()
+  }
 
 
 def _open_run(config: ml_collections.ConfigDict, workdir: str):
@@ -57,21 +57,21 @@ def _open_run(config: ml_collections.ConfigDict, workdir: str):
   Returns ``(mesh, image_shape, state, checkpointer, extra)``: ``extra`` is the restored
   checkpoint's record, {} for a new run.
   """
-  validation.validate_config(config, workdir)
+  config_checks.validate_config(config, workdir)
   mesh = sharding.create_mesh(mesh_config=config.mesh)
   info = input_pipeline.get_dataset_info(config)
   image_shape = info.image_shape
-  validation.check_training_labels(config, info)
+  config_checks.check_training_labels(config, info)
   if config.data.image_size is None:
     # "Keep the stored size": the shape is known only now, still before any compile.
-    validation.check_image_shape(config, image_shape)
-    validation.check_workdir_compatible(config, workdir, image_shape)
+    config_checks.check_image_shape(config, image_shape)
+    config_checks.check_workdir_compatible(config, workdir, image_shape)
   state = sharding.replicate(
     create_train_state(config, image_shape, jax.random.key(config.seed)), mesh
   )
   checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=config.train.max_to_keep)
   restored = checkpointer.restore_latest_readable(
-    state, check=lambda s: guards.check_finite(int(s.step), {}, s)
+    state, check=lambda s: nonfinite.check_finite(int(s.step), {}, s)
   )
   extra = {}
   if restored is not None:
@@ -138,9 +138,9 @@ class _Run:
       workdir, just_logging=jax.process_index() > 0
     )
     self.progress = self.new_progress()
-    self.monitor = guards.HealthMonitor(**config.train.health)
+    self.monitor = health.HealthMonitor(**config.train.health)
     if start == 0:
-      self.writer.write_hparams(_flat_hparams(config.to_dict()))
+      self.writer.write_hparams(_flat_hparams(config))
     self.batches_consumed, self.rollbacks = batches_consumed, 0
     self._train_seconds_before = train_seconds_before
     self._loop_start, self._eval_seconds = time.time(), 0.0
@@ -226,7 +226,7 @@ class _Run:
 def _check_or_roll_back(
   run: _Run, step: int, metrics: Mapping[str, float], state: TrainState
 ) -> Optional[Tuple[TrainState, int]]:
-  """``guards.check_finite`` of the logged ``metrics`` (may be empty) and ``state``.
+  """``nonfinite.check_finite`` of the logged ``metrics`` (may be empty) and ``state``.
 
   Returns None when all is finite; else, with ``train.on_nonfinite = "rollback"``, the
   state and step of the last checkpoint to go on from (with a warning). Raises
@@ -234,7 +234,7 @@ def _check_or_roll_back(
   """
   t = run.config.train
   try:
-    guards.check_finite(step, metrics, state)
+    nonfinite.check_finite(step, metrics, state)
   except FloatingPointError as e:
     last_good = run.checkpointer.latest_step()
     if t.on_nonfinite != "rollback" or last_good is None or run.rollbacks >= int(t.max_rollbacks):
@@ -276,7 +276,7 @@ def _holding_the_workdir(train_fn: Callable) -> Callable:
 
   @functools.wraps(train_fn)
   def train_holding_it(config, workdir):
-    validation.check_workdir_writable(workdir)  # its one-line error before any lock file
+    config_checks.check_workdir_writable(workdir)  # its one-line error before any lock file
     with workdir_files.training_lock(workdir):
       return train_fn(config, workdir)
 
@@ -296,7 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   * One writer: the run holds ``WORKDIR/train.lock`` (``workdir_files.training_lock``);
     a second training on the directory raises ``WorkdirBusyError`` naming the holder.
-  * Validation: ``validation.validate_config`` runs first (names, ranges, batch vs.
+  * Validation: ``config_checks.validate_config`` runs first (names, ranges, batch vs.
     devices, image size vs. model, a writable workdir whose earlier ``config.json``
     agrees on the architecture and data) and raises ``ConfigError`` before any compile.
   * Preemption: SIGTERM or SIGINT (single process) is noted by a handler and acted on
@@ -326,7 +326,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   batches_consumed)``, so it sees exactly the batches the uninterrupted run would
   have (``batches_consumed`` = step unless a rollback skipped batches). Not exact:
   after a rollback (by design, see above); when the seed, global batch size or process
-  count changes between runs (the stream itself changes; ``validation`` warns); on a
+  count changes between runs (the stream itself changes; ``config_checks`` warns); on a
   different device count or backend (reduction order changes the floats; GPU
   reductions may be nondeterministic unless XLA is told otherwise); the health
   monitor's running references (max ``R(Z)``, first MSE) restart at the resumed step;
@@ -335,7 +335,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   Returns:
     The final state (replicated over the mesh); after a preemption, the state saved.
   Raises:
-    validation.ConfigError: a bad config or workdir, before anything is compiled.
+    config_checks.ConfigError: a bad config or workdir, before anything is compiled.
     FloatingPointError: non-finite values with ``on_nonfinite = "stop"`` (or rollbacks
       exhausted, or nothing to roll back to).
     checkpointing.RunLoadError: checkpoints exist but none can be restored.
@@ -353,7 +353,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   run = _Run(config, workdir, image_shape, checkpointer, start, batches_consumed, seconds_before)
   stop = None
   try:
-    with guards.StopSignals() as stop_signals, guards.limit_host_blas(t.host_blas_threads):
+    with stop_signals.StopSignals() as signals, host_blas.limit_host_blas(t.host_blas_threads):
       while step < t.num_steps:
         host_batch = next(batches)
         run.batches_consumed += 1
@@ -366,7 +366,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         log_now = step % t.log_every == 0 or last
         save_now = step % t.checkpoint_every == 0 or last
         # Kept once seen: a multi-process sync point answers yes at one step only.
-        stop = stop or stop_signals.requested(step)
+        stop = stop or signals.requested(step)
         if log_now:
           metrics = jax.device_get(metrics)
         # The state is checked wherever it could reach a checkpoint, so a NaN born

@@ -17,7 +17,7 @@ Each module has a pure ``evaluate(...)`` on arrays returning ``{metric: float}``
 
 and says what the registry needs to run it (an evaluator is one module of this package):
 
-    NEEDS_DECODER = False          # reads g (context.decode, context.x_hat); default False
+    NEEDS_DECODER = False          # reads g (context.decode, context.xhat_test); default False
     NEEDS_LABELS = ("train", "test")  # splits whose labels every metric needs; default ()
     def needs_labels(options): ... # instead of NEEDS_LABELS where the options decide
     OPTIONAL_LABELS = ("train",)   # splits whose labels some metrics need; default ()
@@ -66,7 +66,7 @@ import numpy as np
 
 from uctrl_jax.evaluators import common
 
-_HELPERS = ("common",)  # modules of this package that are not evaluators
+_HELPERS = ("common", "precision_recall")  # modules of this package that are not evaluators
 
 
 def _names() -> tuple[str, ...]:
@@ -138,12 +138,12 @@ class Context:
     return self._run(self.encode, self.data.x_test)
 
   @functools.cached_property
-  def x_hat(self) -> np.ndarray:  # (m, H, W, C) = g(f(x_test))
+  def xhat_test(self) -> np.ndarray:  # (m, H, W, C) = g(f(x_test))
     return self._run(self.decode, self.z_test).reshape(self.data.x_test.shape)
 
   @functools.cached_property
   def zhat_test(self) -> np.ndarray:  # (m, d) = f(g(f(x_test)))
-    return self._run(self.encode, self.x_hat)
+    return self._run(self.encode, self.xhat_test)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,8 +31,9 @@ def as_labels(name: str, y, n: int) -> np.ndarray:
 
 
 def l2_normalize(Z: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-  """Rows of ``Z: (n, d)`` scaled to unit norm (zero rows stay zero)."""
-  norms = np.linalg.norm(Z, axis=1, keepdims=True)
+  """Rows of ``Z: (..., d)`` scaled to unit norm (zero rows stay zero): the NumPy twin of
+  ``rate_reduction.l2_normalize``."""
+  norms = np.linalg.norm(Z, axis=-1, keepdims=True)
   return Z / np.maximum(norms, eps)
 
 

@@ -85,18 +85,19 @@ def evaluate(
   zhat_test,
   *,
   x_test=None,
-  x_hat=None,
+  xhat_test=None,
   inception_path: Optional[str] = None,
   batch_size: int = 100,
 ) -> dict[str, float]:
-  """Metrics of the module docstring; ``fid`` needs ``x_test``, ``x_hat`` and ``inception_path``."""
+  """Metrics of the module docstring; ``fid`` needs ``x_test``, ``xhat_test`` and
+  ``inception_path``."""
   out = {"frechet_z_zhat": frechet_distance(z_test, zhat_test)}
   if not inception_path:
     logging.info("%s", SKIP_MESSAGE)
     return out
   features = load_inception(inception_path)
   real = common.batched(features, x_test, batch_size)
-  fake = common.batched(features, x_hat, batch_size)
+  fake = common.batched(features, xhat_test, batch_size)
   out["fid"] = frechet_distance(real, fake)
   return out
 
@@ -107,7 +108,7 @@ def run(context, **options) -> dict[str, float]:
     context.z_test,
     context.zhat_test,
     x_test=context.data.x_test,
-    x_hat=context.x_hat,
+    xhat_test=context.xhat_test,
     batch_size=context.batch_size,
     **options,
   )

@@ -1,4 +1,4 @@
-"""Generation scored by the dataset's judge network (``uctrl_jax/judge.py``).
+"""Generation scored by the dataset's judge network (``uctrl_jax/judge_network.py``).
 
 Protocol (docs/method.md#evaluation-protocols): a small CNN classifier trained once on the
 labelled training split and cached labels images (its logits) and embeds them (its
@@ -37,7 +37,7 @@ from typing import Optional
 import jax
 import numpy as np
 
-from uctrl_jax import judge as judge_lib
+from uctrl_jax import judge_network
 from uctrl_jax.evaluators import common
 from uctrl_jax.evaluators import conditional_generation as cg
 from uctrl_jax.evaluators import fid
@@ -102,17 +102,17 @@ def run(
 
   Args:
     context: reads ``data`` (train images and labels, test images and labels, classes),
-      ``decode``, ``z_train``, ``x_hat`` and ``batch_size``.
+      ``decode``, ``z_train``, ``xhat_test`` and ``batch_size``.
     name: the dataset and training split, the readable part of the judge's cache file.
-    cache_dir: where judges are cached (None: ``judge.default_cache_dir()``).
+    cache_dir: where judges are cached (None: ``judge_network.default_cache_dir()``).
     num_samples: images per compared set (None: the number of test images).
     k: the neighbourhood of precision/recall (Kynkäänniemi et al.: 3).
     num_clusters, num_components, seed, use_labels: the conditional sampler's, as
       ``config.evals.conditional_generation`` (None clusters: the number of classes).
-    recipe: overrides of ``judge.RECIPE``.
+    recipe: overrides of ``judge_network.RECIPE``.
   """
   data = context.data
-  judge = judge_lib.load_or_train(
+  judge = judge_network.load_or_train(
     data.x_train,
     data.y_train,
     data.num_classes,
@@ -134,7 +134,7 @@ def run(
   subset = np.sort(np.asarray(jax.random.permutation(key_real, len(data.x_train)))[:n])
   images = {
     "real": data.x_train[subset],
-    "recon": context.x_hat,
+    "recon": context.xhat_test,
     "uncond": decode(uncond.features),
     "cond": decode(cond.features),
   }

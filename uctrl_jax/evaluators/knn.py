@@ -31,9 +31,9 @@ def _votes(queries, reference, reference_labels, temperature, *, k: int, num_cla
 
 
 def weighted_knn(
-  train_z,
-  train_y,
-  test_z,
+  z_train,
+  y_train,
+  z_test,
   *,
   num_classes: int | None = None,
   k: int = 20,
@@ -43,49 +43,49 @@ def weighted_knn(
   """Predicted labels ``(n_test,)`` int64 of the weighted kNN classifier.
 
   Args:
-    train_z: (n, d) features (or (n, H, W, C) images, flattened) of the reference set.
-    train_y: (n,) int labels.
-    test_z: (m, d) query features.
-    num_classes: C; default ``max(train_y) + 1``.
+    z_train: (n, d) features (or (n, H, W, C) images, flattened) of the reference set.
+    y_train: (n,) int labels.
+    z_test: (m, d) query features.
+    num_classes: C; default ``max(y_train) + 1``.
     k: neighbours (clipped to n).
     temperature: T of the vote weights ``exp(cos / T)``.
     chunk_size: queries per jitted call; the ``(chunk, n)`` similarity matrix is the
       memory peak (500 × 60 000 float32 = 120 MB).
   """
-  train_z, test_z = common.as_features("train_z", train_z), common.as_features("test_z", test_z)
-  train_y = common.as_labels("train_y", train_y, len(train_z))
-  if train_z.shape[1] != test_z.shape[1]:
+  z_train, z_test = common.as_features("z_train", z_train), common.as_features("z_test", z_test)
+  y_train = common.as_labels("y_train", y_train, len(z_train))
+  if z_train.shape[1] != z_test.shape[1]:
     raise ValueError(
-      f"train_z and test_z must have the same width; got {train_z.shape}, {test_z.shape}"
+      f"z_train and z_test must have the same width; got {z_train.shape}, {z_test.shape}"
     )
-  num_classes = int(train_y.max()) + 1 if num_classes is None else int(num_classes)
-  reference = jnp.asarray(common.l2_normalize(train_z))
-  labels = jnp.asarray(train_y, jnp.int32)
-  k = min(int(k), len(train_z))
+  num_classes = int(y_train.max()) + 1 if num_classes is None else int(num_classes)
+  reference = jnp.asarray(common.l2_normalize(z_train))
+  labels = jnp.asarray(y_train, jnp.int32)
+  k = min(int(k), len(z_train))
   votes = common.batched(
     lambda q: _votes(jnp.asarray(q), reference, labels, temperature, k=k, num_classes=num_classes),
-    common.l2_normalize(test_z),
+    common.l2_normalize(z_test),
     chunk_size,
   )
   return votes.argmax(axis=1)
 
 
 def evaluate(
-  train_z,
-  train_y,
-  test_z,
-  test_y,
+  z_train,
+  y_train,
+  z_test,
+  y_test,
   *,
   num_classes: int | None = None,
   k: int = 20,
   temperature: float = 0.07,
 ) -> dict[str, float]:
   """``{"top1": %}`` of ``weighted_knn`` on the test set."""
-  test_y = common.as_labels("test_y", test_y, len(test_z))
+  y_test = common.as_labels("y_test", y_test, len(z_test))
   pred = weighted_knn(
-    train_z, train_y, test_z, num_classes=num_classes, k=k, temperature=temperature
+    z_train, y_train, z_test, num_classes=num_classes, k=k, temperature=temperature
   )
-  return {"top1": common.accuracy(test_y, pred)}
+  return {"top1": common.accuracy(y_test, pred)}
 
 
 def run(context, **options) -> dict[str, float]:

@@ -27,11 +27,11 @@ NEEDS_DECODER = False
 NEEDS_LABELS = ("train", "test")
 
 
-def standardize(train_z: np.ndarray, test_z: np.ndarray, eps: float = 1e-6):
+def standardize(z_train: np.ndarray, z_test: np.ndarray, eps: float = 1e-6):
   """Both ``(n, d)`` sets scaled by the training set's per-dimension mean and std."""
-  mean, std = train_z.mean(axis=0), train_z.std(axis=0)
+  mean, std = z_train.mean(axis=0), z_train.std(axis=0)
   # eps: constant dimensions (black pixel borders) must not divide by zero.
-  return (train_z - mean) / (std + eps), (test_z - mean) / (std + eps)
+  return (z_train - mean) / (std + eps), (z_test - mean) / (std + eps)
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
@@ -59,10 +59,10 @@ def _fit(Z, y, lr, weight_decay, *, num_classes: int, steps: int):
 
 
 def evaluate(
-  train_z,
-  train_y,
-  test_z,
-  test_y,
+  z_train,
+  y_train,
+  z_test,
+  y_test,
   *,
   num_classes: int | None = None,
   steps: int = 500,
@@ -72,20 +72,20 @@ def evaluate(
   """``{"top1": %, "train_top1": %}`` of the linear probe (module docstring).
 
   Args:
-    train_z, test_z: (n, d), (m, d) features (images are flattened).
-    train_y, test_y: (n,), (m,) int labels.
-    num_classes: C; default ``max(train_y, test_y) + 1``.
+    z_train, z_test: (n, d), (m, d) features (images are flattened).
+    y_train, y_test: (n,), (m,) int labels.
+    num_classes: C; default ``max(y_train, y_test) + 1``.
     steps, lr, weight_decay: the optimisation protocol above.
   """
-  train_z, test_z = common.as_features("train_z", train_z), common.as_features("test_z", test_z)
-  train_y = common.as_labels("train_y", train_y, len(train_z))
-  test_y = common.as_labels("test_y", test_y, len(test_z))
+  z_train, z_test = common.as_features("z_train", z_train), common.as_features("z_test", z_test)
+  y_train = common.as_labels("y_train", y_train, len(z_train))
+  y_test = common.as_labels("y_test", y_test, len(z_test))
   if num_classes is None:
-    num_classes = int(max(train_y.max(), test_y.max())) + 1
-  train_s, test_s = standardize(train_z, test_z)
+    num_classes = int(max(y_train.max(), y_test.max())) + 1
+  train_s, test_s = standardize(z_train, z_test)
   W, b = _fit(
     jnp.asarray(train_s),
-    jnp.asarray(train_y, jnp.int32),
+    jnp.asarray(y_train, jnp.int32),
     jnp.float32(lr),
     jnp.float32(weight_decay),
     num_classes=int(num_classes),
@@ -93,8 +93,8 @@ def evaluate(
   )
   W, b = np.asarray(W), np.asarray(b)
   return {
-    "top1": common.accuracy(test_y, (test_s @ W + b).argmax(1)),
-    "train_top1": common.accuracy(train_y, (train_s @ W + b).argmax(1)),
+    "top1": common.accuracy(y_test, (test_s @ W + b).argmax(1)),
+    "train_top1": common.accuracy(y_train, (train_s @ W + b).argmax(1)),
   }
 
 

@@ -21,21 +21,21 @@ NEEDS_LABELS = ("train", "test")
 
 
 def class_subspaces(
-  train_z, train_y, num_classes: int, n_components: int, rtol: float = 1e-6
+  z_train, y_train, num_classes: int, n_components: int, rtol: float = 1e-6
 ) -> np.ndarray:
   """``(C, d, r)`` orthonormal bases (zero columns where a class has fewer directions).
 
   Args:
-    train_z: (n, d) features.
-    train_y: (n,) int labels in ``[0, num_classes)``.
+    z_train: (n, d) features.
+    y_train: (n,) int labels in ``[0, num_classes)``.
     n_components: r, clipped to d.
     rtol: singular values below ``rtol · s_max`` of a class count as zero.
   """
-  d = train_z.shape[1]
+  d = z_train.shape[1]
   r = min(int(n_components), d)
   bases = np.zeros((num_classes, d, r), np.float32)
   for c in range(num_classes):
-    Zc = train_z[train_y == c]
+    Zc = z_train[y_train == c]
     if not len(Zc):
       continue  # an empty class has no subspace: residual |z|, never preferred
     _, s, Vt = np.linalg.svd(Zc.astype(np.float64), full_matrices=False)
@@ -52,16 +52,16 @@ def residuals(Z: np.ndarray, bases: np.ndarray) -> np.ndarray:
 
 
 def evaluate(
-  train_z, train_y, test_z, test_y, *, num_classes: int | None = None, n_components: int = 10
+  z_train, y_train, z_test, y_test, *, num_classes: int | None = None, n_components: int = 10
 ) -> dict[str, float]:
   """``{"top1": %}`` of the nearest-subspace classifier (module docstring)."""
-  train_z, test_z = common.as_features("train_z", train_z), common.as_features("test_z", test_z)
-  train_y = common.as_labels("train_y", train_y, len(train_z))
-  test_y = common.as_labels("test_y", test_y, len(test_z))
+  z_train, z_test = common.as_features("z_train", z_train), common.as_features("z_test", z_test)
+  y_train = common.as_labels("y_train", y_train, len(z_train))
+  y_test = common.as_labels("y_test", y_test, len(z_test))
   if num_classes is None:
-    num_classes = int(max(train_y.max(), test_y.max())) + 1
-  bases = class_subspaces(train_z, train_y, int(num_classes), n_components)
-  return {"top1": common.accuracy(test_y, residuals(test_z, bases).argmin(axis=1))}
+    num_classes = int(max(y_train.max(), y_test.max())) + 1
+  bases = class_subspaces(z_train, y_train, int(num_classes), n_components)
+  return {"top1": common.accuracy(y_test, residuals(z_test, bases).argmin(axis=1))}
 
 
 def run(context, **options) -> dict[str, float]:

@@ -26,12 +26,12 @@ NEEDS_LABELS = ()
 OPTIONAL_LABELS = ("train", "test")
 
 
-def mse_psnr(x, x_hat) -> dict[str, float]:
+def mse_psnr(x, xhat) -> dict[str, float]:
   """``{"mse", "psnr"}`` of images in [-1, 1] (any equal shapes)."""
-  x, x_hat = np.asarray(x, np.float64), np.asarray(x_hat, np.float64)
-  if x.shape != x_hat.shape:
-    raise ValueError(f"x and x_hat must have one shape; got {x.shape}, {x_hat.shape}")
-  mse = float(np.mean((x - x_hat) ** 2))
+  x, xhat = np.asarray(x, np.float64), np.asarray(xhat, np.float64)
+  if x.shape != xhat.shape:
+    raise ValueError(f"x and xhat must have one shape; got {x.shape}, {xhat.shape}")
+  mse = float(np.mean((x - xhat) ** 2))
   psnr = float("inf") if mse == 0.0 else float(10.0 * np.log10(4.0 / mse))
   return {"mse": mse, "psnr": psnr}
 
@@ -41,7 +41,7 @@ def evaluate(
   y_train,
   x_test,
   y_test,
-  x_hat,
+  xhat_test,
   *,
   num_classes: int | None = None,
   k: int = 20,
@@ -52,9 +52,9 @@ def evaluate(
   Args:
     x_train, y_train: (n, H, W, C) real training images in [-1, 1], (n,) labels or None.
     x_test, y_test: (m, H, W, C) real test images, (m,) labels or None.
-    x_hat: (m, H, W, C) reconstructions ``g(f(x_test))``.
+    xhat_test: (m, H, W, C) reconstructions ``g(f(x_test))``.
   """
-  out = mse_psnr(x_test, x_hat)
+  out = mse_psnr(x_test, xhat_test)
   if y_train is None or y_test is None:
     return out
   y_test = common.as_labels("y_test", y_test, len(x_test))
@@ -62,7 +62,7 @@ def evaluate(
   pred = knn.weighted_knn(
     x_train,
     y_train,
-    np.concatenate([x_test, x_hat]),
+    np.concatenate([x_test, xhat_test]),
     num_classes=num_classes,
     k=k,
     temperature=temperature,
@@ -81,7 +81,7 @@ def run(context, **options) -> dict[str, float]:
     data.y_train,
     data.x_test,
     data.y_test,
-    context.x_hat,
+    context.xhat_test,
     num_classes=data.num_classes,
     **options,
   )

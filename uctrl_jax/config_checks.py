@@ -1,4 +1,5 @@
-"""Checks a run's config and work directory before anything is compiled.
+"""The config checks: a run's config, its work directory and main.py's command-line
+overrides, checked before anything is compiled.
 
 ``validate_config(config, workdir)`` raises ``ConfigError`` (a ``ValueError``) with one
 line naming the setting and what is allowed, so a bad value costs seconds instead of a
@@ -311,11 +312,13 @@ def check_workdir_writable(workdir: str) -> None:
     raise ConfigError(f"work directory {workdir!r} is not writable: {e.strerror or e}") from None
 
 
-def _flat(tree, prefix: str = "") -> dict:
+def flat_config(tree, prefix: str = "") -> dict:
+  """``{"train.batch_size": 128, ...}``: the leaves of a nested config (a ``ConfigDict`` or
+  its ``to_dict()``) under their dotted keys, in the config's order."""
   out = {}
   for key, value in tree.items():
     if isinstance(value, (dict, ml_collections.ConfigDict)):
-      out.update(_flat(value, f"{prefix}{key}."))
+      out.update(flat_config(value, f"{prefix}{key}."))
     else:
       out[prefix + key] = value
   return out
@@ -339,10 +342,10 @@ def check_workdir_compatible(
   if not os.path.exists(path):
     return
   try:
-    saved = _flat(checkpointing.load_config(workdir).to_dict())
+    saved = flat_config(checkpointing.load_config(workdir).to_dict())
   except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
     raise ConfigError(f"cannot read the earlier run's config {path}: {e}") from None
-  new = _flat(config.to_dict())
+  new = flat_config(config.to_dict())
   keys = list(_MUST_MATCH)
   # data.image_size None means "the stored size": compare the resolved shape instead.
   if image_shape is not None and "data.image_shape" in saved:
