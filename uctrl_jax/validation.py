@@ -54,6 +54,7 @@ from uctrl_jax import evaluators
 from uctrl_jax import models
 from uctrl_jax import objectives
 from uctrl_jax import rate_reduction as rr
+from uctrl_jax import workdir_files
 
 ON_NONFINITE = ("stop", "rollback")
 
@@ -300,9 +301,13 @@ def check_image_shape(
 
 
 def check_workdir_writable(workdir: str) -> None:
-  """``workdir`` exists (created if needed) and a file can be written in it."""
+  """``workdir`` exists (created if needed) and a file can be written in it. A bucket
+  (``gs://...``) is left to its first write: it has no directories to create, and a
+  test write costs a request."""
   if not workdir:
     raise ConfigError("no work directory given")
+  if not workdir_files.is_local(workdir):
+    return
   try:
     os.makedirs(workdir, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test_"):
@@ -311,17 +316,18 @@ def check_workdir_writable(workdir: str) -> None:
     raise ConfigError(f"work directory {workdir!r} is not writable: {e.strerror or e}") from None
 
 
-def _flat(tree, prefix: str = "") -> dict:
+def flatten(tree, prefix: str = "") -> dict:
+  """``{"train.batch_size": 512, ...}``: the leaves of a (nested) config or dict."""
   out = {}
   for key, value in tree.items():
     if isinstance(value, (dict, ml_collections.ConfigDict)):
-      out.update(_flat(value, f"{prefix}{key}."))
+      out.update(flatten(value, f"{prefix}{key}."))
     else:
       out[prefix + key] = value
   return out
 
 
-def _normal(value):
+def json_normal(value):
   """JSON normal form, so a tuple in the new config equals the list read back."""
   return json.loads(json.dumps(value, default=str))
 
@@ -335,18 +341,18 @@ def check_workdir_compatible(
   dimension, dataset, image size or shape); logs a warning for changed settings a resume
   survives (``_WARN_IF_CHANGED``). No saved config: nothing to compare.
   """
-  path = os.path.join(workdir, checkpointing.CONFIG_FILENAME)
-  if not os.path.exists(path):
+  path = workdir_files.path(workdir, checkpointing.CONFIG_FILENAME)
+  if not path.exists():
     return
   try:
-    saved = _flat(checkpointing.load_config(workdir).to_dict())
+    saved = flatten(checkpointing.load_config(workdir).to_dict())
   except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
     raise ConfigError(f"cannot read the earlier run's config {path}: {e}") from None
-  new = _flat(config.to_dict())
+  new = flatten(config.to_dict())
   keys = list(_MUST_MATCH)
   # data.image_size None means "the stored size": compare the resolved shape instead.
   if image_shape is not None and "data.image_shape" in saved:
-    if _normal(list(image_shape)) != _normal(saved["data.image_shape"]):
+    if json_normal(list(image_shape)) != json_normal(saved["data.image_shape"]):
       raise ConfigError(
         f"{workdir} holds a run on images of shape "
         f"{tuple(saved['data.image_shape'])}, this config gives "
@@ -356,7 +362,7 @@ def check_workdir_compatible(
     keys.append("data.image_size")
   for key in keys:
     # A key the earlier run's code did not know yet cannot be compared.
-    if key in saved and _normal(new.get(key)) != _normal(saved[key]):
+    if key in saved and json_normal(new.get(key)) != json_normal(saved[key]):
       raise ConfigError(
         f"{workdir} holds a run with config.{key} = {saved.get(key)!r}, this "
         f"config has {new.get(key)!r}; a resume would not fit its "
@@ -375,7 +381,7 @@ def check_workdir_compatible(
           "fit its checkpoints: use a fresh --workdir"
         )
   for key in _WARN_IF_CHANGED:
-    if key in saved and _normal(new.get(key)) != _normal(saved.get(key)):
+    if key in saved and json_normal(new.get(key)) != json_normal(saved.get(key)):
       logging.warning(
         "resuming %s with config.%s = %r (was %r): the run changes course here",
         workdir,
@@ -387,8 +393,8 @@ def check_workdir_compatible(
 
 
 def _has_checkpoint(workdir: str) -> bool:
-  directory = os.path.join(workdir, checkpointing.CHECKPOINT_SUBDIR)
-  return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+  directory = workdir_files.path(workdir, checkpointing.CHECKPOINT_SUBDIR)
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
 def _check_lr_curve_kept(config, workdir: str, saved: dict, new: dict) -> None:
