@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 
 from absl import app
@@ -55,14 +56,41 @@ def _flag_errors_in_one_line(argv):
   except (flags.Error, KeyError, AttributeError, OSError) as e:
     from uctrl_jax import validation  # pylint: disable=import-outside-toplevel
 
-    message = validation.command_line_error(e, argv, _state["default_config"])
+    message = validation.command_line_error(e, argv, _config_file(argv))
     raise SystemExit(f"error: {message}") from None
+
+
+def _config_file(argv) -> str:
+  """The config file ``argv`` names (``--config=PATH`` or ``--config PATH``, the last
+  wins), or the default one."""
+  path = _state["default_config"]
+  for i, arg in enumerate(argv):
+    if re.fullmatch(r"--?config", arg) and i + 1 < len(argv):
+      path = argv[i + 1]
+    elif re.match(r"--?config=", arg):
+      path = arg.split("=", 1)[1]
+  return path
+
+
+def _config_package_importable(argv) -> None:
+  """A config file inside a package (``configs/fashion_mnist.py`` beside
+  ``configs/__init__.py``) imports its siblings as that package (``from configs import
+  default``): the package's parent directory joins ``sys.path`` (last, shadowing nothing),
+  as the script's directory does for ``python main.py`` but not for the ``uctrl``
+  command."""
+  path = _config_file(argv).split(":", 1)[0]
+  package = os.path.dirname(os.path.abspath(os.path.expanduser(path)))
+  if os.path.isfile(os.path.join(package, "__init__.py")):
+    parent = os.path.dirname(package)
+    if parent not in sys.path:
+      sys.path.append(parent)
 
 
 def define_flags(default_config: str, program: str = "main.py") -> None:
   """Defines the flags (once per process); ``default_config``: the config file read when
   ``--config`` is not given."""
   _state.update(default_config=default_config, program=program)
+  _config_package_importable(sys.argv)
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and figures.")
   flags.DEFINE_enum(
     "mode",

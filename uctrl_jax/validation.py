@@ -473,19 +473,9 @@ def unknown_key(config: ml_collections.ConfigDict, dotted: str) -> Optional[str]
   return None
 
 
-def _config_file(argv: Sequence[str], default: str) -> str:
-  """The config file ``argv`` names (``--config=PATH`` or ``--config PATH``, the last wins)."""
-  path = default
-  for i, arg in enumerate(argv):
-    if re.fullmatch(r"--?config", arg) and i + 1 < len(argv):
-      path = argv[i + 1]
-    elif re.match(r"--?config=", arg):
-      path = arg.split("=", 1)[1]
-  return path
-
-
-def command_line_error(error: Exception, argv: Sequence[str], default_config: str) -> str:
-  """One line for ``error``, raised while main.py's flags ``argv`` were parsed.
+def command_line_error(error: Exception, argv: Sequence[str], config_file: str) -> str:
+  """One line for ``error``, raised while main.py's flags ``argv`` were parsed
+  (``config_file``: the config file they name, or the default one).
 
   ml_collections raises KeyError/AttributeError for an override of a key the config
   lacks: the config file is read again and each override's key looked up
@@ -499,7 +489,7 @@ def command_line_error(error: Exception, argv: Sequence[str], default_config: st
     from ml_collections.config_flags import config_flags
 
     try:
-      config = config_flags.ConfigFileFlagParser("config").parse(_config_file(argv, default_config))
+      config = config_flags.ConfigFileFlagParser("config").parse(config_file)
       overrides = [
         arg.lstrip("-").split("=", 1)[0].split(".", 1)[1]
         for arg in argv
@@ -515,5 +505,5 @@ def command_line_error(error: Exception, argv: Sequence[str], default_config: st
   lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(error).__name__]
   if isinstance(error, OSError) or "Error whilst parsing config file" in text:
     # ml_collections: the file's own error (missing file, its exception) comes last.
-    return f"cannot load the config file {_config_file(argv, default_config)}: {lines[-1]}"
+    return f"cannot load the config file {config_file}: {lines[-1]}"
   return lines[0][len("flag ") :] if lines[0].startswith("flag --") else lines[0]
