@@ -116,6 +116,12 @@ def write_image_folder(root, shape=(28, 28), per_class=(6, 3), seed=0):
 
 
 @pytest.fixture(scope="session")
+def make_image_folder():
+  """``write_image_folder`` as a fixture."""
+  return write_image_folder
+
+
+@pytest.fixture(scope="session")
 def tiny_folder_run(tmp_path_factory):
   """``(workdir, folder)``: configs/tiny.py trained 2 steps in-process on a labelled image
   folder (``write_image_folder``), no in-training evaluation. Shared: only read it."""
