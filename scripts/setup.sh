@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for uctrl-jax: the Debian Fashion-MNIST files (offline data,
-# docs/method.md#data-without-network) and a virtual environment at .venv with the pinned
-# requirements. Idempotent: a second run installs nothing new.
+# docs/method.md#data-without-network) and a virtual environment at .venv holding the
+# package, editable, with its pinned dependencies and the `dev` extra (pytest, ruff), all
+# from pyproject.toml. Idempotent: a second run installs nothing new.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,6 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -r requirements.txt
-# The package itself, editable, so `import uctrl_jax` works from any directory.
-.venv/bin/python -m pip install -q --no-deps -e .
+# Editable: `import uctrl_jax` and the `uctrl` command work from any directory and follow
+# the checkout.
+.venv/bin/python -m pip install -q -e ".[dev]"

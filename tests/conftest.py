@@ -98,6 +98,47 @@ def random_npz(tmp_path_factory):
 MOCK_EXAMPLES = 48
 
 
+def write_image_folder(root, shape=(28, 28), per_class=(6, 3), seed=0):
+  """A labelled ``image_folder:`` of random grayscale PNGs ``root/{train,test}/{a,b}/NN.png``
+  (``per_class``: images per class in train, test); returns ``root``."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  rng = np.random.default_rng(seed)
+  for split, n in zip(("train", "test"), per_class):
+    for label in ("a", "b"):
+      folder = root / split / label
+      folder.mkdir(parents=True)
+      for i in range(n):
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:02d}.png")
+  return root
+
+
+@pytest.fixture(scope="session")
+def make_image_folder():
+  """``write_image_folder`` as a fixture."""
+  return write_image_folder
+
+
+@pytest.fixture(scope="session")
+def tiny_folder_run(tmp_path_factory):
+  """``(workdir, folder)``: configs/tiny.py trained 2 steps in-process on a labelled image
+  folder (``write_image_folder``), no in-training evaluation. Shared: only read it."""
+  from configs import tiny  # pylint: disable=import-outside-toplevel
+  from uctrl_jax import train  # pylint: disable=import-outside-toplevel
+
+  base = tmp_path_factory.mktemp("tiny_folder_run")
+  folder = write_image_folder(base / "images")
+  config = tiny.get_config()
+  config.data.name = f"image_folder:{folder}"
+  config.train.num_steps = 2
+  config.train.eval_every = 0
+  workdir = str(base / "run")
+  train.train_and_evaluate(config, workdir)
+  return workdir, str(folder)
+
+
 @pytest.fixture(scope="session")
 def mock_metadata_dir(tmp_path_factory):
   """cifar10 metadata saying each split has MOCK_EXAMPLES examples."""

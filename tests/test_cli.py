@@ -174,3 +174,92 @@ def test_load_of_an_unreadable_config(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps({"data": {}}))
   with pytest.raises(checkpointing.RunLoadError, match="cannot read the run's config"):
     uctrl_jax.load(str(tmp_path))
+
+
+# ------------------------------------------------------------------ uctrl, eval and embed alone
+
+# `uctrl ARGS` without the console script: the function it calls (pyproject.toml).
+UCTRL = "import sys; sys.argv[0] = 'uctrl'; from uctrl_jax import cli; cli.run_uctrl()"
+
+
+def test_uctrl_help_lists_the_commands():
+  proc = subprocess.run(
+    [sys.executable, "-c", UCTRL, "--help"], cwd=REPO, capture_output=True, text=True, timeout=600
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for command in ("uctrl train --config=", "uctrl eval --workdir=", "uctrl embed --workdir="):
+    assert command in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (["fit", "--workdir=W"], "error: unknown command 'fit': uctrl train | eval | embed"),
+    (["eval", "--workdir=W", "--mode=train"], "error: uctrl eval takes no --mode"),
+    (["train", "--workdir=W"], "error: uctrl train needs --config=FILE"),
+  ],
+  ids=["unknown-command", "mode-flag", "train-without-config"],
+)
+def test_uctrl_bad_command(tmp_path, args, message):
+  status, stderr = _main(*args, code=UCTRL)
+  _assert_one_line_error(status, stderr, message)
+
+
+@pytest.mark.parametrize(
+  "flags, message",
+  [
+    (
+      ["--config.data.name=cifar10"],
+      "error: --config.data.name cannot change for an existing run's evaluation: the model "
+      "was trained on data.name = 'fashion_mnist'",
+    ),
+    (["--config.model.width=64"], "error: --config.model.width cannot change"),
+    (["--config=configs/cifar.py"], "error: --config=configs/cifar.py has data.name = 'cifar10'"),
+  ],
+  ids=["data", "model", "config-file"],
+)
+@pytest.mark.parametrize("mode", ["eval", "embed"])
+def test_an_existing_runs_evaluation_refuses_another_data_or_model(tmp_path, mode, flags, message):
+  _saved_run(tmp_path)
+  status, stderr = _main(f"--mode={mode}", f"--workdir={tmp_path}", *flags)
+  _assert_one_line_error(status, stderr, message)
+
+
+def test_an_existing_runs_evaluation_takes_evaluation_options(tmp_path):
+  # The run's own data name repeated and an evaluation option: accepted, so the command
+  # goes on to the checkpoint (which this run lacks).
+  _saved_run(tmp_path)
+  status, stderr = _main(
+    "--mode=eval",
+    f"--workdir={tmp_path}",
+    "--config.data.name=fashion_mnist",
+    "--config.evals.knn.k=5",
+  )
+  _assert_one_line_error(status, stderr, f"error: {tmp_path} holds no checkpoint to load")
+
+
+@pytest.mark.parametrize(
+  "flags, message",
+  [
+    (["--data=image_folder:{empty}"], "holds no images"),
+    (["--data=image_folder:{empty}/missing"], "no such file or directory"),
+  ],
+  ids=["empty-folder", "missing-folder"],
+)
+def test_embed_of_bad_data(tmp_path, flags, message):
+  _saved_run(tmp_path)
+  (tmp_path / "empty").mkdir()
+  flags = [f.format(empty=tmp_path / "empty") for f in flags]
+  status, stderr = _main("--mode=embed", f"--workdir={tmp_path}", *flags)
+  _assert_one_line_error(status, stderr, message)
+
+
+@pytest.mark.parametrize("mode", ["eval", "embed"])
+def test_eval_or_embed_of_a_workdir_without_a_run(tmp_path, mode):
+  status, stderr = _main(f"--mode={mode}", f"--workdir={tmp_path / 'none'}")
+  _assert_one_line_error(status, stderr, f"error: {tmp_path / 'none'} holds no run")
+
+
+def test_embed_flags_outside_embed(tmp_path):
+  status, stderr = _main("--mode=eval", f"--workdir={tmp_path}", "--split=test")
+  _assert_one_line_error(status, stderr, "error: --split: only with --mode=embed")

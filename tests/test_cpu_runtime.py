@@ -1,4 +1,4 @@
-"""Guards the jax pin in requirements.txt against a known XLA:CPU deadlock.
+"""Guards the jax pin in pyproject.toml against a known XLA:CPU deadlock.
 
 jaxlib 0.10.x splits batched LAPACK kernels (Cholesky, LU, ...) into sub-tasks on
 XLA's intra-op CPU pool and blocks a pool thread until they finish; when as many such
@@ -38,7 +38,7 @@ def test_concurrent_batched_lapack_kernels_do_not_deadlock():
   except subprocess.TimeoutExpired as e:
     raise AssertionError(
       "concurrent batched LAPACK kernels hung on the XLA CPU pool: the installed jaxlib "
-      "has the ParallelBatchMap deadlock (see requirements.txt)"
+      "has the ParallelBatchMap deadlock (see pyproject.toml)"
     ) from e
   assert result.returncode == 0, result.stderr[-2000:]
   status, value = result.stdout.split()[-2:]

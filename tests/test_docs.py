@@ -15,12 +15,12 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PAGES = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
 TREES = ["uctrl_jax", "configs", "tests", "benchmarks", "experiments", "scripts", "docs", ".ci"]
-FILES = ["main.py", "README.md", "requirements.txt", "pyproject.toml"]
+FILES = ["main.py", "README.md", "pyproject.toml", "CITATION.cff"]
 
 _LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 _QUOTED_PATH = re.compile(
-  r"`((?:uctrl_jax|configs|tests|benchmarks|experiments|docs|scripts)/[\w./-]*|main\.py|requirements\.txt"
-  r"|pyproject\.toml)`"
+  r"`((?:uctrl_jax|configs|tests|benchmarks|experiments|docs|scripts)/[\w./-]*|main\.py"
+  r"|pyproject\.toml|LICENSE|CITATION\.cff)`"
 )
 _METHOD_ANCHOR = re.compile(r"docs/method\.md#([\w-]+)")
 

@@ -301,7 +301,7 @@ async def full_disk(self, *args, **kwargs):
 atomicity.AtomicRenameTemporaryPath.finalize = full_disk
 from absl import app
 import main
-app.run(main.main, flags_parser=main._parse_flags)
+app.run(main.main, flags_parser=main.cli.parse_flags)
 """
 
 

@@ -163,7 +163,7 @@ def augment(
   grayscale_prob: float,
 ) -> Image:
   """One SimCLR view of `image` (see the module docstring); every setting is required, as
-  `config.data.augment` holds it (configs/default.py is the one source of the values).
+  `config.data.augment` holds it (uctrl_jax/defaults.py is the one source of the values).
 
   Args:
     image: (H, W, C) float32 in [0, 1], C in {1, 3}.

@@ -113,7 +113,8 @@ class Checkpointer:
   def __init__(self, workdir: str, *, max_to_keep: int = 3, read_only: bool = False):
     if max_to_keep < 1:
       raise ValueError(f"max_to_keep must be ≥ 1, got {max_to_keep}")
-    self.directory = os.path.join(os.fspath(workdir), CHECKPOINT_SUBDIR)
+    # A local path or gs://... (orbax takes both), as workdir_files spells it.
+    self.directory = os.fspath(workdir_files.path(workdir, CHECKPOINT_SUBDIR))
     self._save_failed = False
     options = ocp.CheckpointManagerOptions(
       # `max_to_keep=` on the options is deprecated in favour of a preservation policy.
@@ -252,7 +253,7 @@ class Checkpointer:
       return None
     failures = []  # (step, path, reason), newest first
     for step in reversed(steps):
-      path = os.path.join(self.directory, str(step))
+      path = os.fspath(workdir_files.path(self.directory, str(step)))
       try:
         state, extra = self.restore(target_state, step)
         if check is not None:
@@ -282,21 +283,22 @@ class Checkpointer:
 
   def _set_aside(self, step: int) -> str:
     """Moves step ``step``'s directory out of orbax's sight; returns the new path."""
-    aside_root = os.path.join(os.path.dirname(self.directory), UNREADABLE_SUBDIR)
-    target = os.path.join(aside_root, str(step))
+    directory = workdir_files.path(self.directory)
+    aside_root = directory.parent / UNREADABLE_SUBDIR
+    target = aside_root / str(step)
     if jax.process_index() == 0:
-      os.makedirs(aside_root, exist_ok=True)
+      aside_root.mkdir(parents=True, exist_ok=True)
       suffix = 1
-      while os.path.exists(target):  # an earlier fallback set this step aside already
-        target = os.path.join(aside_root, f"{step}.{suffix}")
+      while target.exists():  # an earlier fallback set this step aside already
+        target = aside_root / f"{step}.{suffix}"
         suffix += 1
-      os.rename(os.path.join(self.directory, str(step)), target)
+      (directory / str(step)).rename(target)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
 
       multihost_utils.sync_global_devices(f"uctrl_set_aside_{step}")
     self._manager.reload()  # forget the cached step list
-    return target
+    return os.fspath(target)
 
   def close(self) -> None:
     """Waits for pending work and releases orbax's threads. After a failed save, the
@@ -320,13 +322,13 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> str:
   ``to_json_best_effort`` turns tuples into lists and drops placeholder types (an
   unset ``placeholder(str)`` is written as ``null``).
   """
-  path = os.path.join(os.fspath(workdir), CONFIG_FILENAME)
+  path = workdir_files.path(workdir, CONFIG_FILENAME)
   if jax.process_index() == 0:  # atomic: a reader never sees half a file
     workdir_files.write_text_atomic(path, config.to_json_best_effort(indent=2) + "\n")
-  return path
+  return os.fspath(path)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """Reads ``WORKDIR/config.json`` back (tuples come back as lists)."""
-  with open(os.path.join(os.fspath(workdir), CONFIG_FILENAME)) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  text = workdir_files.path(workdir, CONFIG_FILENAME).read_text()
+  return ml_collections.ConfigDict(json.loads(text))

@@ -55,6 +55,7 @@ from uctrl_jax import evaluators
 from uctrl_jax import models
 from uctrl_jax import objectives
 from uctrl_jax import rate_reduction as rr
+from uctrl_jax import workdir_files
 
 ON_NONFINITE = ("stop", "rollback")
 
@@ -301,9 +302,13 @@ def check_image_shape(
 
 
 def check_workdir_writable(workdir: str) -> None:
-  """``workdir`` exists (created if needed) and a file can be written in it."""
+  """``workdir`` exists (created if needed) and a file can be written in it. A bucket
+  (``gs://...``) is left to its first write: it has no directories to create, and a
+  test write costs a request."""
   if not workdir:
     raise ConfigError("no work directory given")
+  if not workdir_files.is_local(workdir):
+    return
   try:
     os.makedirs(workdir, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test_"):
@@ -324,7 +329,7 @@ def flat_config(tree, prefix: str = "") -> dict:
   return out
 
 
-def _normal(value):
+def json_normal(value):
   """JSON normal form, so a tuple in the new config equals the list read back."""
   return json.loads(json.dumps(value, default=str))
 
@@ -338,8 +343,8 @@ def check_workdir_compatible(
   dimension, dataset, image size or shape); logs a warning for changed settings a resume
   survives (``_WARN_IF_CHANGED``). No saved config: nothing to compare.
   """
-  path = os.path.join(workdir, checkpointing.CONFIG_FILENAME)
-  if not os.path.exists(path):
+  path = workdir_files.path(workdir, checkpointing.CONFIG_FILENAME)
+  if not path.exists():
     return
   try:
     saved = flat_config(checkpointing.load_config(workdir).to_dict())
@@ -349,7 +354,7 @@ def check_workdir_compatible(
   keys = list(_MUST_MATCH)
   # data.image_size None means "the stored size": compare the resolved shape instead.
   if image_shape is not None and "data.image_shape" in saved:
-    if _normal(list(image_shape)) != _normal(saved["data.image_shape"]):
+    if json_normal(list(image_shape)) != json_normal(saved["data.image_shape"]):
       raise ConfigError(
         f"{workdir} holds a run on images of shape "
         f"{tuple(saved['data.image_shape'])}, this config gives "
@@ -359,7 +364,7 @@ def check_workdir_compatible(
     keys.append("data.image_size")
   for key in keys:
     # A key the earlier run's code did not know yet cannot be compared.
-    if key in saved and _normal(new.get(key)) != _normal(saved[key]):
+    if key in saved and json_normal(new.get(key)) != json_normal(saved[key]):
       raise ConfigError(
         f"{workdir} holds a run with config.{key} = {saved.get(key)!r}, this "
         f"config has {new.get(key)!r}; a resume would not fit its "
@@ -378,7 +383,7 @@ def check_workdir_compatible(
           "fit its checkpoints: use a fresh --workdir"
         )
   for key in _WARN_IF_CHANGED:
-    if key in saved and _normal(new.get(key)) != _normal(saved.get(key)):
+    if key in saved and json_normal(new.get(key)) != json_normal(saved.get(key)):
       logging.warning(
         "resuming %s with config.%s = %r (was %r): the run changes course here",
         workdir,
@@ -390,8 +395,8 @@ def check_workdir_compatible(
 
 
 def _has_checkpoint(workdir: str) -> bool:
-  directory = os.path.join(workdir, checkpointing.CHECKPOINT_SUBDIR)
-  return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+  directory = workdir_files.path(workdir, checkpointing.CHECKPOINT_SUBDIR)
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
 def _check_lr_curve_kept(config, workdir: str, saved: dict, new: dict) -> None:
@@ -470,19 +475,9 @@ def unknown_key(config: ml_collections.ConfigDict, dotted: str) -> Optional[str]
   return None
 
 
-def _config_file(argv: Sequence[str], default: str) -> str:
-  """The config file ``argv`` names (``--config=PATH`` or ``--config PATH``, the last wins)."""
-  path = default
-  for i, arg in enumerate(argv):
-    if re.fullmatch(r"--?config", arg) and i + 1 < len(argv):
-      path = argv[i + 1]
-    elif re.match(r"--?config=", arg):
-      path = arg.split("=", 1)[1]
-  return path
-
-
-def command_line_error(error: Exception, argv: Sequence[str], default_config: str) -> str:
-  """One line for ``error``, raised while main.py's flags ``argv`` were parsed.
+def command_line_error(error: Exception, argv: Sequence[str], config_file: str) -> str:
+  """One line for ``error``, raised while main.py's flags ``argv`` were parsed
+  (``config_file``: the config file they name, or the default one).
 
   ml_collections raises KeyError/AttributeError for an override of a key the config
   lacks: the config file is read again and each override's key looked up
@@ -496,7 +491,7 @@ def command_line_error(error: Exception, argv: Sequence[str], default_config: st
     from ml_collections.config_flags import config_flags
 
     try:
-      config = config_flags.ConfigFileFlagParser("config").parse(_config_file(argv, default_config))
+      config = config_flags.ConfigFileFlagParser("config").parse(config_file)
       overrides = [
         arg.lstrip("-").split("=", 1)[0].split(".", 1)[1]
         for arg in argv
@@ -512,5 +507,5 @@ def command_line_error(error: Exception, argv: Sequence[str], default_config: st
   lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(error).__name__]
   if isinstance(error, OSError) or "Error whilst parsing config file" in text:
     # ml_collections: the file's own error (missing file, its exception) comes last.
-    return f"cannot load the config file {_config_file(argv, default_config)}: {lines[-1]}"
+    return f"cannot load the config file {config_file}: {lines[-1]}"
   return lines[0][len("flag ") :] if lines[0].startswith("flag --") else lines[0]

@@ -12,10 +12,16 @@ to ``WORKDIR``:
 - ``results.json``: every metric, both baselines, step, sizes, hardware, wall time,
   the run's config and the evaluation settings (``Infinity`` for a perfect PSNR);
 - ``results.md``: the same as tables, trained vs baselines side by side;
-- ``figures/*.png`` (``uctrl_jax/figures.py``) and ``figures/conditional_generation.png``.
+- ``figures/*.png`` (``uctrl_jax/figures.py``) and ``figures/conditional_generation.png``;
+- the metrics as TensorBoard scalars ``eval_full/<metric>`` at the run's step, beside
+  the training's curves (``write_scalars``).
+
+Every file goes through ``workdir_files``: ``WORKDIR`` may be ``gs://...``.
 
 ``config`` supplies the evaluation settings (``config.evals``) and where the data are
-(``config.data``); the model comes from the work directory.
+(``config.data``); the model comes from the work directory. From the command line it is
+the run's own ``config.json`` with the command line's ``config.evals``
+(``run_config.for_existing_run``).
 """
 
 from __future__ import annotations
@@ -77,19 +83,8 @@ def load_data(config: ml_collections.ConfigDict) -> evaluators.EvalData:
     (train_split, evals.max_train_examples),
     (test_split, evals.max_test_examples),
   ):
-    # The evaluation pipeline: every example once, in order, padding marked by `mask`.
-    ds = input_pipeline.create_dataset(
-      config, split, process_index=0, process_count=1, training=False, num_views=0
-    )
-    images, labels, count = [], [], 0
-    for batch in ds.as_numpy_iterator():
-      keep = batch["mask"]
-      images.append(batch["image"][keep])
-      labels.append(batch["label"][keep])
-      count += int(keep.sum())
-      if limit is not None and count >= limit:
-        break
-    x, y = np.concatenate(images)[:limit], np.concatenate(labels)[:limit].astype(np.int64)
+    images, labels = zip(*input_pipeline.examples_in_order(config, split, limit))
+    x, y = np.concatenate(images), np.concatenate(labels).astype(np.int64)
     arrays += [x, y if datasets.has_labels(info, split) else None]
   return evaluators.EvalData(*arrays, num_classes=info.num_classes)
 
@@ -173,7 +168,7 @@ def _training_record(workdir: str, loaded) -> dict[str, Any]:
   checkpoint predates the record)."""
   seconds = loaded.extra.get("train_seconds")
   return {
-    "workdir": os.path.abspath(workdir),
+    "workdir": workdir_files.absolute(workdir),
     "loss_mode": loaded.config.loss.mode,
     "step": int(loaded.state.step),
     "train_minutes": None if seconds is None else float(seconds) / 60,
@@ -267,7 +262,8 @@ def results_markdown(results: dict[str, Any]) -> str:
   lines += _metric_rows(results, timing=True)
   if results.get("figures"):
     lines += ["", "## Figures", ""] + [
-      f"- {k}: `{os.path.relpath(v, results['workdir'])}`" for k, v in results["figures"].items()
+      f"- {k}: `{v.removeprefix(results['workdir'].rstrip('/') + '/')}`"
+      for k, v in results["figures"].items()
     ]
   lines += _json_section("Evaluation settings", results["evals_config"])
   lines += _json_section("Run config", results["config"]) + [""]
@@ -330,7 +326,7 @@ def _compared_runs(config, run_config, data, classifiers) -> tuple[dict, dict]:
         f"{other.config.data.name!r} {tuple(other.config.data.image_shape)}, this "
         f"run on {run_config.data.name!r} {image_shape}"
       )
-    name = f"{other.config.loss.mode}: {os.path.basename(os.path.normpath(path))}"
+    name = f"{other.config.loss.mode}: {workdir_files.path(path).name}"
     logging.info("compared run %s", name)
     metrics[name] = evaluators.run_all(
       classifiers, other.encode, None, data, batch_size=int(config.evals.batch_size)
@@ -355,7 +351,7 @@ def _not_applicable(built, loaded) -> list[str]:
 def _write_figures(config, workdir: str, context, built) -> dict[str, str]:
   """``{figure: path}`` of ``figures.write_all`` under ``WORKDIR/figures`` and the
   conditional-generation grid the evaluators wrote there."""
-  out_dir = os.path.join(workdir, "figures")
+  out_dir = _figures_dir(workdir)
   decoded = context.decode is not None
   paths = dict(
     figures.write_all(
@@ -369,19 +365,39 @@ def _write_figures(config, workdir: str, context, built) -> dict[str, str]:
       class_names=input_pipeline.get_dataset_info(config).class_names,
     )
   )
-  cond = os.path.join(out_dir, "conditional_generation.png")
-  if os.path.isfile(cond) and any(e.name == "conditional_generation" for e in built):
-    paths["conditional_generation"] = cond
+  cond = workdir_files.path(out_dir, "conditional_generation.png")
+  if cond.is_file() and any(e.name == "conditional_generation" for e in built):
+    paths["conditional_generation"] = os.fspath(cond)
   return paths
 
 
 def _write_results(workdir: str, results: dict[str, Any]) -> None:
   """``WORKDIR/results.json`` and ``results.md``, each written atomically: an interrupted
   evaluation leaves the previous results whole."""
-  path = os.path.join(workdir, "results.json")
+  path = workdir_files.path(workdir, "results.json")
   workdir_files.write_text_atomic(path, json.dumps(results, indent=2, default=str) + "\n")
-  workdir_files.write_text_atomic(os.path.join(workdir, "results.md"), results_markdown(results))
+  workdir_files.write_text_atomic(path.parent / "results.md", results_markdown(results))
   logging.info("wrote %s and results.md", path)
+
+
+def _figures_dir(workdir: str) -> str:
+  """``WORKDIR/figures``, absolute (results.md names the figures relative to the run)."""
+  return os.fspath(workdir_files.path(workdir_files.absolute(workdir), "figures"))
+
+
+def write_scalars(workdir: str, step: int, metrics: dict[str, Any]) -> None:
+  """The metrics as TensorBoard scalars ``eval_full/<metric>`` at the run's ``step``, into
+  the work directory's event files beside the training's curves (its timings left out)."""
+  from clu import metric_writers  # pylint: disable=import-outside-toplevel
+
+  scalars = {
+    figures.EVAL_FULL + key: float(value)
+    for key, value in metrics.items()
+    if not key.startswith("eval_seconds/") and isinstance(value, (int, float, np.number))
+  }
+  writer = metric_writers.SummaryWriter(os.fspath(workdir))
+  writer.write_scalars(step, scalars)
+  writer.close()
 
 
 def evaluate(
@@ -411,7 +427,7 @@ def evaluate(
     loaded.encode,
     loaded.decode,
     int(evals.batch_size),
-    os.path.join(workdir, "figures") if write else None,
+    _figures_dir(workdir) if write else None,
     dataset_key=config.data.name,
   )
   metrics = evaluators.run_context(built, context)
@@ -424,7 +440,7 @@ def evaluate(
   not_applicable = _not_applicable(built, loaded)
   paths = _write_figures(config, workdir, context, built) if write and evals.figures else {}
   results = {
-    "workdir": os.path.abspath(workdir),
+    "workdir": workdir_files.absolute(workdir),
     "step": int(loaded.state.step),
     "dataset": run_config.data.name,
     "num_train": int(len(data.x_train)),
@@ -443,4 +459,5 @@ def evaluate(
   }
   if write:
     _write_results(workdir, results)
+    write_scalars(workdir, results["step"], metrics)
   return results

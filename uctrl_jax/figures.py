@@ -16,7 +16,6 @@ left out and ``pca.png`` has one colour.
 
 from __future__ import annotations
 
-import glob
 import io
 import math
 import os
@@ -156,6 +155,11 @@ def pca(
   return _save(fig, path)
 
 
+# Tags of `--mode=eval`'s metrics (evaluate.write_scalars) in the same event files: the
+# evaluation's points, not training curves.
+EVAL_FULL = "eval_full/"
+
+
 def read_scalars(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """``{tag: (steps, values)}`` of every scalar in the TensorBoard event files of ``workdir``.
 
@@ -166,8 +170,8 @@ def read_scalars(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   from tensorboard.util import tensor_util
 
   series: dict[str, dict[int, float]] = {}
-  for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
-    acc = ea.EventAccumulator(path, size_guidance={ea.TENSORS: 0, ea.SCALARS: 0})
+  for path in sorted(workdir_files.path(workdir).glob("events.out.tfevents.*")):
+    acc = ea.EventAccumulator(os.fspath(path), size_guidance={ea.TENSORS: 0, ea.SCALARS: 0})
     acc.Reload()
     tags = acc.Tags()
     for tag in tags.get("tensors", []):
@@ -185,8 +189,8 @@ def read_scalars(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def training_curves(workdir: str, path: str) -> Optional[str]:
-  """One panel per logged scalar; None when the workdir has no scalars."""
-  series = read_scalars(workdir)
+  """One panel per scalar the trainer logged; None when the workdir has none."""
+  series = {k: v for k, v in read_scalars(workdir).items() if not k.startswith(EVAL_FULL)}
   if not series:
     return None
   cols = 4
@@ -213,20 +217,21 @@ def write_all(
   workdir: Optional[str] = None,
   class_names: Optional[Sequence[str]] = None,
 ) -> Mapping[str, str]:
-  """Every figure of the module docstring into ``out_dir``: ``{name: path}``."""
+  """Every figure of the module docstring into ``out_dir`` (local or ``gs://...``):
+  ``{name: path}``."""
+
+  def at(name: str) -> str:
+    return os.fspath(workdir_files.path(out_dir, name))
+
   paths = {}
   if xhat_test is not None:
-    paths["reconstructions"] = reconstructions(
-      x_test, xhat_test, os.path.join(out_dir, "reconstructions.png")
-    )
+    paths["reconstructions"] = reconstructions(x_test, xhat_test, at("reconstructions.png"))
   if y_test is not None:
-    paths["similarity"] = similarity(
-      z_test, zhat_test, y_test, os.path.join(out_dir, "similarity.png")
-    )
-    paths["spectra"] = spectra(z_test, y_test, os.path.join(out_dir, "spectra.png"), class_names)
-  paths["pca"] = pca(z_test, y_test, os.path.join(out_dir, "pca.png"), class_names)
+    paths["similarity"] = similarity(z_test, zhat_test, y_test, at("similarity.png"))
+    paths["spectra"] = spectra(z_test, y_test, at("spectra.png"), class_names)
+  paths["pca"] = pca(z_test, y_test, at("pca.png"), class_names)
   if workdir is not None:
-    curves = training_curves(workdir, os.path.join(out_dir, "training_curves.png"))
+    curves = training_curves(workdir, at("training_curves.png"))
     if curves:
       paths["training_curves"] = curves
   return paths

@@ -10,6 +10,7 @@ API for the trainer and evaluators:
     ds = create_dataset(config, "train", process_index=jax.process_index(),
                         process_count=jax.process_count())
     for batch in ds.as_numpy_iterator(): ...
+    for images, labels in examples_in_order(config, "test"): ...  # evaluation's reading
 
 Batches, with B = config.train.batch_size // process_count (per process) and
 V = config.data.num_views:
@@ -38,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import Iterator, Optional
 
 import ml_collections
 import numpy as np
@@ -180,6 +182,30 @@ def create_dataset(
   options = tf.data.Options()
   options.deterministic = True  # Same seed, same batches, despite parallel maps.
   return ds.with_options(options).prefetch(config.data.prefetch)
+
+
+def examples_in_order(
+  config: ml_collections.ConfigDict, split: str, limit: Optional[int] = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """``split`` as evaluation reads it: every example once, in the split's order (the
+  ``training=False`` pipeline of one process), without views, padding dropped.
+
+  Yields:
+    Chunks ``(images (b, S, S, C) float32 in [-1, 1], labels (b,) int32)`` (label -1 in
+    an unlabelled split), of the first ``limit`` examples (None: all).
+  """
+  ds = create_dataset(config, split, process_index=0, process_count=1, training=False, num_views=0)
+  count = 0
+  for batch in ds.as_numpy_iterator():
+    keep = batch["mask"]
+    images, labels = batch["image"][keep], batch["label"][keep]
+    if limit is not None:
+      images, labels = images[: limit - count], labels[: limit - count]
+    count += len(images)
+    if len(images):
+      yield images, labels
+    if limit is not None and count >= limit:
+      return
 
 
 def _image_size(config, info) -> tuple[int, int]:

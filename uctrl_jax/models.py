@@ -473,7 +473,7 @@ def create_models(config, image_shape: Sequence[int]) -> Tuple[nn.Module, nn.Mod
   """The ``(encoder, decoder)`` linen modules named by ``config.model``.
 
   Reads ``encoder``, ``decoder``, ``feature_dim``, ``upsample``, ``width``,
-  ``encoder_depth`` and ``dtype`` (``configs/default.py`` holds their defaults), and the
+  ``encoder_depth`` and ``dtype`` (``uctrl_jax/defaults.py`` holds their defaults), and the
   encoder's head from ``config.loss.mode`` (``objectives.feature_head``: a VAE's is
   ``"gaussian"``).
   ``image_shape = (H, W, C)`` of the images the encoder reads and the decoder writes.

@@ -494,7 +494,7 @@ def uctrl_objective(
     lambda_aug: λ₁ ≥ 0, weight of the augmentation-invariance term.
     lambda_self: λ₂ ≥ 0, weight of the self-consistency term.
     sample_distance, sample_reduction, aug_target: required keywords, as
-      ``config.loss`` sets them (``configs/default.py`` holds the trainer's choice).
+      ``config.loss`` sets them (``uctrl_jax/defaults.py`` holds the trainer's choice).
     sample_distance: "exact" (``pairwise_rate_distance``) or "cosine"
       (``cosine_distance``, the paper's footnote).
     sample_reduction: "sum" (the Σᵢ of docs/method.md#the-game over the global batch) or

@@ -13,7 +13,6 @@ wrap the loop; non-finite values (``nonfinite``) stop or roll back the run
 from __future__ import annotations
 
 import functools
-import os
 import time
 from typing import Callable, Mapping, Optional, Tuple
 
@@ -172,17 +171,19 @@ class _Run:
       logging.warning("%s", warning)
 
   def images(self, step: int, host_batch, state: TrainState) -> None:
-    """``reconstructions/step_*.png``: two rows of inputs over reconstructions (process 0;
-    none in the encoder-only modes)."""
+    """Two rows of inputs over their reconstructions, as ``reconstructions/step_*.png``
+    and TensorBoard's image ``reconstructions`` (process 0; none in the encoder-only
+    modes)."""
     if jax.process_index() != 0 or not self.reconstruct:
       return
     k = min(8, host_batch["image"].shape[0] // 2)
     x = host_batch["image"][: 2 * k]
     xhat = jax.device_get(self.reconstruct(state, x))
+    grid = image_grid.image_grid([x[:k], xhat[:k], x[k:], xhat[k:]])
     image_grid.save_png(
-      os.path.join(self.workdir, "reconstructions", f"step_{step:07d}.png"),
-      image_grid.image_grid([x[:k], xhat[:k], x[k:], xhat[k:]]),
+      workdir_files.path(self.workdir, "reconstructions", f"step_{step:07d}.png"), grid
     )
+    self.writer.write_images(step, {"reconstructions": grid[None]})
 
   def checkpoint(self, step: int, state: TrainState) -> None:
     self.checkpointer.save(
@@ -288,7 +289,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """Trains uCTRL as ``config`` says, in ``workdir``, resuming from its latest checkpoint.
 
   Writes to ``workdir``: ``checkpoints/`` (orbax), ``config.json``, TensorBoard event
-  files, ``reconstructions/step_*.png`` (inputs above ``g(f(x))``), ``eval/*`` scalars of
+  files (scalars, and the reconstruction grids as images), ``reconstructions/step_*.png``
+  (inputs above ``g(f(x))``), ``eval/*`` scalars of
   the in-training evaluators (``evaluate.PeriodicEval``). Only process 0 writes logs and
   pictures; every process takes part in checkpoints (orbax).
 

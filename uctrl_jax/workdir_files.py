@@ -73,8 +73,14 @@ def path(workdir: PathLike, *names: str) -> epath.Path:
   return epath.Path(workdir).joinpath(*names)
 
 
-def _is_local(p: epath.Path) -> bool:
+def is_local(p: PathLike) -> bool:
+  """Whether ``p`` is on a local file system (not ``gs://...`` or another URL)."""
   return "://" not in os.fspath(p)
+
+
+def absolute(p: PathLike) -> str:
+  """``p`` as an absolute path when local; a URL (``gs://...``) as it is."""
+  return os.path.abspath(p) if is_local(p) else os.fspath(p)
 
 
 def write_bytes_atomic(target: PathLike, data: bytes) -> epath.Path:
@@ -82,7 +88,7 @@ def write_bytes_atomic(target: PathLike, data: bytes) -> epath.Path:
   parent directory. Returns the path."""
   target = epath.Path(target)
   target.parent.mkdir(parents=True, exist_ok=True)
-  if not _is_local(target):
+  if not is_local(target):
     target.write_bytes(data)  # one upload replaces the object whole
     return target
   # Beside the target (same file system: the rename cannot become a copy), hidden, and
@@ -194,7 +200,7 @@ def _busy_message(workdir: PathLike, lock: epath.Path, record: dict) -> str:
 
 def _create_exclusive(lock: epath.Path, text: str) -> bool:
   """Creates ``lock`` holding ``text`` unless it exists; returns whether it did."""
-  if not _is_local(lock):
+  if not is_local(lock):
     if lock.exists():
       return False
     lock.write_text(text)  # best effort: see the module docstring
@@ -215,7 +221,7 @@ def _remove_stale(lock: epath.Path, record: dict) -> bool:
   processes taking over one stale lock the second cannot delete the first's new one: it
   finds another record under its private name and puts it back.
   """
-  if not _is_local(lock):
+  if not is_local(lock):
     if read_lock(lock.parent) == record:
       lock.unlink(missing_ok=True)
     return True

@@ -21,6 +21,8 @@ API:
     source.info  -> DatasetInfo(name, image_shape, num_classes, num_examples,
                                 class_names, unlabelled_splits)
     source.split_size(split) -> examples in `split` (slices included)
+    source.example_paths(split) -> each example's file, in reading order (image
+                                   folders; None for other sources)
     source.shared_examples(split_a, split_b) -> examples in both (held-out check)
     source.read(split, process_index=0, process_count=1, shuffle_seed=None)
       -> tf.data.Dataset of {"image": (H, W, C) uint8, "label": () int32},

@@ -65,6 +65,9 @@ class ImageFolderSource(IndexedSource):
       unlabelled_splits=tuple(k for k, (_, y) in self._files.items() if y is None),
     )
 
+  def _stored_paths(self, split):
+    return self._files[split][0]
+
   def _examples(self, split, positions):
     paths, labels = self._files[split]
     paths = paths[positions]

@@ -96,6 +96,12 @@ class Source(abc.ABC):
       return None
     return len(np.intersect1d(np.arange(n) if a is None else a, np.arange(n) if b is None else b))
 
+  def example_paths(self, split: str) -> Optional[np.ndarray]:
+    """(k,) str: the file of each of `split`'s examples, in reading order, for a source
+    of one file per image (`image_folder:`); None for others."""
+    del split
+    return None
+
   _SHUFFLED_SLICES = False  # slices of the stored order (tfds)
 
   def _check_split(self, split: str) -> None:
@@ -134,6 +140,16 @@ class IndexedSource(Source):
     n = self.info.num_examples[split_name(split)]
     positions = split_positions(split, n, shuffled=self._SHUFFLED_SLICES)
     return np.arange(n) if positions is None else positions
+
+  def example_paths(self, split: str) -> Optional[np.ndarray]:
+    self._check_split(split)
+    stored = self._stored_paths(split_name(split))
+    return None if stored is None else stored[self._positions(split)]
+
+  def _stored_paths(self, split: str) -> Optional[np.ndarray]:
+    """(n,) the file of each example of the stored `split`, if one per image."""
+    del split
+    return None
 
   def _read(self, split, process_index, process_count, shuffle_seed):
     del shuffle_seed  # One in-memory index.

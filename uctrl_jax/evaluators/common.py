@@ -52,18 +52,20 @@ def digest(*arrays) -> str:
   return h.hexdigest()
 
 
-def batched(fn: Callable, x: np.ndarray, batch_size: int) -> np.ndarray:
+def batched(fn: Callable, x: np.ndarray, batch_size: int, exact: bool = False) -> np.ndarray:
   """``fn`` over ``x: (n, ...)`` in batches of exactly ``batch_size`` rows, as NumPy.
 
   The last batch is padded by repeating its last row and the padding dropped
   afterwards, so a jitted ``fn`` compiles for one shape only (evaluating every
-  ``eval_every`` steps must not recompile).
+  ``eval_every`` steps must not recompile). A smaller ``n`` is one batch of ``n`` rows,
+  unless ``exact``: then it is padded to ``batch_size`` too (one shape for every ``n``:
+  ``Loaded.encode_images``).
   """
   x = np.asarray(x)
   n = len(x)
   if n == 0:
     raise ValueError("batched: empty input")
-  batch_size = min(int(batch_size), n)
+  batch_size = int(batch_size) if exact else min(int(batch_size), n)
   out = []
   for start in range(0, n, batch_size):
     chunk = x[start : start + batch_size]

@@ -20,7 +20,6 @@ generation works; a collapsed decoder drawing one thing for every cluster scores
 
 from __future__ import annotations
 
-import os
 from typing import Callable, NamedTuple, Optional
 
 from absl import logging
@@ -29,6 +28,7 @@ import jax
 import numpy as np
 
 from uctrl_jax import image_grid
+from uctrl_jax import workdir_files
 from uctrl_jax.evaluators import clustering
 from uctrl_jax.evaluators import common
 from uctrl_jax.evaluators import knn
@@ -260,6 +260,6 @@ def run(
   if context.out_dir:
     name = "conditional_generation" + ("" if context.step is None else f"_step_{context.step:07d}")
     logging.info(
-      "wrote %s", image_grid.save_png(os.path.join(context.out_dir, name + ".png"), grid)
+      "wrote %s", image_grid.save_png(workdir_files.path(context.out_dir, name + ".png"), grid)
     )
   return metrics
