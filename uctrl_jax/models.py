@@ -222,13 +222,12 @@ def describe_architecture(config, image_shape: Sequence[int]) -> list[str]:
   for role in ("encoder", "decoder"):
     if config.model[role] == "dcgan":
       padded, mults = dcgan_stages(size)
-      maps = "→".join(str(padded >> i) for i in range(len(mults) + 1))
+      maps = [padded >> i for i in range(len(mults) + 1)]
       widths = [w * k for k in mults]
       if role == "encoder":
-        text = (f"{size} padded to " if padded != size else "") + maps
+        text = (f"{size} padded to " if padded != size else "") + "→".join(map(str, maps))
       else:
-        maps = "→".join(reversed(maps.split("→")))
-        text = maps + (f" cropped to {size}" if padded != size else "")
+        text = "→".join(map(str, maps[::-1])) + (f" cropped to {size}" if padded != size else "")
         widths = widths[::-1] + [c]
     else:
       stem, stages = resnet18_halvings(size)

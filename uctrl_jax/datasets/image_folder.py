@@ -264,6 +264,8 @@ def _inspect_file(path: str) -> _Facts:
         img.load()
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     raise DataError(f"image_folder: {path!r} is not a readable image: {e}") from e
+  except Image.DecompressionBombError as e:  # over PIL's pixel limit: a one-line error too
+    raise DataError(f"image_folder: {path!r} is too large to read: {e}") from e
   return facts
 
 
