@@ -152,11 +152,15 @@ def test_image_folder_empty(tmp_path):
     datasets.open_dataset(f"image_folder:{tmp_path}")
 
 
-def test_image_folder_mixed_sizes(tmp_path):
+def test_image_folder_mixed_sizes_are_read_as_stored(tmp_path):
+  # The input pipeline resizes each to config.data.image_size (test_own_images.py).
   root = _image_folder(tmp_path / "imgs")
-  _write_png(root / "test" / "cat" / "big.png", size=(9, 9))
-  with pytest.raises(datasets.DataError, match="mixes image sizes.*9x9"):
-    datasets.open_dataset(f"image_folder:{root}")
+  _write_png(root / "test" / "cat" / "big.png", size=(9, 10))
+  source = datasets.open_dataset(f"image_folder:{root}")
+  assert source.info.image_shape == (None, None, 3)
+  assert source.info.size_counts == {(8, 6): 10, (10, 9): 1}  # (H, W)
+  shapes = sorted(e["image"].shape for e in _read_all(source, "test"))
+  assert shapes == [(8, 6, 3)] * 4 + [(10, 9, 3)]
 
 
 def test_image_folder_non_image_file(tmp_path):
@@ -387,21 +391,35 @@ def _folder_error(root):
   return str(e.value)
 
 
-def test_image_folder_mixed_sizes_names_both_files(tmp_path):
-  root = _write_tree(tmp_path / "imgs", ["train/a/0.png", "train/a/1.png"])
-  _write_png(root / "train" / "b" / "big.png", size=(9, 9))
-  message = _folder_error(root)
-  assert f"{str(root / 'train' / 'b' / 'big.png')!r} is 9x9" in message
-  assert f"{str(root / 'train' / 'a' / '0.png')!r} is 6x8" in message
-
-
-@pytest.mark.parametrize("mode,channels", [("RGBA", 4), ("LA", 2), ("CMYK", 4)])
-def test_image_folder_channel_count_other_than_1_or_3(tmp_path, mode, channels):
+@pytest.mark.parametrize(
+  "mode,value",
+  [("RGBA", (10, 20, 30, 255)), ("LA", (40, 255)), ("CMYK", (0, 0, 0, 0)), ("1", 1)],
+)
+def test_image_folder_modes_are_converted_as_pil_converts_them(tmp_path, mode, value):
+  # Opaque pixels: exactly PIL's convert("RGB"); transparency: test_own_images.py.
   root = _write_tree(tmp_path / "imgs", ["train/a/0.png"])
   path = root / "train" / "a" / ("1.jpg" if mode == "CMYK" else "1.png")
-  Image.new(mode, (6, 8)).save(path)
-  message = _folder_error(root)
-  assert f"{str(path)!r} has {channels} channels (mode {mode})" in message
+  Image.new(mode, (6, 8), value).save(path)
+  source = datasets.open_dataset(f"image_folder:{root}")
+  assert source.info.image_shape == (8, 6, 3)
+  [note] = [n for n in source.info.notes if f" {mode} image(s)" in n]
+  assert note.startswith(f"image_folder {root}: 1 {mode} image(s) ") and str(path) in note
+  pixels = {tuple(e["image"][0, 0]) for e in _read_all(source, "train")}
+  assert tuple(np.asarray(Image.open(path).convert("RGB"))[0, 0]) in pixels
+
+
+def test_image_folder_truncated_image_names_the_file(tmp_path):
+  # A header PIL reads, data cut short: found by the scan, not in the middle of training.
+  root = _write_tree(tmp_path / "imgs", ["train/a/0.png"])
+  for name in ("cut.png", "cut.jpg"):
+    rng = np.random.default_rng(0)
+    full = tmp_path / name
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(full)
+    data = full.read_bytes()
+    (root / "train" / "a" / name).write_bytes(data[: len(data) // 2])
+    message = _folder_error(root)
+    assert f"{str(root / 'train' / 'a' / name)!r} is not a readable image" in message
+    (root / "train" / "a" / name).unlink()
 
 
 def test_image_folder_empty_split_folder(tmp_path):
@@ -422,18 +440,17 @@ def test_image_folder_classes_mixing_numbers_and_names(tmp_path):
   assert f"image_folder {str(root)!r}: class folders mix numbers and names" in message
 
 
-def test_grayscale_images_in_a_colour_folder_become_rgb_logged_once(tmp_path, caplog):
+def test_grayscale_images_in_a_colour_folder_become_rgb_noted_once(tmp_path):
   root = tmp_path / "imgs"
   _write_png(root / "train" / "a" / "0.png", value=40)  # RGB (40, 0, 215)
   _write_png(root / "train" / "a" / "1.png", mode="L", value=77)
   _write_png(root / "train" / "b" / "2.png", mode="L", value=99)
-  with caplog.at_level(logging.INFO, logger="absl"):
-    source = datasets.open_dataset(f"image_folder:{root}")
+  source = datasets.open_dataset(f"image_folder:{root}")
   assert source.info.image_shape == (8, 6, 3)
-  notes = [
-    r.getMessage() for r in caplog.records if "grayscale images are read as RGB" in r.getMessage()
-  ]
-  assert len(notes) == 1 and "2 image(s)" in notes[0] and "1.png" in notes[0]
+  assert source.info.notes == (
+    f"image_folder {root}: 2 L image(s) made RGB (gray copied to the 3 channels), as the "
+    f"folder holds colour images (the first: {root / 'train' / 'a' / '1.png'})",
+  )
   pixels = sorted(tuple(e["image"][0, 0]) for e in _read_all(source, "train"))
   assert pixels == [(40, 0, 215), (77, 77, 77), (99, 99, 99)]
 

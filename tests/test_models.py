@@ -440,9 +440,15 @@ def test_bad_config_raises(field, value):
 
 @pytest.mark.parametrize(
   "family,shape",
-  [("dcgan", (64, 64, 3)), ("dcgan", (28, 32, 1)), ("resnet18", (28, 28, 1)), ("dcgan", (32, 32))],
+  [
+    ("dcgan", (36, 36, 3)),
+    ("dcgan", (28, 32, 1)),
+    ("resnet18", (100, 100, 1)),
+    ("dcgan", (32, 32)),
+  ],
 )
 def test_bad_image_shape_raises(family, shape):
+  # Accepted sizes and the refusal's wording: tests/test_image_sizes.py.
   with pytest.raises(ValueError, match=r"image_shape"):
     models.create_models(make_config(family), shape)
 

@@ -37,8 +37,9 @@ def random_resized_crop(
 ) -> Image:
   """Crops a random box (area fraction in `scale`, w/h in `ratio`), resizes.
 
-  As torchvision's RandomResizedCrop, except that after `max_attempts` failed
-  draws it keeps the whole image rather than a centre crop.
+  As torchvision's RandomResizedCrop: after `max_attempts` failed draws, the centre
+  crop of the whole image at the nearest ratio in `ratio` (the whole image when its
+  own ratio is in range: always for square images).
 
   Args:
     image: (H, W, C) float32 in [0, 1].
@@ -46,7 +47,7 @@ def random_resized_crop(
     size: output (height, width).
     scale: range of the crop's area as a fraction of the image's.
     ratio: range of the crop's aspect ratio width / height.
-    max_attempts: draws before falling back to the whole image.
+    max_attempts: draws before falling back to the centre crop.
 
   Returns:
     (size[0], size[1], C) float32 in [0, 1].
@@ -61,6 +62,7 @@ def random_resized_crop(
     max_attempts=max_attempts,
     use_image_if_no_bounding_boxes=True,
   )
+  begin, crop_size = _centre_crop_if_whole(tf.shape(image), begin, crop_size, ratio)
   crop = tf.slice(image, begin, crop_size)
   # antialias: crops are also shrunk (e.g. STL-10 96 -> 64); bilinear alone aliases.
   out = tf.clip_by_value(tf.image.resize(crop, size, method="bilinear", antialias=True), 0.0, 1.0)
@@ -68,6 +70,24 @@ def random_resized_crop(
   # (colour jitter only for 3 channels) read it, so restore it.
   out.set_shape((*size, image.shape[-1]))
   return out
+
+
+def _centre_crop_if_whole(shape, begin, crop_size, ratio):
+  """torchvision's fallback: tf's sampler returns the whole image after its failed draws;
+  a whole image whose w/h lies outside `ratio` cannot be a successful draw, so it becomes
+  the centre crop at the nearest ratio in range. (begin, size) (3,) int32 in and out."""
+  h, w = shape[0], shape[1]
+  in_ratio = tf.cast(w, tf.float32) / tf.cast(h, tf.float32)
+  crop_h = tf.where(
+    in_ratio < ratio[0], tf.cast(tf.round(tf.cast(w, tf.float32) / ratio[0]), tf.int32), h
+  )
+  crop_w = tf.where(
+    in_ratio > ratio[1], tf.cast(tf.round(tf.cast(h, tf.float32) * ratio[1]), tf.int32), w
+  )
+  whole = tf.reduce_all(tf.equal(crop_size[:2], shape[:2]))
+  begin = tf.where(whole, tf.stack([(h - crop_h) // 2, (w - crop_w) // 2, 0]), begin)
+  crop_size = tf.where(whole, tf.stack([crop_h, crop_w, -1]), crop_size)
+  return begin, crop_size
 
 
 def random_flip(image: Image, seed: tf.Tensor) -> Image:

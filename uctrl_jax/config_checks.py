@@ -13,7 +13,7 @@ compile (or an hour of training) and main.py can print it without a traceback:
   ``vae_sigma_sq > 0`` for a VAE; one step per iteration (``encoder_steps = 1``) for the
   encoder-only and the generative modes, whose step is not the game's alternation;
 * the global batch divisible by the device count and the process count;
-* the image size supported by both model families (``models.IMAGE_SIZES``), from
+* the image size the models accept (``models.image_size_error``), from
   ``data.image_size`` or, when that is None (keep the stored size), from
   ``image_shape`` once the dataset is open;
 * the work directory: creatable and writable, and, if it holds an earlier run's
@@ -291,14 +291,20 @@ def check_image_shape(
       return
     h = w = size
     where = f"config.data.image_size = {size}"
-  for role in ("encoder", "decoder"):
-    family = config.model[role]
-    sizes = models.IMAGE_SIZES[family]
-    if h != w or h not in sizes:
-      raise ConfigError(
-        f"{where} does not suit config.model.{role} = {family!r}, which "
-        f"supports square images of size {sizes}"
-      )
+  if h != w:
+    raise ConfigError(
+      f"{where} is not square; set config.data.image_size (e.g. {_nearest_size(max(h, w))}) "
+      "to resize every image to S×S"
+    )
+  error = models.image_size_error(h)
+  if error:
+    fix = "" if image_shape is None else "; set config.data.image_size to resize the images"
+    raise ConfigError(f"{where}: {error}{fix}")
+
+
+def _nearest_size(size: int) -> int:
+  """The accepted image size closest to ``size`` (the smaller one on a tie)."""
+  return min(models.accepted_image_sizes(), key=lambda s: (abs(s - size), s))
 
 
 def check_workdir_writable(workdir: str) -> None:

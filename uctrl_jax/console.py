@@ -18,6 +18,7 @@ from typing import Any, Mapping, Optional
 
 from absl import logging as absl_logging
 
+from uctrl_jax import models
 from uctrl_jax import objectives
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -112,15 +113,18 @@ def startup_summary(
   workdir: str,
   resumed_step: Optional[int],
 ) -> list[str]:
-  """The lines that open a training run: dataset, models, work directory."""
+  """The lines that open a training run: dataset (and how its images were converted:
+  ``info.notes``), models (and their architecture at this image size), work directory."""
   sizes = ", ".join(f"{split} {n}" for split, n in sorted(info.num_examples.items()))
   t, m = config.train, config.model
-  models = ", ".join(f"{name} {_count(n)}" for name, n in num_params.items() if n)
+  params = ", ".join(f"{name} {_count(n)}" for name, n in num_params.items() if n)
   return [
     f"data {config.data.name} ({sizes}), images {tuple(image_shape)}, "
     f"{objectives.training_views(config)} view(s) each; batch {t.batch_size}",
+    *info.notes,
     f"models {m.encoder}/{m.decoder}, width {m.width}, d = {m.feature_dim}, "
-    f"{m.dtype}; parameters: {models}; loss {config.loss.mode}",
+    f"{m.dtype}; parameters: {params}; loss {config.loss.mode}",
+    *models.describe_architecture(config, image_shape),
     f"workdir {workdir}: "
     + (f"resuming at step {resumed_step}" if resumed_step else "a new run")
     + f", {t.num_steps} iterations",

@@ -15,7 +15,8 @@ API for the trainer and evaluators:
 Batches, with B = config.train.batch_size // process_count (per process) and
 V = config.data.num_views:
 
-    "image": (B, S, S, C) float32 in [-1, 1]  the image, resized to S
+    "image": (B, S, S, C) float32 in [-1, 1]  the image, resized to S×S (`resize_image`:
+                         shorter side to S, then the centre S×S crop)
     "views": (V, B, S, S, C) float32 in [-1, 1]  independent augmentations (absent
                          where V = 0: the generative loss modes, evaluation)
     "label": (B,) int32  -1 in an unlabelled split (training never reads it,
@@ -69,12 +70,35 @@ def open_source(config: ml_collections.ConfigDict) -> datasets.Source:
 
 
 def get_dataset_info(config: ml_collections.ConfigDict) -> datasets.DatasetInfo:
-  """Dataset facts, with image_shape as batches carry it: (S, S, C)."""
+  """Dataset facts, with image_shape as batches carry it, (S, S, C), and a note on the
+  resizing (`resize_note`) among its notes."""
   info = open_source(config).info
   size = _image_size(config, info)
+  note = resize_note(info, size[0])
   return dataclasses.replace(
-    info, image_shape=(*size, info.image_shape[-1]), num_examples=dict(info.num_examples)
+    info,
+    image_shape=(*size, info.image_shape[-1]),
+    num_examples=dict(info.num_examples),
+    notes=info.notes + ((note,) if note else ()),
   )
+
+
+RESIZE_RULE = "shorter side to {S}, centre crop"  # `resize_image`'s, for notes and errors
+
+
+def resize_note(info: datasets.DatasetInfo, size: int) -> Optional[str]:
+  """How many of `info`'s images are resized to size×size and by which rule; None when
+  none is."""
+  rule = RESIZE_RULE.format(S=size)
+  h, w = info.image_shape[:2]
+  if h is not None:
+    same = (h, w) == (size, size)
+    return None if same else f"{info.name}: images are {h}×{w}: resized to {size}×{size} ({rule})"
+  if info.size_counts is None:
+    return f"{info.name}: images vary in size: each resized to {size}×{size} ({rule})"
+  total = sum(info.size_counts.values())
+  other = total - info.size_counts.get((size, size), 0)
+  return f"{info.name}: {other} of {total} images are not {size}×{size}: resized ({rule})"
 
 
 def per_process_batch_size(config: ml_collections.ConfigDict, process_count: int) -> int:
@@ -209,9 +233,24 @@ def examples_in_order(
 
 
 def _image_size(config, info) -> tuple[int, int]:
-  """(S, S) from config.data.image_size; None keeps the stored size."""
+  """(S, S) from config.data.image_size; None keeps the stored size, which the images must
+  then share."""
   size = config.data.image_size
-  return tuple(info.image_shape[:2]) if size is None else (size, size)
+  if size is not None:
+    return (size, size)
+  if info.image_shape[0] is None:
+    sizes = sorted(info.size_counts or (), key=lambda hw: hw[0] * hw[1])
+    span = f" (from {_hw(sizes[0])} to {_hw(sizes[-1])})" if sizes else ""
+    raise datasets.DataError(
+      f"{info.name} holds images of different sizes{span}: set config.data.image_size "
+      "(e.g. --config.data.image_size=64) to resize each to S×S "
+      f"({RESIZE_RULE.format(S='S')})."
+    )
+  return tuple(info.image_shape[:2])
+
+
+def _hw(size: tuple[int, int]) -> str:
+  return f"{size[0]}×{size[1]}"
 
 
 def _with_mask(value: bool):
@@ -223,7 +262,31 @@ def _with_mask(value: bool):
 
 
 def _zeros_like_spec(spec):
-  return tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), spec)
+  """Zeros of each spec's shape, 1 along the dimensions it leaves open (images of mixed
+  sizes: a 1×1 black image, resized like any other)."""
+  return tf.nest.map_structure(
+    lambda s: tf.zeros([1 if d is None else d for d in s.shape], s.dtype), spec
+  )
+
+
+def resize_image(image: tf.Tensor, size: int) -> tf.Tensor:
+  """(H, W, C) float32 -> (size, size, C): the shorter side resized to `size`
+  (antialiased bilinear), then the centre size×size crop. As torchvision's
+  `Resize(size)` + `CenterCrop(size)`: keeps the aspect ratio, crops the longer side's
+  ends; a square image is simply resized. Unchanged when already size×size."""
+  if tuple(image.shape[:2]) == (size, size):
+    return image
+  h, w = tf.shape(image)[0], tf.shape(image)[1]
+  short = tf.minimum(h, w)
+  # torchvision: the shorter side becomes `size`, the longer int(size * long / short).
+  new_h = tf.where(h > w, size * h // short, size)
+  new_w = tf.where(h > w, size, size * w // short)
+  resized = tf.image.resize(image, tf.stack([new_h, new_w]), antialias=True)
+  top = tf.cast(tf.round((new_h - size) / 2), tf.int32)  # torchvision's rounding
+  left = tf.cast(tf.round((new_w - size) / 2), tf.int32)
+  out = resized[top : top + size, left : left + size]
+  out.set_shape((size, size, image.shape[-1]))
+  return out
 
 
 def _preprocess(index, example, *, size, num_views, seed, augment_kwargs):
@@ -240,10 +303,7 @@ def _preprocess(index, example, *, size, num_views, seed, augment_kwargs):
   """
   image = tf.image.convert_image_dtype(example["image"], tf.float32)  # [0, 1]
   out = dict(example)
-  resized = image
-  if tuple(image.shape[:2]) != tuple(size):
-    resized = tf.image.resize(image, size, antialias=True)
-  out["image"] = _to_signed(tf.clip_by_value(resized, 0.0, 1.0))
+  out["image"] = _to_signed(tf.clip_by_value(resize_image(image, size[0]), 0.0, 1.0))
   if num_views:
     view_seeds = tf.random.experimental.stateless_split(
       tf.random.experimental.stateless_fold_in(seed, index), num_views

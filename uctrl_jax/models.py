@@ -2,26 +2,38 @@
 
 Their roles: docs/method.md#the-closed-loop.
 
+Image sizes: square S = b·2^k with a base b of 4..7 and 16 ≤ S ≤ 256 (16, 20, 24, 28,
+32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256; ``accepted_image_sizes``), the
+same for both families; any other size is refused with the nearest accepted ones
+(``image_size_error``). The architecture follows S and is logged at start-up
+(``describe_architecture``); at 28 and 32 (DCGAN) and 32 and 96 (ResNet-18) it is the one
+these sizes always had, so older checkpoints load.
+
 Families, chosen by config name (``config.model.encoder`` / ``config.model.decoder``):
 
-* ``"dcgan"`` — CTRL's DCGAN pair (DCGAN at 32×32). Encoder: four 4×4 convs — three
-  stride-2 ones (``w, 2w, 4w`` channels, 32 → 16 → 8 → 4; BatchNorm on all but the
-  first; LeakyReLU(0.2)) and CTRL's final 4×4 "valid" conv on the ``4×4×4w`` map,
-  which *is* the linear map to ``d`` and is written as one. Decoder: the mirror
-  image — CTRL's first 4×4 transposed conv on a 1×1 input, i.e. a linear map
-  ``d → 4×4×4w``, + BN + ReLU, three 2× upsamplings (``2w, w, C``; BN + ReLU between
-  them), tanh. Nothing runs at 2×2: XLA:CPU's convs there are pathologically slow
-  (docs/benchmarks.md#measured-on-the-machine-before-the-trainer-existed). Image sizes 28
-  and 32. **28×28 is padded to 32×32
+* ``"dcgan"`` — CTRL's DCGAN pair (DCGAN at 32×32), one stride-2 stage per halving of S
+  down to its base b (``dcgan_stages``). Encoder: 4×4 stride-2 convs (``w, 2w, 4w, 8w,
+  8w, …`` channels; 32 → 16 → 8 → 4 at 32; BatchNorm on all but the first;
+  LeakyReLU(0.2)) and CTRL's final 4×4 "valid" conv on the ``b×b`` map, which *is* the
+  linear map to ``d`` and is written as one. Decoder: the mirror image — CTRL's first
+  4×4 transposed conv on a 1×1 input, i.e. a linear map ``d → b×b×(last width)``, + BN +
+  ReLU, one 2× upsampling per halving (``2w, w, C`` at 32; BN + ReLU between them),
+  tanh. Nothing runs at 2×2: XLA:CPU's convs there are pathologically slow
+  (docs/benchmarks.md#measured-on-the-machine-before-the-trainer-existed). **28×28 is
+  padded to 32×32
   at the encoder input** with the value −1 (black, the MNIST/Fashion-MNIST background
   in [−1, 1]) and the decoder's 32×32 output is **centre-cropped back to 28×28**, so
   one architecture (and one parameter count, up to the channels ``C``) serves both.
-* ``"resnet18"`` — encoder: ResNet-18 with the CIFAR stem (3×3 stride-1 conv, no
-  max-pool), stages of two basic blocks at ``w, 2w, 4w, 8w`` channels, global average
-  pool, linear map to ``d``. Decoder: its mirror — a linear map ``d → (S/8)²×8w`` +
-  BN + ReLU, stages of two basic blocks at ``8w, 4w, 2w, w`` whose first block
-  upsamples 2× (stages 2-4), then a 3×3 conv to ``C`` and tanh. Image sizes 32 and 96
-  (STL-10; there the linear map is ``d × 12²·8w`` ≈ 9.4 M parameters at w = 64).
+* ``"resnet18"`` — encoder: ResNet-18, stages of two basic blocks at ``w, 2w, 4w, 8w``
+  channels, global average pool, linear map to ``d``. Stem and halvings follow S
+  (``resnet18_halvings``): the CIFAR stem (3×3 stride-1 conv, no max-pool) up to 96,
+  ImageNet's 7×7 stride-2 conv above (and its max-pool too where the last map would
+  still exceed 12×12); stages 2-4 halve (stage 4 not below 32, so the last map stays
+  ≥ 4×4). Decoder: its mirror — a linear map ``d → (last map)²×8w`` + BN + ReLU, stages
+  of two basic blocks at ``8w, 4w, 2w, w`` whose first block upsamples 2× where the
+  encoder's halves, one more 2× upsampling (+ BN + ReLU) per halving of the stem, then
+  a 3×3 conv to ``C`` and tanh. At 96 (STL-10) the linear map is ``d × 12²·8w`` ≈ 9.4 M
+  parameters at w = 64.
 
 Every encoder ends in ``rate_reduction.l2_normalize`` of a float32 linear map
 (docs/method.md#the-closed-loop), so its rows are float32 unit vectors whatever the compute
@@ -61,6 +73,8 @@ Public API::
   decoder.apply({"params": p, "batch_stats": s}, z, train=False) -> x̂ (B, H, W, C)
   (with train=True pass mutable=["batch_stats"]; apply returns (out, {"batch_stats":…}))
   count_params(tree) -> int;  depth_to_space(x, r)
+  accepted_image_sizes(); image_size_error(S) -> None or why not
+  describe_architecture(config, image_shape) -> one line per net
 """
 
 from __future__ import annotations
@@ -83,11 +97,14 @@ DECODERS = ("dcgan", "resnet18")
 UPSAMPLES = ("conv_transpose", "pixel_shuffle", "resize_conv")
 FEATURE_HEADS = ("sphere", "gaussian")  # unit rows | a VAE's posterior (μ, log σ²)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# Square image sizes S (H = W = S) each family supports.
-IMAGE_SIZES = {"dcgan": (28, 32), "resnet18": (32, 96)}
-
-_DCGAN_SIZE = 32  # the DCGAN pair works at 32×32; 28×28 is padded / cropped
+# Square image sizes S (H = W = S) both families accept: S = b·2^k with a base b of
+# 4..7 (the smallest map; nothing runs at 2×2, slow in XLA:CPU) and S in this range.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 256
+_MAX_BASE = 7
+_PADDED_SIZES = {28: 32}  # DCGAN: 28×28 runs padded to 32×32 (its architecture since CTRL)
 _PAD_VALUE = -1.0  # black in [-1, 1]: the MNIST-family background
+_MAX_WIDTH_MULT = 8  # DCGAN stages stop doubling their width at 8w, ResNet-18's widest
+_RESNET_MAX_MAP = 12  # ResNet-18's last map is at most 12×12 (STL-10's 96 / 8)
 
 # DCGAN / CTRL init: N(0, 0.02) conv and linear weights. ResNet: He init (fan_out), as
 # torchvision. Both keep flax's default (ones / zeros) for BatchNorm.
@@ -134,6 +151,90 @@ def _crop_to(x: Array, h: int, w: int) -> Array:
   """Centre-crops ``(B, H', W', C)`` to ``(B, h, w, C)``; the inverse of ``_pad_to``."""
   top, left = (x.shape[1] - h) // 2, (x.shape[2] - w) // 2
   return x[:, top : top + h, left : left + w, :]
+
+
+def _halvings(size: int) -> Optional[int]:
+  """k where ``size = b·2^k`` with a base ``4 ≤ b ≤ 7`` (halved while the half is ≥ 4);
+  None when the halvings end at a base above 7 (``size`` has no such form)."""
+  k = 0
+  while size % 2 == 0 and size // 2 >= 4:
+    size, k = size // 2, k + 1
+  return k if size <= _MAX_BASE else None
+
+
+def accepted_image_sizes() -> Tuple[int, ...]:
+  """Every square image size S both families accept: ``S = b·2^k``, ``4 ≤ b ≤ 7``,
+  ``MIN_IMAGE_SIZE ≤ S ≤ MAX_IMAGE_SIZE`` (16, 20, 24, 28, 32, 40, 48, 56, 64, 80, ...)."""
+  return tuple(s for s in range(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE + 1) if _halvings(s) is not None)
+
+
+def image_size_error(size: int) -> Optional[str]:
+  """None when square images of side ``size`` are accepted; else one line saying the rule
+  and the nearest accepted sizes."""
+  accepted = accepted_image_sizes()
+  if size in accepted:
+    return None
+  nearest = [s for s in accepted if s < size][-1:] + [s for s in accepted if s > size][:1]
+  return (
+    f"image size {size} is not accepted: square sizes S = b·2^k with b in 4..7 and "
+    f"{MIN_IMAGE_SIZE} ≤ S ≤ {MAX_IMAGE_SIZE} ({', '.join(map(str, accepted[:13]))}, …); "
+    f"nearest: {' or '.join(map(str, nearest))}"
+  )
+
+
+def dcgan_stages(size: int) -> Tuple[int, Tuple[int, ...]]:
+  """``(S', widths)`` of the DCGAN pair at image size ``size``: it works at ``S'``
+  (``size``; 32 for 28, padded) and halves it once per entry of ``widths``, the width
+  multipliers ``1, 2, 4, 8, 8, …`` of its stride-2 stages, down to a base of 4..7."""
+  padded = _PADDED_SIZES.get(size, size)
+  return padded, tuple(min(2**i, _MAX_WIDTH_MULT) for i in range(_halvings(padded)))
+
+
+def resnet18_halvings(size: int) -> Tuple[int, int]:
+  """``(stem, stages)``: how often ResNet-18's stem and its stages halve an image of side
+  ``size``. The stages halve three times (stages 2-4), twice below 32 (the map stays
+  ≥ 4); the stem halves only while the last map would exceed 12×12 (CIFAR's 3×3 stem up
+  to 96; a 7×7 stride-2 conv, then also a 3×3 stride-2 max-pool above)."""
+  stages = min(3, _halvings(size))
+  stem = 0
+  while size >> (stages + stem) > _RESNET_MAX_MAP:
+    stem += 1
+  return stem, stages
+
+
+def describe_architecture(config, image_shape: Sequence[int]) -> list[str]:
+  """One line per net of ``create_models(config, image_shape)``, its maps and widths, for
+  the start-up summary: ``encoder dcgan: 64→32→16→8→4, widths 8/16/32/64``."""
+  size, c, w = int(image_shape[0]), int(image_shape[-1]), int(config.model.width)
+  lines = []
+  for role in ("encoder", "decoder"):
+    if config.model[role] == "dcgan":
+      padded, mults = dcgan_stages(size)
+      maps = [padded >> i for i in range(len(mults) + 1)]
+      widths = [w * k for k in mults]
+      if role == "encoder":
+        text = (f"{size} padded to " if padded != size else "") + "→".join(map(str, maps))
+      else:
+        text = "→".join(map(str, maps[::-1])) + (f" cropped to {size}" if padded != size else "")
+        widths = widths[::-1] + [c]
+    else:
+      stem, stages = resnet18_halvings(size)
+      maps = [(size >> stem) >> min(i, stages) for i in range(len(_STAGES))]
+      widths = [w * k for k in _STAGES]
+      if role == "encoder":
+        kind = ("CIFAR 3×3", "7×7 stride-2", "7×7 stride-2 + max-pool")[stem]
+        text = f"{kind} stem{f' {size}→{maps[0]}' if stem else ''}, stages " + "→".join(
+          map(str, maps)
+        )
+      else:
+        widths = widths[::-1]
+        text = "stages " + "→".join(map(str, maps[::-1]))
+        text += f", {stem} more 2× to {size} (the stem's mirror)" if stem else ""
+    upsample = f", {config.model.upsample} upsampling" if role == "decoder" else ""
+    lines.append(
+      f"{role} {config.model[role]}: {text}, widths {'/'.join(map(str, widths))}{upsample}"
+    )
+  return lines
 
 
 def _check_input(name: str, x: Array, image_shape: Sequence[int]) -> None:
@@ -289,10 +390,11 @@ class FeatureStem(nn.Module):
 class DCGANEncoder(nn.Module):
   """CTRL's DCGAN encoder: ``x (B, S, S, C) -> Z (B, d)`` float32 unit rows.
 
-  S ∈ {28, 32}; 28 is padded to 32 with −1. 32 → 16 → 8 → 4 by three 4×4 stride-2
-  convs (``w, 2w, 4w`` channels; BN after all but the first, DCGAN's rule; LeakyReLU
-  0.2), then ``FeatureHead`` (of kind ``head``) on the flattened ``4·4·4w`` map (CTRL's
-  last 4×4 conv).
+  S is any accepted size (``accepted_image_sizes``); 28 is padded to 32 with −1. One
+  4×4 stride-2 conv per halving down to the base b (``dcgan_stages``: 32 → 16 → 8 → 4
+  with ``w, 2w, 4w`` channels, 64 → … → 4 with ``w … 8w``; BN after all but the first,
+  DCGAN's rule; LeakyReLU 0.2), then ``FeatureHead`` (of kind ``head``) on the
+  flattened ``b·b·(last width)`` map (CTRL's last 4×4 conv).
   ``depth`` (``config.model.encoder_depth``, 0 in CTRL) adds that many 3×3 stride-1
   convs (+ BN + LeakyReLU) after each strided one, at its width and resolution.
   """
@@ -307,8 +409,9 @@ class DCGANEncoder(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool, posterior: bool = False):
     _check_input("DCGANEncoder", x, self.image_shape)
-    h = _pad_to(x, _DCGAN_SIZE).astype(self.dtype)
-    for i, mult in enumerate((1, 2, 4)):
+    padded, mults = dcgan_stages(self.image_shape[0])
+    h = _pad_to(x, padded).astype(self.dtype)
+    for i, mult in enumerate(mults):
       h = nn.Conv(
         self.width * mult,
         (4, 4),
@@ -337,9 +440,10 @@ class DCGANEncoder(nn.Module):
 class DCGANDecoder(nn.Module):
   """CTRL's DCGAN decoder (mirrored): ``z (B, d) -> x̂ (B, S, S, C)`` in [−1, 1].
 
-  ``FeatureStem`` to ``4×4×4w`` (CTRL's first transposed conv), then three
-  ``Upsample2x`` (``2w, w, C``; BN + ReLU after all but the last) to 32×32, tanh,
-  centre-crop to S (28 or 32).
+  The encoder's mirror (``dcgan_stages``): ``FeatureStem`` to the ``b×b`` base at the
+  last width (``4×4×4w`` at 32: CTRL's first transposed conv), then one ``Upsample2x``
+  per halving (``2w, w, C`` at 32; BN + ReLU after all but the last), tanh, centre-crop
+  to S (28 from 32).
   """
 
   image_shape: Tuple[int, int, int]
@@ -349,10 +453,11 @@ class DCGANDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, z: Array, train: bool) -> Array:
-    h = FeatureStem(_DCGAN_SIZE // 8, 4 * self.width, dtype=self.dtype, kernel_init=_dcgan_init)(
-      z, train
-    )
-    for mult in (2, 1):
+    padded, mults = dcgan_stages(self.image_shape[0])
+    h = FeatureStem(
+      padded >> len(mults), self.width * mults[-1], dtype=self.dtype, kernel_init=_dcgan_init
+    )(z, train)
+    for mult in reversed(mults[:-1]):
       h = Upsample2x(self.width * mult, self.upsample, dtype=self.dtype, kernel_init=_dcgan_init)(h)
       h = nn.relu(_batch_norm(train, self.dtype)(h))
     h = Upsample2x(
@@ -371,12 +476,15 @@ _BLOCKS_PER_STAGE = 2  # ResNet-18
 
 
 class ResNet18Encoder(nn.Module):
-  """ResNet-18 with the CIFAR stem: ``x (B, S, S, C) -> Z (B, d)`` float32 unit rows.
+  """ResNet-18: ``x (B, S, S, C) -> Z (B, d)`` float32 unit rows.
 
-  3×3 stride-1 conv (w) + BN + ReLU, no max-pool; four stages of two basic blocks
-  (``w, 2w, 4w, 8w``; stages 2-4 start with a stride-2 block) to ``S/8``; global
-  average pool; ``FeatureHead`` (of kind ``head``). At w = 64 the trunk is the standard CIFAR
-  ResNet-18 without its classifier: 11 168 832 parameters.
+  The stem (``resnet18_halvings``): up to S = 96 CIFAR's, a 3×3 stride-1 conv (w) + BN +
+  ReLU, no max-pool; above, ImageNet's 7×7 stride-2 conv, then also its 3×3 stride-2
+  max-pool where the last map would still exceed 12×12. Four stages of two basic blocks
+  (``w, 2w, 4w, 8w``; stages 2-4 start with a stride-2 block, stage 4 not below 32 so
+  the last map stays ≥ 4×4); global average pool; ``FeatureHead`` (of kind ``head``).
+  At w = 64 the trunk with the CIFAR stem is the standard CIFAR ResNet-18 without its
+  classifier: 11 168 832 parameters.
   """
 
   image_shape: Tuple[int, int, int]
@@ -388,18 +496,23 @@ class ResNet18Encoder(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool, posterior: bool = False):
     _check_input("ResNet18Encoder", x, self.image_shape)
+    stem, stages = resnet18_halvings(self.image_shape[0])
+    kernel, pad = (7, 3) if stem else (3, 1)
     h = nn.Conv(
       self.width,
-      (3, 3),
-      padding=((1, 1), (1, 1)),
+      (kernel, kernel),
+      strides=2 if stem else 1,
+      padding=((pad, pad), (pad, pad)),
       use_bias=False,
       dtype=self.dtype,
       kernel_init=_resnet_init,
     )(x.astype(self.dtype))
     h = nn.relu(_batch_norm(train, self.dtype)(h))
+    if stem == 2:
+      h = nn.max_pool(h, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, mult in enumerate(_STAGES):
       for block in range(_BLOCKS_PER_STAGE):
-        down = "down" if stage > 0 and block == 0 else None
+        down = "down" if 0 < stage <= stages and block == 0 else None
         h = ResBlock(self.width * mult, resample=down, dtype=self.dtype)(h, train)
     h = jnp.mean(h.astype(jnp.float32), axis=(1, 2))  # global average pool
     return FeatureHead(self.feature_dim, head=self.head)(h, posterior)
@@ -408,9 +521,11 @@ class ResNet18Encoder(nn.Module):
 class ResNet18Decoder(nn.Module):
   """Mirror of ``ResNet18Encoder``: ``z (B, d) -> x̂ (B, S, S, C)`` in [−1, 1].
 
-  ``FeatureStem`` to ``(S/8)×(S/8)×8w``; four stages of two basic blocks
-  (``8w, 4w, 2w, w``; stages 2-4 start with an upsampling block, its first conv
-  being ``Upsample2x(upsample)``) to S; 3×3 conv (with bias) to C; tanh.
+  ``FeatureStem`` to the encoder's last map at ``8w`` (``(S/8)×(S/8)`` up to S = 96);
+  four stages of two basic blocks (``8w, 4w, 2w, w``; the stages mirroring the
+  encoder's stride-2 ones start with an upsampling block, its first conv being
+  ``Upsample2x(upsample)``); one ``Upsample2x`` (w) + BN + ReLU per halving of the
+  encoder's stem; 3×3 conv (with bias) to C; tanh.
   """
 
   image_shape: Tuple[int, int, int]
@@ -420,14 +535,20 @@ class ResNet18Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, z: Array, train: bool) -> Array:
-    s0 = self.image_shape[0] // 2 ** (len(_STAGES) - 1)
-    h = FeatureStem(s0, self.width * _STAGES[-1], dtype=self.dtype)(z, train)
+    stem, stages = resnet18_halvings(self.image_shape[0])
+    h = FeatureStem(
+      self.image_shape[0] >> (stem + stages), self.width * _STAGES[-1], dtype=self.dtype
+    )(z, train)
     for stage, mult in enumerate(reversed(_STAGES)):
       for block in range(_BLOCKS_PER_STAGE):
-        up = "up" if stage > 0 and block == 0 else None
+        # Decoder stage j mirrors encoder stage 4 - j's downsampling (stages 1..stages).
+        up = "up" if 0 < len(_STAGES) - stage <= stages and block == 0 else None
         h = ResBlock(self.width * mult, resample=up, upsample=self.upsample, dtype=self.dtype)(
           h, train
         )
+    for _ in range(stem):  # the stem's mirror
+      h = Upsample2x(self.width, self.upsample, dtype=self.dtype, kernel_init=_resnet_init)(h)
+      h = nn.relu(_batch_norm(train, self.dtype)(h))
     h = nn.Conv(
       self.image_shape[-1],
       (3, 3),
@@ -456,16 +577,18 @@ def _choice(model_config, key: str, choices):
   return value
 
 
-def _check_image_shape(family: str, role: str, image_shape) -> Tuple[int, int, int]:
+def _check_image_shape(image_shape) -> Tuple[int, int, int]:
   if len(image_shape) != 3:
     raise ValueError(f"image_shape must be (H, W, C); got {tuple(image_shape)}")
   h, w, c = (int(v) for v in image_shape)
-  if h != w or h not in IMAGE_SIZES[family] or c < 1:
+  if h != w or c < 1:
     raise ValueError(
-      f"{role} {family!r} supports square images of size "
-      f"{IMAGE_SIZES[family]} (H = W) with C ≥ 1 channels; got image_shape "
+      f"the models take square images (H = W) with C ≥ 1 channels; got image_shape "
       f"{tuple(image_shape)}"
     )
+  error = image_size_error(h)
+  if error:
+    raise ValueError(f"image_shape {tuple(image_shape)}: {error}")
   return h, w, c
 
 
@@ -479,7 +602,7 @@ def create_models(config, image_shape: Sequence[int]) -> Tuple[nn.Module, nn.Mod
   ``image_shape = (H, W, C)`` of the images the encoder reads and the decoder writes.
   Raises ``ValueError`` naming the bad value for an unknown name, upsample or dtype, a
   non-positive width / feature_dim, or an image size the family does not support
-  (``IMAGE_SIZES``).
+  (``image_size_error``).
   """
   m = config.model
   enc_name = _choice(m, "encoder", ENCODERS)
@@ -492,8 +615,7 @@ def create_models(config, image_shape: Sequence[int]) -> Tuple[nn.Module, nn.Mod
     raise ValueError(f"config.model.feature_dim must be a positive int; got {feature_dim!r}")
   if width < 1:
     raise ValueError(f"config.model.width must be a positive int; got {width!r}")
-  enc_shape = _check_image_shape(enc_name, "encoder", image_shape)
-  dec_shape = _check_image_shape(dec_name, "decoder", image_shape)
+  shape = _check_image_shape(image_shape)
   depth = int(m.encoder_depth)
   if depth < 0 or (depth and enc_name != "dcgan"):
     raise ValueError(
@@ -502,7 +624,7 @@ def create_models(config, image_shape: Sequence[int]) -> Tuple[nn.Module, nn.Mod
     )
   extra = {"depth": depth} if enc_name == "dcgan" else {}
   encoder = _ENCODER_CLASSES[enc_name](
-    image_shape=enc_shape,
+    image_shape=shape,
     feature_dim=int(feature_dim),
     width=width,
     dtype=dtype,
@@ -510,7 +632,7 @@ def create_models(config, image_shape: Sequence[int]) -> Tuple[nn.Module, nn.Mod
     **extra,
   )
   decoder = _DECODER_CLASSES[dec_name](
-    image_shape=dec_shape, width=width, upsample=upsample, dtype=dtype
+    image_shape=shape, width=width, upsample=upsample, dtype=dtype
   )
   return encoder, decoder
 

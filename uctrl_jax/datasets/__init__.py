@@ -6,8 +6,9 @@ Names (`config.data.name`), one module per kind of source:
   `fashion_mnist`, ... (`tfds_source`); nothing is downloaded unless
   `download=True`. `fashion_mnist` is prepared from the Debian package
   `dataset-fashion-mnist` when it is installed (`fashion_mnist_offline`).
-- `image_folder:PATH`: `.png`/`.jpg`/`.jpeg` files, `PATH/SPLIT/LABEL/*.png`
-  labelled, `PATH/*.png` or `PATH/SPLIT/*.png` unlabelled (`image_folder`).
+- `image_folder:PATH`: `.png`/`.jpg`/`.jpeg` files of any size and mode,
+  `PATH/SPLIT/LABEL/*.png` labelled, `PATH/*.png` or `PATH/SPLIT/*.png` unlabelled
+  (`image_folder`: its docstring states the mode and channel rules).
 - `npz:PATH`: a `.npz` file of images `x` and optional labels `y`, or a directory
   of them, one split per file (`npz`).
 
@@ -19,7 +20,8 @@ API:
 
     source = open_dataset(name, data_dir=None, download=False)
     source.info  -> DatasetInfo(name, image_shape, num_classes, num_examples,
-                                class_names, unlabelled_splits)
+                                class_names, unlabelled_splits, size_counts, notes)
+                    (image_shape (None, None, C) where images differ in size)
     source.split_size(split) -> examples in `split` (slices included)
     source.example_paths(split) -> each example's file, in reading order (image
                                    folders; None for other sources)

@@ -1,5 +1,5 @@
 """`image_folder:PATH` sources: image files in one of three layouts, listed and checked
-up front (headers only), decoded by tf.data as they are read.
+up front, decoded and converted by PIL as they are read.
 
 `.png`/`.jpg`/`.jpeg` files (hidden files and folders are ignored), laid out one of
 three ways:
@@ -12,14 +12,29 @@ three ways:
     numbered in sorted order of their names over all splits; folders named by
     numbers only must be exactly 0..C-1 and keep their number.
 Splits may differ in layout (e.g. an unlabelled `train`, a labelled `test`).
-Every image must have the same size and 1 or 3 channels; grayscale images in a
-folder that also holds colour ones are read as RGB (gray copied to the three
-channels), palette PNGs as RGB, 16-bit PNGs scaled to 8 bits, each logged once.
+
+Images may differ in size (the input pipeline resizes each to `config.data.image_size`)
+and in mode, each converted as PIL's `convert("RGB")` / `convert("L")` would, except:
+  - transparency (RGBA, LA, P or L/RGB with a transparent colour) is composited over a
+    white background (`BACKGROUND`), as image viewers show it, where `convert` would
+    drop the alpha channel and keep whatever colour the transparent pixels store;
+  - 16-bit grayscale is scaled to 8 bits (round(v / 257)), where `convert` would clip.
+Channels: 3 (RGB) when any image is in colour (every mode but 1, L, LA, I, I;16 —
+palette and CMYK images count as colour), grayscale images then copied to the three
+channels; 1 when all are grayscale. Each conversion is counted in `info.notes`, which
+the start-up summary prints once. An image PIL cannot read completely (not an image,
+truncated, corrupt) is a one-line DataError naming the file, found up front: the scan
+reads each PNG's chunks (CRC-checked) and decodes each JPEG at 1/8 scale.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import dataclasses
+import functools
 import os
+from typing import Optional
 
 from absl import logging
 import numpy as np
@@ -28,34 +43,56 @@ import tensorflow as tf
 from uctrl_jax.datasets.errors import DataError, few
 from uctrl_jax.datasets.source import DatasetInfo, IndexedSource, check_label_ids, unlabelled
 
-# tf.io.decode_image reads only these; anything else in an image folder is an error.
+# PIL reads these; anything else in an image folder is an error.
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-# PIL modes read as they are or converted (the kinds of `_CONVERSION_NOTES`; None: as is).
-_GRAY_MODES = {
-  "1": None,
-  "L": None,
-  "I;16": "16-bit",
-  "I;16B": "16-bit",
-  "I;16L": "16-bit",
-  "I": "16-bit",
-}
-_COLOUR_MODES = {"RGB": None, "P": "palette"}
-# What each conversion does, logged once per folder.
-_CONVERSION_NOTES = {
-  "16-bit": "16-bit images are scaled to 8 bits",
-  "palette": "palette images are read as RGB",
-  "grayscale": "grayscale images are read as RGB (gray in all 3 channels), "
-  "as the folder holds colour images too",
-}
+# What transparent pixels are composited over (RGB): white, as image viewers show them.
+BACKGROUND = (255, 255, 255)
+# PIL modes of grayscale images; every other mode is colour.
+_GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N")
+_16_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 # The layouts of the module docstring, for the messages of an empty folder.
 _LAYOUTS = "PATH/SPLIT/LABEL/*.png (labelled), PATH/SPLIT/*.png or PATH/*.png (unlabelled)."
 
 
+@dataclasses.dataclass(frozen=True)
+class _Facts:
+  """What the scan learns of one image file, from its header."""
+
+  size: tuple[int, int]  # (H, W)
+  mode: str  # PIL's
+  transparent: bool  # an alpha channel or a transparent colour
+
+
+def _conversion(facts: _Facts) -> Optional[str]:
+  """How an image of these facts is converted besides PIL's `convert`: "transparency"
+  (composited over `BACKGROUND`), "16-bit" (scaled to 8 bits) or None."""
+  if facts.transparent:
+    return "transparency"
+  return "16-bit" if facts.mode in _16_BIT_MODES else None
+
+
+def load_pixels(path: str, channels: int) -> np.ndarray:
+  """(H, W, channels) uint8: the image file at `path` converted by the rules of the module
+  docstring to RGB (channels 3) or grayscale (1)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  with Image.open(path) as img:
+    kind = _conversion(_facts(img))
+    if kind == "transparency":
+      rgba = img.convert("RGBA")
+      img = Image.alpha_composite(Image.new("RGBA", rgba.size, (*BACKGROUND, 255)), rgba)
+    elif kind == "16-bit":
+      wide = np.asarray(img, np.int64)
+      img = Image.fromarray(np.clip((wide + 128) // 257, 0, 255).astype(np.uint8), "L")
+    pixels = np.asarray(img.convert("RGB" if channels == 3 else "L"))
+  return pixels.reshape(*pixels.shape[:2], channels)
+
+
 class ImageFolderSource(IndexedSource):
-  """Image files listed and checked up front (`_scan_image_folder`), decoded by tf."""
+  """Image files listed and checked up front (`_scan_image_folder`), decoded by PIL."""
 
   def __init__(self, name: str, root: str):
-    self._files, class_names, self._shape = _scan_image_folder(root)
+    self._files, class_names, self._shape, sizes, notes = _scan_image_folder(root)
     self.info = DatasetInfo(
       name=name,
       image_shape=self._shape,
@@ -63,6 +100,8 @@ class ImageFolderSource(IndexedSource):
       num_examples={k: len(paths) for k, (paths, _) in self._files.items()},
       class_names=class_names,
       unlabelled_splits=tuple(k for k, (_, y) in self._files.items() if y is None),
+      size_counts=sizes,
+      notes=notes,
     )
 
   def _stored_paths(self, split):
@@ -73,11 +112,10 @@ class ImageFolderSource(IndexedSource):
     paths = paths[positions]
     labels = unlabelled(len(paths)) if labels is None else labels[positions]
     shape = self._shape
+    load = functools.partial(_load_path, channels=shape[-1])
 
     def decode(example):
-      image = tf.io.decode_image(
-        tf.io.read_file(example["path"]), channels=shape[-1], expand_animations=False
-      )
+      image = tf.numpy_function(load, [example["path"]], tf.uint8, stateful=False)
       return {"image": tf.ensure_shape(image, shape), "label": example["label"]}
 
     return tf.data.Dataset.from_tensor_slices({"path": paths, "label": labels}).map(
@@ -85,30 +123,38 @@ class ImageFolderSource(IndexedSource):
     )
 
 
+def _load_path(path: bytes, channels: int) -> np.ndarray:
+  """`load_pixels` of a path tf.data hands over as bytes."""
+  return load_pixels(os.fsdecode(path), channels)
+
+
 def _scan_image_folder(root: str):
   """Lists and checks the images of `image_folder:root` (layouts: module docstring).
 
-  Reads only the image headers (PIL opens lazily), so it is cheap next to
-  decoding the images.
-
   Returns:
     ({split: (paths (n,) str, labels (n,) int32 or None)}, class_names,
-     (H, W, C)).
+     (H, W, C) with H = W = None when sizes differ, {(H, W): count}, notes).
   """
   layout = _layout(root)
   ids = _class_ids({c for groups in layout.values() for c, _ in groups if c is not None}, root)
-  (w, h), colour = _check_images(root, layout)
+  paths = [p for groups in layout.values() for _, ps in groups for p in ps]
+  facts = _inspect(tuple((p, *_stamp(p)) for p in paths))
+  colour = any(f.mode not in _GRAY_MODES for f in facts)
+  sizes = dict(collections.Counter(f.size for f in facts))
+  (h, w), *others = sizes
   files = {}
   for split, groups in layout.items():
-    paths = np.array([p for _, ps in groups for p in ps])
+    split_paths = np.array([p for _, ps in groups for p in ps])
     labels = (
       None
       if groups[0][0] is None
       else np.concatenate([np.full(len(ps), ids[c], np.int32) for c, ps in groups])
     )
-    files[split] = (paths, labels)
+    files[split] = (split_paths, labels)
   class_names = tuple(sorted(ids, key=ids.get))
-  return files, class_names, (h, w, 3 if colour else 1)
+  shape = (None, None) if others else (h, w)
+  notes = _notes(root, paths, facts, colour)
+  return files, class_names, (*shape, 3 if colour else 1), sizes, notes
 
 
 def _layout(root: str) -> dict[str, list[tuple[str | None, list[str]]]]:
@@ -186,60 +232,70 @@ def _class_ids(names: set[str], root: str) -> dict[str, int]:
   return ids
 
 
-def _check_images(root: str, layout) -> tuple[tuple[int, int], bool]:
-  """(W, H), the size every image of `layout` must share, and whether any is colour (then
-  all are read as RGB); logs each conversion (`_CONVERSION_NOTES`) once."""
-  first_of_size: dict[tuple[int, int], str] = {}
-  conversions: dict[str, list[str]] = {}  # kind -> paths converted
-  gray, colour = [], []
-  for groups in layout.values():
-    for _, paths in groups:
-      for path in paths:
-        size, is_colour, kind = _read_header(path)
-        (colour if is_colour else gray).append(path)
-        if kind:
-          conversions.setdefault(kind, []).append(path)
-        if first_of_size and size not in first_of_size:
-          (w0, h0), first = next(iter(first_of_size.items()))
-          raise DataError(
-            f"image_folder {root!r} mixes image sizes: {path!r} is "
-            f"{size[0]}x{size[1]}, {first!r} is {w0}x{h0}; resize them to one "
-            "size first."
-          )
-        first_of_size.setdefault(size, path)
-  if colour and gray:
-    conversions["grayscale"] = gray
-  for kind, paths in conversions.items():
-    logging.info(
-      "image_folder %s: %s: %d image(s), the first %s",
-      root,
-      _CONVERSION_NOTES[kind],
-      len(paths),
-      paths[0],
-    )
-  (size,) = first_of_size
-  return size, bool(colour)
+def _stamp(path: str) -> tuple[int, int]:
+  """(modification time in ns, size in bytes) of a file: what invalidates its scan."""
+  st = os.stat(path)
+  return st.st_mtime_ns, st.st_size
 
 
-def _read_header(path: str) -> tuple[tuple[int, int], bool, str | None]:
-  """(size (W, H), whether colour, its conversion (`_CONVERSION_NOTES`) or None) of one
-  image, from its header; a DataError for an unreadable image or one whose channels are
-  not 1 or 3."""
+@functools.lru_cache(maxsize=4)
+def _inspect(stamped: tuple[tuple[str, int, int], ...]) -> tuple[_Facts, ...]:
+  """`_Facts` of each (path, mtime, size), checked readable; threads overlap the file
+  reads (PIL decodes without the GIL). Cached: a run opens its folder several times."""
+  with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+    return tuple(pool.map(_inspect_file, [path for path, _, _ in stamped]))
+
+
+def _facts(img) -> _Facts:
+  """`_Facts` of an opened PIL image."""
+  transparent = "A" in img.getbands() or "transparency" in img.info
+  return _Facts((img.size[1], img.size[0]), img.mode, transparent)
+
+
+def _inspect_file(path: str) -> _Facts:
+  """`_Facts` of one image file, whose whole data is checked: a PNG's chunks against their
+  CRCs, a JPEG decoded at 1/8 scale. A DataError for an image PIL cannot read."""
   from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
 
   try:
     with Image.open(path) as img:
-      size, mode, info = img.size, img.mode, img.info
-  except (UnidentifiedImageError, OSError) as e:
+      facts = _facts(img)
+      if img.format == "PNG":
+        img.verify()
+      else:
+        img.draft(img.mode, (1, 1))  # JPEG: the smallest DCT scale, still every byte
+        img.load()
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     raise DataError(f"image_folder: {path!r} is not a readable image: {e}") from e
-  if mode in _GRAY_MODES:
-    return size, False, _GRAY_MODES[mode]
-  if mode in _COLOUR_MODES and "transparency" not in info:
-    return size, True, _COLOUR_MODES[mode]
-  bands = Image.getmodebands(mode) + ("transparency" in info)
-  raise DataError(
-    f"image_folder: {path!r} has {bands} channels (mode {mode}"
-    f"{' with transparency' if 'transparency' in info else ''}); expected 1 "
-    "(grayscale) or 3 (RGB): convert it first, e.g. PIL's "
-    "Image.convert('RGB')."
-  )
+  except Image.DecompressionBombError as e:  # over PIL's pixel limit: a one-line error too
+    raise DataError(f"image_folder: {path!r} is too large to read: {e}") from e
+  return facts
+
+
+def _notes(root: str, paths, facts, colour: bool) -> tuple[str, ...]:
+  """One line per conversion the images of `root` undergo (module docstring): how many
+  images of which modes, and the first of them."""
+  target = "RGB" if colour else "grayscale"
+  what = {
+    "transparency": f"with transparency composited over a white background, made {target}",
+    "16-bit": "scaled from 16 to 8 bits (round(v / 257))" + (", made RGB" if colour else ""),
+    "gray": "made RGB (gray copied to the 3 channels), as the folder holds colour images",
+    "mode": f"converted to {target} by PIL",
+  }
+  groups = collections.defaultdict(list)  # kind -> [(path, facts)]
+  for path, f in zip(paths, facts):
+    kind = _conversion(f)
+    if kind is None and colour and f.mode in _GRAY_MODES:
+      kind = "gray"
+    elif kind is None and f.mode not in ("RGB", "L"):
+      kind = "mode"
+    if kind:
+      groups[kind].append((path, f))
+  lines = []
+  for kind, members in groups.items():
+    modes = "/".join(sorted({f.mode for _, f in members}))
+    lines.append(
+      f"image_folder {root}: {len(members)} {modes} image(s) {what[kind]} "
+      f"(the first: {members[0][0]})"
+    )
+  return tuple(lines)

@@ -22,21 +22,28 @@ class DatasetInfo:
 
   Attributes:
     name: the dataset name as given (`cifar10`, `npz:/data/x.npz`, ...).
-    image_shape: (H, W, C) of one image as stored (`open_dataset`) or as
-      batched by the input pipeline (`input_pipeline.get_dataset_info`).
+    image_shape: (H, W, C) of one image as stored (`open_dataset`; H = W = None
+      when the images differ in size) or as batched by the input pipeline
+      (`input_pipeline.get_dataset_info`).
     num_classes: number of labels; labels are in [0, num_classes). 0 when no
       split has labels.
     num_examples: split name -> number of examples in the whole split.
     class_names: label names, `num_classes` of them.
     unlabelled_splits: the splits without labels (their examples' label is -1).
+    size_counts: (H, W) -> how many images have that size, where the images differ in
+      size and the source knows them (image folders); None otherwise.
+    notes: one line per conversion the source applies to some images (modes,
+      channels), printed once by the start-up summary.
   """
 
   name: str
-  image_shape: tuple[int, int, int]
+  image_shape: tuple[Optional[int], Optional[int], int]
   num_classes: int
   num_examples: Mapping[str, int]
   class_names: tuple[str, ...]
   unlabelled_splits: tuple[str, ...] = ()
+  size_counts: Optional[Mapping[tuple[int, int], int]] = None
+  notes: tuple[str, ...] = ()
 
 
 def has_labels(info: DatasetInfo, split: str) -> bool:

@@ -6,7 +6,8 @@ tfds dataset with `image` and `label` features works too). The data must be
 prepared in `data_dir` (None: tfds's default, ~/tensorflow_datasets). Nothing is
 downloaded unless `download=True`, so an offline machine fails at once instead of
 retrying DNS for minutes. Splits are tfds's own split expressions (`train[:50%]+test`,
-...); slices are taken in the stored order.
+...); slices are taken in the stored order. Datasets whose images vary in size
+(`tf_flowers`, ...) have image_shape (None, None, C): the input pipeline resizes them.
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ class TfdsSource(Source):
         "classification dataset."
       )
     shape = features["image"].shape
-    if None in shape:
+    if shape[-1] is None:
       raise DataError(
-        f"tfds dataset {name!r} stores images of varying size {shape}; "
-        "only fixed-size image datasets are supported."
+        f"tfds dataset {name!r} stores images of shape {shape}, with no fixed channel "
+        "count; only datasets of 1 or 3 channels are supported."
       )
     label = features["label"]
     self.info = DatasetInfo(
