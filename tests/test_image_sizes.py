@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from test_models import abstract_variables, make_config, random_variables
-from uctrl_jax import models, sharding, steps, validation
+from uctrl_jax import config_checks, models, sharding, steps
 from uctrl_jax.state import create_train_state
 
 # (family, size, channels, upsample) -> (encoder + decoder parameters, hash of every
@@ -92,8 +92,8 @@ def test_unsupported_size_is_refused_naming_the_nearest(size, nearest):
     models.create_models(make_config("resnet18"), (size, size, 3))
   config = make_config("dcgan")
   config.data.image_size = size
-  with pytest.raises(validation.ConfigError) as e:
-    validation.check_image_shape(config)
+  with pytest.raises(config_checks.ConfigError) as e:
+    config_checks.check_image_shape(config)
   assert str(e.value) == f"config.data.image_size = {size}: {message}"
 
 
@@ -101,9 +101,9 @@ def test_non_square_stored_images_ask_for_image_size():
   config = make_config("dcgan")
   config.data.image_size = None
   with pytest.raises(
-    validation.ConfigError, match=r"not square; set config.data.image_size \(e.g. 32\)"
+    config_checks.ConfigError, match=r"not square; set config.data.image_size \(e.g. 32\)"
   ):
-    validation.check_image_shape(config, (30, 34, 3))
+    config_checks.check_image_shape(config, (30, 34, 3))
 
 
 @pytest.mark.parametrize("family", models.ENCODERS)
