@@ -1,7 +1,10 @@
 """Equal-minutes comparison on Fashion-MNIST: uCTRL recipes against the encoder-only
-self-supervised baselines, raw pixels and the untrained encoder, two seeds each.
+self-supervised baselines, the generative baselines (autoencoder, VAE, CTRL-Binary), raw
+pixels and the untrained encoder, two seeds each.
 
     .venv/bin/python -m experiments.recipes --out=/tmp/uctrl_recipes --minutes=20
+    .venv/bin/python -m experiments.recipes --out=/tmp/uctrl_compare --reference_steps=1500 \
+        --only=uctrl,autoencoder,vae,ctrl_binary,tcr --figure=/tmp/uctrl_compare/comparison.png
     .venv/bin/python -m experiments.recipes --out=/tmp/uctrl_recipes --minutes=20 \\
         --curve=uctrl --multiple=4          # one recipe's learning curve to 4× the budget
 
@@ -11,13 +14,25 @@ measured in this process just before the recipe trains (``SPEED_ITERATIONS`` ite
 after compilation, real input pipeline), so every row trains for about the same minutes
 of this machine; the run's own training minutes (recorded in its checkpoints) are in the
 table. Run nothing else on the machine meanwhile: a loaded machine measures fewer
-iterations for everyone. Every run is then scored on the full split with the
-library's evaluators: kNN and linear-probe top-1, nearest subspace, k-means ACC and NMI
-of the test features, reconstruction class consistency and PSNR (uCTRL rows only).
+iterations for everyone.
+
+``--reference_steps=N`` sizes the budgets by speed ratios instead, which a loaded machine
+distorts far less than absolute seconds: every recipe's seconds per iteration are
+measured in this process, interleaved over ``SPEED_ROUNDS`` rounds (the fastest round of
+each kept), and recipe ``r`` gets ``N · s_uctrl / s_r`` iterations: the minutes that N
+iterations of the default take, whatever the machine's load. They are kept in
+``OUT/budgets.json``.
+
+Every run is then scored on the full split with the library's evaluators: kNN and
+linear-probe top-1, nearest subspace, k-means ACC and NMI of the test features; for
+recipes with a decoder, PSNR and the pixel-kNN consistency of reconstructions, and the
+judge's scores (``evaluators/judge.py``: its consistency of reconstructions, Fréchet
+distance and precision/recall of reconstructions and of samples, cluster purity).
 
 Outputs: ``OUT/<recipe>_seed<k>/`` work directories with ``recipe_row.json``,
-``OUT/recipes.md`` (one row per run, then the mean of the seeds per recipe), rewritten
-after every run; an interrupted invocation resumes (finished runs are read back, an
+``OUT/recipes.md`` (per table, features and generation: one row per run, then the mean
+of the seeds per recipe), rewritten after every run, and with ``--figure`` a picture of
+each recipe's linear probe against the FD of its conditional samples; an interrupted invocation resumes (finished runs are read back, an
 interrupted one resumes from its checkpoint with its recorded iteration count).
 
 ``--curve=NAME --multiple=M`` trains recipe NAME (seed 0) for M budgets' worth of
@@ -67,6 +82,16 @@ RECIPES = {
       "train.encoder_b1": 0.9,
     },
   ),
+  # What a user would train instead to generate (issue 24): the same f and g (the VAE's f
+  # with a Gaussian head), the default's players' optimizers, no views (they read none).
+  "autoencoder": ("autoencoder: the same f and g, pixel MSE", {"loss.mode": "autoencoder"}),
+  "vae": ("VAE: the same f (Gaussian head) and g, negative ELBO", {"loss.mode": "vae"}),
+  # CTRL-Binary plays ΔR(Z, Ẑ) alone: no term reads the views, so it is given one (the
+  # least the game's steps take) instead of paying for the default's 8.
+  "ctrl_binary": (
+    "CTRL-Binary: ΔR(Z, Ẑ) only",
+    {"loss.mode": "ctrl_binary", "data.num_views": 1},
+  ),
   "simclr": (
     "SimCLR NT-Xent, T = 0.2 (encoder only)",
     {
@@ -81,19 +106,37 @@ RECIPES = {
 }
 SEEDS = (0, 1)
 SPEED_ITERATIONS = 20
-EVALUATORS = ("knn", "linear_probe", "nearest_subspace", "clustering", "reconstruction")
+EVALUATORS = (
+  "knn",
+  "linear_probe",
+  "nearest_subspace",
+  "clustering",
+  "reconstruction",
+  "conditional_generation",  # its grid, in the run's directory
+  "judge",
+)
 CURVE_EVALUATORS = ("knn", "linear_probe", "reconstruction")
-# (column, row key, format).
+# (column, row key, format): the features, then the generation (judge/... : evaluators/judge.py).
 COLUMNS = (
   ("kNN", "knn/top1", "{:.2f}"),
   ("linear", "linear_probe/top1", "{:.2f}"),
   ("nearest subspace", "nearest_subspace/top1", "{:.2f}"),
   ("k-means ACC", "clustering/kmeans_acc", "{:.1f}"),
   ("k-means NMI", "clustering/kmeans_nmi", "{:.3f}"),
-  ("consistency", "reconstruction/consistency", "{:.1f}"),
-  ("PSNR", "reconstruction/psnr", "{:.2f}"),
   ("iterations", "steps", "{:.0f}"),
   ("train min", "train_minutes", "{:.1f}"),
+)
+GENERATION_COLUMNS = (
+  ("PSNR", "reconstruction/psnr", "{:.2f}"),
+  ("pixel-kNN consistency", "reconstruction/consistency", "{:.1f}"),
+  ("judge consistency", "judge/recon_consistency", "{:.1f}"),
+  ("recon FD", "judge/recon_fd", "{:.1f}"),
+  ("recon P / R", ("judge/recon_precision", "judge/recon_recall"), "{:.2f}"),
+  ("cond FD", "judge/cond_fd", "{:.1f}"),
+  ("cond P / R", ("judge/cond_precision", "judge/cond_recall"), "{:.2f}"),
+  ("purity", "judge/cond_purity", "{:.1f}"),
+  ("uncond FD", "judge/uncond_fd", "{:.1f}"),
+  ("prior FD", "judge/prior_fd", "{:.1f}"),
 )
 
 
@@ -103,34 +146,81 @@ def recipe_config(name: str, seed: int, steps=None, extra=None):
   return sweep.variant_config(overrides, steps)
 
 
-def seconds_per_iteration(config, iterations: int = SPEED_ITERATIONS) -> float:
-  """Median-free mean seconds of ``iterations`` training iterations after compilation and
-  two warm-up iterations, on the real input pipeline, as ``train_and_evaluate`` runs
-  them (BLAS limit included)."""
-  mesh = sharding.create_mesh(mesh_config=config.mesh)
-  image_shape = input_pipeline.get_dataset_info(config).image_shape
-  state = sharding.replicate(create_train_state(config, image_shape, jax.random.key(0)), mesh)
-  encoder_step, decoder_step = make_steps(config, image_shape)
-  batches = input_pipeline.create_dataset(
-    config, "train", process_index=0, process_count=1
-  ).as_numpy_iterator()
+class SpeedProbe:
+  """A recipe's state, steps and real input pipeline, built once, for timed iterations."""
 
-  def run(n, state):
+  def __init__(self, config):
+    self.config = config
+    self.mesh = sharding.create_mesh(mesh_config=config.mesh)
+    image_shape = input_pipeline.get_dataset_info(config).image_shape
+    state = create_train_state(config, image_shape, jax.random.key(0))
+    self.state = sharding.replicate(state, self.mesh)
+    self.steps = make_steps(config, image_shape)
+    self.batches = input_pipeline.create_dataset(
+      config, "train", process_index=0, process_count=1
+    ).as_numpy_iterator()
+    self.run(2)  # compilation and warm-up
+
+  def run(self, n: int) -> None:
     for _ in range(n):
-      state, _ = train_iteration(
-        encoder_step,
-        decoder_step,
-        state,
-        sharding.shard_batch(next(batches), mesh),
-        config.train.encoder_steps,
+      self.state, _ = train_iteration(
+        *self.steps,
+        self.state,
+        sharding.shard_batch(next(self.batches), self.mesh),
+        self.config.train.encoder_steps,
       )
-    return jax.block_until_ready(state)
+    jax.block_until_ready(self.state)
 
-  with host_blas.limit_host_blas(config.train.host_blas_threads):
-    state = run(2, state)
-    start = time.time()
-    run(iterations, state)
-  return (time.time() - start) / iterations
+  def seconds_per_iteration(self, iterations: int) -> float:
+    """Mean seconds of ``iterations`` iterations, as ``train_and_evaluate`` runs them (BLAS
+    limit included)."""
+    with host_blas.limit_host_blas(self.config.train.host_blas_threads):
+      start = time.time()
+      self.run(iterations)
+    return (time.time() - start) / iterations
+
+
+def seconds_per_iteration(config, iterations: int = SPEED_ITERATIONS) -> float:
+  """Mean seconds of ``iterations`` training iterations after compilation and two warm-up
+  iterations, on the real input pipeline."""
+  return SpeedProbe(config).seconds_per_iteration(iterations)
+
+
+SPEED_ROUNDS = 3
+
+
+def reference_budgets(
+  names, reference_steps: int, out: str, data_dir, speed_iterations: int = SPEED_ITERATIONS
+) -> dict[str, int]:
+  """Each recipe's iterations for the minutes of ``reference_steps`` iterations of "uctrl"
+  (module docstring), measured once and kept in ``OUT/budgets.json``."""
+  path = os.path.join(out, "budgets.json")
+  record = {"reference_steps": reference_steps, "seconds_per_iteration": {}, "steps": {}}
+  if os.path.exists(path):
+    with open(path) as f:
+      record = json.load(f)
+    if record["reference_steps"] != reference_steps:
+      raise SystemExit(f"{path} holds budgets for {record['reference_steps']} reference steps")
+  missing = [n for n in dict.fromkeys(["uctrl", *names]) if n not in record["steps"]]
+  if missing:
+    probes = {n: SpeedProbe(recipe_config(n, 0, 1, data_dir)) for n in missing}
+    seconds = {n: [] for n in missing}
+    for _ in range(SPEED_ROUNDS):  # interleaved: a load that comes and goes hits all alike
+      for name, probe in probes.items():
+        seconds[name].append(probe.seconds_per_iteration(speed_iterations))
+    record["seconds_per_iteration"].update({n: min(v) for n, v in seconds.items()})
+    reference = record["seconds_per_iteration"]["uctrl"]
+    for name in missing:
+      ratio = reference / record["seconds_per_iteration"][name]
+      record["steps"][name] = max(10, int(round(reference_steps * ratio / 10)) * 10)
+      print(
+        f"{name}: {ratio:.2f}× uctrl's iterations per second -> {record['steps'][name]} iterations",
+        flush=True,
+      )
+    os.makedirs(out, exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(record, f, indent=1)
+  return record["steps"]
 
 
 def budget_steps(
@@ -154,9 +244,10 @@ def budget_steps(
   return steps
 
 
-def score(loop, config, data, names) -> dict:
-  """The evaluators ``names`` on a loaded run (those needing ``g`` skipped without one)."""
-  context = evaluators.Context(data, loop.encode, loop.decode)
+def score(loop, config, data, names, out_dir=None) -> dict:
+  """The evaluators ``names`` on a loaded run (those needing ``g`` skipped without one);
+  pictures (the conditional generation grid) go to ``out_dir``."""
+  context = evaluators.Context(data, loop.encode, loop.decode, out_dir=out_dir)
   metrics = evaluators.run_context(evaluators.build(config, names=names), context)
   return {k: v for k, v in metrics.items() if not k.startswith("eval_seconds/")}
 
@@ -173,7 +264,7 @@ def run_recipe(
     "seed": seed,
     "steps": int(loop.state.step),
     "train_minutes": loop.extra["train_seconds"] / 60,
-    **score(loop, config, data, names),
+    **score(loop, config, data, names, out_dir=workdir),
   }
 
 
@@ -189,41 +280,124 @@ def finished_rows(out: str) -> list[dict]:
   return sorted(rows, key=lambda r: (order.index(r["recipe"]), r["seed"]))
 
 
-def _cell(row: dict, key: str, fmt: str) -> str:
-  value = row.get(key)
-  return "—" if value is None else fmt.format(value)
+def _keys(key) -> tuple:
+  return key if isinstance(key, tuple) else (key,)
 
 
-def markdown(rows: list[dict], reference: dict, minutes: float, data) -> str:
+def _cell(row: dict, key, fmt: str) -> str:
+  """One value, or "P / R"-style values of a tuple of keys; "—" where the row has none."""
+  values = [row.get(k) for k in _keys(key)]
+  return "—" if None in values else " / ".join(fmt.format(v) for v in values)
+
+
+def _mean_cell(runs: list[dict], key, fmt: str) -> str:
+  """The seeds' mean ± half their difference (of each key of a tuple)."""
+  cells = []
+  for k in _keys(key):
+    values = [r[k] for r in runs if r.get(k) is not None]
+    if not values:
+      return "—"
+    if len(values) == 1 or k in ("steps", "train_minutes"):
+      cells.append(fmt.format(np.mean(values)))
+    else:
+      cells.append(f"{fmt.format(np.mean(values))} ± {fmt.format(np.ptp(values) / 2)}")
+  return " / ".join(cells)
+
+
+def _table(rows: list[dict], reference: dict, columns) -> list[str]:
   """One row per run, then per recipe the mean of its seeds, then the references."""
   header = [
-    "| run | " + " | ".join(c for c, _, _ in COLUMNS) + " |",
-    "|---|" + "---:|" * len(COLUMNS),
+    "| run | " + " | ".join(c for c, _, _ in columns) + " |",
+    "|---|" + "---:|" * len(columns),
   ]
-  lines = [
-    f"Budget {minutes:g} min of training per run on this machine; Fashion-MNIST, "
-    f"scored on {len(data.x_train)} train / {len(data.x_test)} test images. "
-    "Accuracies and consistency in %, PSNR in dB.",
-    "",
-  ] + header
+  lines = list(header)
   for row in rows:
-    lines.append(f"| {row['name']} | " + " | ".join(_cell(row, k, f) for _, k, f in COLUMNS) + " |")
+    lines.append(f"| {row['name']} | " + " | ".join(_cell(row, k, f) for _, k, f in columns) + " |")
   lines += ["", "Mean over seeds (± half the difference of the two seeds):", ""] + header
   for recipe in dict.fromkeys(r["recipe"] for r in rows):
     runs = [r for r in rows if r["recipe"] == recipe]
-    cells = []
-    for _, key, fmt in COLUMNS:
-      values = [r[key] for r in runs if r.get(key) is not None]
-      if not values:
-        cells.append("—")
-      elif len(values) == 1 or key in ("steps", "train_minutes"):
-        cells.append(fmt.format(np.mean(values)))
-      else:
-        cells.append(f"{fmt.format(np.mean(values))} ± {fmt.format(np.ptp(values) / 2)}")
+    cells = [_mean_cell(runs, k, f) for _, k, f in columns]
     lines.append(f"| **{recipe}**: {RECIPES[recipe][0]} | " + " | ".join(cells) + " |")
   for label, metrics in reference.items():
-    lines.append(f"| *{label}* | " + " | ".join(_cell(metrics, k, f) for _, k, f in COLUMNS) + " |")
+    lines.append(f"| *{label}* | " + " | ".join(_cell(metrics, k, f) for _, k, f in columns) + " |")
+  return lines
+
+
+def markdown(rows: list[dict], reference: dict, minutes, data) -> str:
+  """The features' table, then the generation's (recipes with a decoder)."""
+  budget = f"{minutes:g} min" if isinstance(minutes, (int, float)) else minutes
+  generative = [r for r in rows if any(k.startswith("reconstruction/") for k in r)]
+  lines = [
+    f"Budget {budget} of training per run on this machine; Fashion-MNIST, "
+    f"scored on {len(data.x_train)} train / {len(data.x_test)} test images. "
+    "Accuracies, consistency and purity in %, PSNR in dB; FD and precision / recall "
+    "(P / R, k = 3) in the judge's features against the test images.",
+    "",
+    "Features:",
+    "",
+    *_table(rows, reference, COLUMNS),
+  ]
+  if generative:
+    lines += ["", "Generation:", "", *_table(generative, {}, GENERATION_COLUMNS)]
   return "\n".join(lines) + "\n"
+
+
+def comparison_figure(rows: list[dict], reference: dict, path: str) -> str:
+  """Each recipe as a point: linear probe (x) against the FD of its conditional samples
+  (y, lower is better), bars at ± half the difference of its seeds; feature-only
+  recipes and references as vertical lines; a VAE's prior samples as a second point."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  colours = iter(f"C{i}" for i in range(10))
+  for recipe in dict.fromkeys(r["recipe"] for r in rows):
+    runs = [r for r in rows if r["recipe"] == recipe]
+    x = [r["linear_probe/top1"] for r in runs]
+    colour = next(colours)
+    points = [
+      (k, label)
+      for k, label in (("judge/cond_fd", recipe), ("judge/prior_fd", f"{recipe} (prior)"))
+      if runs[0].get(k) is not None
+    ]
+    if not points:
+      ax.axvline(np.mean(x), ls="--", color=colour, label=f"{recipe} (no decoder)")
+    for (key, label), marker in zip(points, "os"):
+      y = [r[key] for r in runs]
+      ax.errorbar(
+        np.mean(x),
+        np.mean(y),
+        xerr=np.ptp(x) / 2,
+        yerr=np.ptp(y) / 2,
+        fmt=marker,
+        color=colour,
+        capsize=3,
+        label=label,
+      )
+  for label, metrics in reference.items():
+    if metrics.get("linear_probe/top1") is not None:
+      ax.axvline(metrics["linear_probe/top1"], ls=":", color="grey")
+      ax.annotate(
+        label,
+        (metrics["linear_probe/top1"], 1.0),
+        xycoords=("data", "axes fraction"),
+        rotation=90,
+        va="top",
+        ha="right",
+        fontsize=7,
+        color="grey",
+      )
+  ax.set_xlabel("linear probe top-1 (%) of f(x), higher is better")
+  ax.set_ylabel("FD of conditional samples (judge features), lower is better")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
 
 
 def references(config, data, names=EVALUATORS) -> dict:
@@ -310,6 +484,13 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", required=True)
   parser.add_argument("--minutes", type=float, default=20.0, help="training budget per run")
+  parser.add_argument(
+    "--reference_steps",
+    type=int,
+    default=None,
+    help="budgets: the minutes of this many iterations of uctrl, by speed ratios",
+  )
+  parser.add_argument("--figure", default=None, help="PNG: linear probe vs conditional FD")
   parser.add_argument("--only", default="", help="comma-separated recipe names")
   parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
   parser.add_argument("--curve", default=None, help="recipe whose learning curve to run")
@@ -361,13 +542,23 @@ def main(argv=None):
   seeds = [int(s) for s in args.seeds.split(",")]
   runs = {f"{n}_seed{s}": (n, s) for n in names for s in seeds}
 
+  budgets = (
+    reference_budgets(names, args.reference_steps, args.out, data_dir, args.speed_iterations)
+    if args.reference_steps
+    else None
+  )
+
   def run(run_name, _, workdir):
     name, seed = runs[run_name]
-    steps = budget_steps(
-      name, args.minutes, os.path.join(args.out, f"{name}_seed0"), data_dir, args.speed_iterations
-    )
+    if budgets:
+      steps = budgets[name]
+    else:
+      steps = budget_steps(
+        name, args.minutes, os.path.join(args.out, f"{name}_seed0"), data_dir, args.speed_iterations
+      )
     return run_recipe(name, seed, workdir, steps, data, data_dir, args.evaluators.split(","))
 
+  budget = f"the minutes of {args.reference_steps} uctrl iterations" if budgets else args.minutes
   # The table holds every finished run in OUT, also those of earlier invocations.
   rows = sweep.run_sweep(
     {k: {} for k in runs},
@@ -375,10 +566,12 @@ def main(argv=None):
     args.out,
     None,
     run,
-    lambda _: markdown(finished_rows(args.out), reference, args.minutes, data),
+    lambda _: markdown(finished_rows(args.out), reference, budget, data),
     row_file="recipe_row.json",
     table_file="recipes.md",
   )
+  if args.figure:
+    print("wrote", comparison_figure(finished_rows(args.out), reference, args.figure), flush=True)
   return rows
 
 

@@ -229,6 +229,35 @@ def test_evaluator_without_test_labels_drops_label_metrics(tmp_path, data):
   assert evaluators.without_labels([built], without_train)[0] == []  # cannot train: skipped
 
 
+def test_a_vae_run_also_scores_draws_from_its_prior(tmp_path, data):
+  """``loss.mode = "vae"``: the judge also decodes ``n`` draws of ``N(0, I)`` (prior_*)."""
+  x, y, xt, yt = data
+  config = default.get_config()
+  config.loss.mode = "vae"
+  config.evals.names = ("judge",)
+  config.evals.conditional_generation.update(num_components=2)
+  config.evals.judge.update(cache_dir=str(tmp_path), num_samples=40)
+  config.evals.judge.recipe.update(**TINY)
+  (built,) = evaluators.build(config)
+  decoded = []
+
+  def decode(z):
+    decoded.append(np.asarray(z))
+    return np.tanh(np.asarray(z)).reshape(-1, 8, 8, 1)
+
+  flatten = lambda v: np.asarray(v).reshape(len(v), -1)  # noqa: E731
+  context = evaluators.Context(evaluators.EvalData(x, y, xt, yt, 3), flatten, decode, 20)
+  metrics = evaluators.run_context([built], context)
+  assert {f"judge/prior_{m}" for m in ("fd", "precision", "recall")} <= set(metrics)
+  # The last 40 rows decoded are the prior's draws: N(0, I) in the features' 64 dimensions.
+  draws = np.concatenate(decoded)[-40:]
+  assert draws.shape == (40, 64)
+  assert abs(draws.mean()) < 0.1 and abs(draws.std() - 1) < 0.1
+  config.loss.mode = "uctrl"
+  (built,) = evaluators.build(config)
+  assert not any("prior" in k for k in evaluators.run_context([built], context))
+
+
 @pytest.mark.slow
 def test_fashion_mnist_judge_reaches_91_percent(fashion_mnist_data_dir):
   """The default recipe on the full Fashion-MNIST split (docs/method.md: 92.5%, minutes)."""

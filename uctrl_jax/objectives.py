@@ -258,6 +258,12 @@ def reparameterize(key: Array, mu: Array, log_var: Array) -> Array:
   return mu + jnp.exp(0.5 * log_var) * eps
 
 
+def has_prior(config) -> bool:
+  """Whether ``config.loss.mode`` trains a generative model with a prior to sample from
+  (the VAE's ``N(0, I)``)."""
+  return config.loss.mode == "vae"
+
+
 def prior_sample(key: Array, n: int, d: int) -> Array:
   """``(n, d)`` float32 draws from a VAE's prior ``N(0, I)``: decode them
   (``uctrl_jax.load(workdir).decode``) for unconditional samples of a ``"vae"`` run."""

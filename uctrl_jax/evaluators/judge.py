@@ -11,7 +11,9 @@ penultimate features). Against the real test images, four sets of ``num_samples`
 - ``uncond``: decoded samples of the sampler of conditional generation with one cluster
   over all training features (``conditional_generation.sample_features``, K = 1);
 - ``cond``: decoded samples of that sampler with its clusters (k-means, or the labels with
-  ``use_labels``), in proportion to the clusters' sizes, with the grid's seed.
+  ``use_labels``), in proportion to the clusters' sizes, with the grid's seed;
+- ``prior`` (a VAE only, ``prior=True``): decoded draws from the VAE's prior ``N(0, I)``
+  (``objectives.prior_sample``), the VAE's own way to generate.
 
 Metrics (``judge/...``; accuracies in %, precision and recall in [0, 1]):
 
@@ -38,6 +40,7 @@ import jax
 import numpy as np
 
 from uctrl_jax import judge_network
+from uctrl_jax import objectives
 from uctrl_jax.evaluators import common
 from uctrl_jax.evaluators import conditional_generation as cg
 from uctrl_jax.evaluators import fid
@@ -59,6 +62,7 @@ def defaults(config) -> dict:
   return dict(
     name=f"{config.data.name}|{config.evals.train_split}" + (f"|first{limit}" if limit else ""),
     **{k: sampler[k] for k in ("num_clusters", "num_components", "seed", "use_labels")},
+    prior=objectives.has_prior(config),  # a VAE's samples from N(0, I) are scored too
   )
 
 
@@ -96,6 +100,7 @@ def run(
   num_components: int = 8,
   seed: int = 0,
   use_labels: bool = False,
+  prior: bool = False,
   recipe: Optional[dict] = None,
 ) -> dict[str, float]:
   """Metrics of the module docstring for an ``evaluators.Context`` with a decoder.
@@ -109,6 +114,7 @@ def run(
     k: the neighbourhood of precision/recall (Kynkäänniemi et al.: 3).
     num_clusters, num_components, seed, use_labels: the conditional sampler's, as
       ``config.evals.conditional_generation`` (None clusters: the number of classes).
+    prior: also score decoded draws from ``N(0, I)`` (a VAE's prior) as ``prior_*``.
     recipe: overrides of ``judge_network.RECIPE``.
   """
   data = context.data
@@ -125,7 +131,7 @@ def run(
   )
   n = int(num_samples or len(data.x_test))
   key_cond = jax.random.key(seed)  # conditional_generation's grid's key: the same clusters
-  key_real, key_uncond = (jax.random.fold_in(key_cond, i) for i in (1, 2))
+  key_real, key_uncond, key_prior = (jax.random.fold_in(key_cond, i) for i in (1, 2, 3))
   y_train = common.as_labels("y_train", data.y_train, len(data.x_train))
   sampler = dict(num_components=num_components, labels=y_train if use_labels else None)
   cond = draw(context.z_train, int(num_clusters or data.num_classes), n, key_cond, **sampler)
@@ -138,6 +144,9 @@ def run(
     "uncond": decode(uncond.features),
     "cond": decode(cond.features),
   }
+  if prior:
+    d = context.z_train.shape[1]
+    images["prior"] = decode(np.asarray(objectives.prior_sample(key_prior, n, d)))
   test_logits, test_features = judge.logits_and_features(data.x_test)
   radii = pr.knn_radii(test_features, k)
   out, judged = {}, {}
