@@ -284,7 +284,7 @@ def _keys(key) -> tuple:
   return key if isinstance(key, tuple) else (key,)
 
 
-def _cell(row: dict, key, fmt: str) -> str:
+def cell(row: dict, key, fmt: str) -> str:
   """One value, or "P / R"-style values of a tuple of keys; "—" where the row has none."""
   values = [row.get(k) for k in _keys(key)]
   return "—" if None in values else " / ".join(fmt.format(v) for v in values)
@@ -312,14 +312,14 @@ def _table(rows: list[dict], reference: dict, columns) -> list[str]:
   ]
   lines = list(header)
   for row in rows:
-    lines.append(f"| {row['name']} | " + " | ".join(_cell(row, k, f) for _, k, f in columns) + " |")
+    lines.append(f"| {row['name']} | " + " | ".join(cell(row, k, f) for _, k, f in columns) + " |")
   lines += ["", "Mean over seeds (± half the difference of the two seeds):", ""] + header
   for recipe in dict.fromkeys(r["recipe"] for r in rows):
     runs = [r for r in rows if r["recipe"] == recipe]
     cells = [_mean_cell(runs, k, f) for _, k, f in columns]
     lines.append(f"| **{recipe}**: {RECIPES[recipe][0]} | " + " | ".join(cells) + " |")
   for label, metrics in reference.items():
-    lines.append(f"| *{label}* | " + " | ".join(_cell(metrics, k, f) for _, k, f in columns) + " |")
+    lines.append(f"| *{label}* | " + " | ".join(cell(metrics, k, f) for _, k, f in columns) + " |")
   return lines
 
 
