@@ -23,7 +23,7 @@ use) or ``npz`` (2 048 random 28×28 images written beside the work directory; t
 in-training evaluation reads ``train[:1536]`` against ``train[1536:]``).
 
 Usage:
-  .venv/bin/python benchmarks/soak.py [--steps 20000] [--data fashion_mnist|npz]
+  .venv/bin/python -m benchmarks.soak [--steps 20000] [--data fashion_mnist|npz]
       [--workdir DIR] [--json PATH]
 
 Linux only (``/proc``). The work directory is created fresh (an existing one is
