@@ -58,7 +58,8 @@ def get_config():
 """
 
 # clu's LoggingWriter: "... logging_writer.py:48] [3] decoder/R=7.71622, encoder/R=..."
-_SCALARS = re.compile(r"logging_writer\.py:\d+\] \[(\d+)\] (.*)$")
+# (scalar lines only: its image lines read "[2] Got images: {...}")
+_SCALARS = re.compile(r"logging_writer\.py:\d+\] \[(\d+)\] ([\w/]+=.*)$")
 
 
 def _free_port() -> int:
