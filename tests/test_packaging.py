@@ -37,7 +37,7 @@ def test_dependencies_are_pinned_once():
   assert {"jax", "jaxlib", "flax", "orbax-checkpoint", "tensorflow-cpu", "etils"} <= set(pins)
   assert not os.path.exists(os.path.join(REPO, "requirements.txt"))  # one source of pins
   extras = project["optional-dependencies"]
-  assert {d.split("==")[0] for d in extras["dev"]} == {"pytest", "ruff"}
+  assert {d.split("==")[0] for d in extras["dev"]} == {"pytest", "ruff", "setuptools"}
   for extra in ("cuda", "tpu"):  # the accelerator build of the same jax
     (spec,) = extras[extra]
     assert spec.split("==")[1] == pins["jax"], spec
