@@ -238,11 +238,11 @@ def _fmt_row(r: dict) -> str:
   peak = r["peak_memory_bytes"]
   peak = "n/a" if peak is None else f"{peak / 2**30:.2f}"
   return (
-    head + f" {r['iteration_ms']:.1f} | {r['images_per_s']:,.0f} "
+    head + f" {r['iteration_ms']:.1f} | {r['images_per_s']:,.1f} "
     f"| {r['flops_per_iteration'] / 1e9:,.2f} | {r['achieved_flops_per_s'] / 1e9:,.1f} "
     f"| {r['matmul_peak']['flops_per_s'] / 1e9:,.1f} | {100 * r['utilisation']:.1f}% "
     f"| {r['rate_terms_ms']:.2f} | {100 * r['rate_share']:.1f}% "
-    f"| {100 * r['rate_flops_share']:.2f}% | {r['first_iteration_s']:.1f} | {peak} |"
+    f"| {100 * r['rate_flops_share']:.2g}% | {r['first_iteration_s']:.1f} | {peak} |"
   )
 
 

@@ -23,9 +23,11 @@ Cases (``--cases``, comma-separated; ``--batch_size`` / ``--num_views`` / ``--wi
 
 The JAX column is the iteration as ``train.train_and_evaluate`` runs it: scipy's
 OpenBLAS (the LAPACK behind jaxlib's CPU Cholesky and triangular solves) limited to
-``config.train.host_blas_threads`` (1) by ``host_blas.limit_host_blas``. Side by side, a
-third column runs it with OpenBLAS's threads as found (the project before issue 8):
-they contend with XLA's pool and make the rate terms' gradient slow.
+``config.train.host_blas_threads`` (1) by ``host_blas.limit_host_blas``. Optional columns
+side by side: ``--blas_as_found``, OpenBLAS's threads as found (the project before
+issue 8: they contend with XLA's pool); ``--lax_convs``, the models' stride-2
+convolutions as ``lax.conv_general_dilated`` (before issue 25: XLA:CPU's slow input
+gradient, ``uctrl_jax/strided_conv.py``).
 
 Also, per case:
 
@@ -45,8 +47,8 @@ Also, per case:
 
 Usage:
   .venv/bin/python -m benchmarks.train_step_bench --cases default --repeats 15
-      [--breakdown] [--pipeline] [--batch_size B] [--num_views V] [--width W]
-      [--upsample OP] [--json PATH]
+      [--breakdown] [--per_op] [--pipeline] [--lax_convs] [--blas_as_found]
+      [--batch_size B] [--num_views V] [--width W] [--upsample OP] [--json PATH]
 
 Needs PyTorch's CPU build, which is kept out of the project's runtime requirements:
 ``.venv/bin/pip install torch==2.13.0`` (CPU wheel).
@@ -155,7 +157,7 @@ def nchw(host_batch):
 
 
 def check_iteration_agrees(
-  jl: JaxLoop, model, iterations: int = 2, tol=1e-4, grad_tol=1e-2, update_tol=1e-2
+  jl: JaxLoop, model, iterations: int = 2, tol=1e-4, grad_tol=1e-2, update_tol=0.05
 ) -> dict:
   """Both frameworks step from the same weights on the same batch.
 
@@ -231,6 +233,21 @@ def openblas_threads():
 
 
 BLAS_AS_FOUND = openblas_threads()
+
+
+def lax_convs_loop(jl: JaxLoop) -> JaxLoop:
+  """``jl``'s case with the models' stride-2 convolutions as ``lax.conv_general_dilated``
+  (before issue 25) in place of ``strided_conv.conv_general_dilated``; compiled here."""
+  from uctrl_jax import strided_conv  # pylint: disable=import-outside-toplevel
+
+  ours = strided_conv.conv_general_dilated
+  strided_conv.conv_general_dilated = jax.lax.conv_general_dilated  # read when traced
+  try:
+    loop = JaxLoop(jl.config, jl.image_shape, jl.host_batch)
+    loop.iteration()
+  finally:
+    strided_conv.conv_general_dilated = ours
+  return loop
 
 
 def with_openblas(num_threads, fn):
@@ -748,40 +765,45 @@ def run_case(name: str, args) -> dict:
   )
 
   # "jax" is the iteration as train_and_evaluate runs it (host BLAS limited to
-  # config.train.host_blas_threads); "jax_blas_default" the same with OpenBLAS's pools
-  # as found (the project before issue 8: its threads contend with XLA's pool).
+  # config.train.host_blas_threads). Optional columns: the same with OpenBLAS's pools as
+  # found (the project before issue 8: its threads contend with XLA's pool), and with
+  # lax's own stride-2 convolutions (before issue 25: XLA:CPU's slow input gradient).
   blas = config.train.host_blas_threads
   contestants = {"jax": with_openblas(blas, jl.iteration), "torch": tl.iteration}
-  if openblas_threads() not in (None, blas):
-    contestants["jax_blas_default"] = jl.iteration
+  columns = {}
+  if args.blas_as_found and openblas_threads() not in (None, blas):
+    contestants["jax_blas_as_found"] = jl.iteration
+    columns["jax_blas_as_found"] = f"JAX, OpenBLAS {openblas_threads()} threads"
+  if args.lax_convs:
+    contestants["jax_lax_convs"] = with_openblas(blas, lax_convs_loop(jl).iteration)
+    columns["jax_lax_convs"] = "JAX, lax's stride-2 convs"
   res = interleaved(contestants, args.repeats, warmup=1)
-  other = "jax_blas_default" in res
   print(
     f"Medians of {args.repeats} alternating runs (ms; JAX / PyTorch: the median of the "
     f"rounds' ratios, [quartiles]):\n"
   )
   print(
     f"| part | JAX (uctrl_jax, OpenBLAS {blas} thread) | PyTorch | JAX / PyTorch |"
-    + (f" JAX, OpenBLAS {openblas_threads()} threads | that / PyTorch |" if other else "")
+    + "".join(f" {title} | that / PyTorch |" for title in columns.values())
   )
-  print("|---|---|---|---|" + ("---|---|" if other else ""))
+  print("|---|---|---|---|" + "---|---|" * len(columns))
   result["side_by_side_ms"] = {}
   for label in ("encoder steps", "decoder step", "iteration"):
     a, b = median_ms(res["jax"][label]), median_ms(res["torch"][label])
     ratio, q1, q3 = paired_ratio(res["jax"][label], res["torch"][label])
     row = {"jax": a, "torch": b, "ratio": ratio, "ratio_quartiles": [q1, q3]}
     line = f"| {label} | {a:.0f} | {b:.0f} | {ratio:.2f} [{q1:.2f}–{q3:.2f}] |"
-    if other:
-      c = median_ms(res["jax_blas_default"][label])
-      ratio_c = paired_ratio(res["jax_blas_default"][label], res["torch"][label])[0]
-      row.update(jax_blas_default=c, ratio_blas_default=ratio_c)
-      line += f" {c:.0f} | {ratio_c:.2f} |"
+    for key in columns:
+      c = median_ms(res[key][label])
+      ratio_c, q1_c, q3_c = paired_ratio(res[key][label], res["torch"][label])
+      row.update({key: c, f"ratio_{key}": ratio_c, f"ratio_{key}_quartiles": [q1_c, q3_c]})
+      line += f" {c:.0f} | {ratio_c:.2f} [{q1_c:.2f}–{q3_c:.2f}] |"
     print(line)
     result["side_by_side_ms"][label] = row
   it_ms = result["side_by_side_ms"]["iteration"]
   print(
     f"\niterations/s: JAX {1e3 / it_ms['jax']:.2f}, PyTorch {1e3 / it_ms['torch']:.2f}"
-    + (f", JAX with OpenBLAS as found {1e3 / it_ms['jax_blas_default']:.2f}" if other else "")
+    + "".join(f", {title} {1e3 / it_ms[key]:.2f}" for key, title in columns.items())
     + "\n"
   )
 
@@ -886,6 +908,16 @@ def main(argv=None):
   )
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--breakdown", action="store_true", help="time the JAX iteration's parts")
+  parser.add_argument(
+    "--blas_as_found",
+    action="store_true",
+    help="a column with scipy's OpenBLAS threads as found (before issue 8)",
+  )
+  parser.add_argument(
+    "--lax_convs",
+    action="store_true",
+    help="a column with lax's own stride-2 convolutions (before issue 25)",
+  )
   parser.add_argument(
     "--per_op",
     action="store_true",

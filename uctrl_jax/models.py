@@ -61,10 +61,10 @@ PyTorch's momentum 0.1 = flax ``momentum=0.9``, eps 1e-5); ``train=False`` uses 
 running statistics. ``config.model.dtype`` is the compute dtype (``"float32"`` or
 ``"bfloat16"``); parameters and the encoder's output are float32, and so is the
 decoder's output. Convs followed by BatchNorm carry no bias (BN's shift replaces it);
-the others (encoder's first conv, linear heads, decoder's output conv) do. The encoders'
-stride-2 convs run through ``strided_conv.conv_general_dilated``: XLA's own values and
-kernel gradients, the input gradient in space-to-depth form (XLA:CPU's transposed
-convolution is slow; the iteration of the default is a quarter faster with it).
+the others (encoder's first conv, linear heads, decoder's output conv) do. The DCGAN
+encoder's 4×4 stride-2 convs run through ``strided_conv.conv_general_dilated``: XLA's own
+values and kernel gradients, the input gradient in space-to-depth form (XLA:CPU's
+transposed convolution is slow there; docs/benchmarks.md).
 
 Public API::
 
@@ -313,13 +313,7 @@ class ResBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
-    conv = functools.partial(
-      nn.Conv,
-      use_bias=False,
-      dtype=self.dtype,
-      kernel_init=_resnet_init,
-      conv_general_dilated=strided_conv.conv_general_dilated,
-    )
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_resnet_init)
     stride = 2 if self.resample == "down" else 1
     if self.resample == "up":
       y = Upsample2x(self.features, self.upsample, dtype=self.dtype, kernel_init=_resnet_init)(x)

@@ -1,18 +1,20 @@
 """Stride-2 convolutions whose input gradient XLA:CPU computes fast: ``conv_general_dilated``.
 
-The input gradient of a stride-2 convolution is a transposed (input-dilated) convolution,
-which XLA:CPU runs several times slower than the forward pass: in the DCGAN encoder at
-batch 576 (the default's ``[X; X_a]``), 97-108 ms for the second conv's input gradient
-against 17 ms for the same values computed as below (docs/benchmarks.md). The same
-convolution written on the space-to-depth input (2×2 blocks of pixels as channels) has
-stride 1, and the input gradient of a stride-1 convolution is a plain one.
+The input gradient of a stride-2 convolution is a transposed (input-dilated) convolution.
+XLA:CPU runs it several times slower than the forward pass for the DCGAN encoder's 4×4
+kernels: at batch 576 (the default's ``[X; X_a]``), 52-108 ms for the second conv's input
+gradient against 17 ms for the same values computed as below (docs/benchmarks.md). The
+same convolution written on the space-to-depth input (2×2 blocks of pixels as channels)
+has stride 1 and a kernel half as wide, and the input gradient of a stride-1 convolution
+is a plain one.
 
 ``conv_general_dilated`` is a drop-in for ``lax.conv_general_dilated`` (flax's
-``nn.Conv(conv_general_dilated=...)``): stride-2 NHWC convolutions with explicit padding
+``nn.Conv(conv_general_dilated=...)``): stride-2 NHWC convolutions with even kernels
 run the forward pass and the kernel gradient as XLA's own convolution and take the input
 gradient from the space-to-depth form; everything else is ``lax.conv_general_dilated``.
-Values and kernel gradients are XLA's; the input gradient is the same sum in another
-order (float32 rounding differs, ~1e-7 relative).
+Odd kernels (ResNet's 3×3 and 1×1) stay XLA's: padded to even, they cost more in this form
+than XLA's own gradient (measured). Values and kernel gradients are XLA's; the input
+gradient is the same sum in another order (float32 rounding differs, ~1e-7 relative).
 """
 
 from __future__ import annotations
@@ -118,18 +120,21 @@ def conv_general_dilated(
   preferred_element_type=None,
 ):
   """``lax.conv_general_dilated``, with ``stride2_conv`` where it applies: window strides
-  (2, 2), explicit padding, NHWC / HWIO / NHWC, no dilation, groups or precision."""
+  (2, 2), an even kernel, NHWC / HWIO / NHWC, no dilation, groups or precision."""
   if isinstance(padding, str) and _is_nhwc(dimension_numbers, lhs, rhs):
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
   plain = (
     tuple(window_strides) == (2, 2)
+    and rhs.ndim == 4
+    and _is_nhwc(dimension_numbers, lhs, rhs)
+    and rhs.shape[0] % 2 == 0
+    and rhs.shape[1] % 2 == 0
     and not isinstance(padding, str)
     and all(d in (None, 1, (1, 1)) for d in (lhs_dilation, rhs_dilation))
     and feature_group_count == 1
     and batch_group_count == 1
     and precision is None
     and preferred_element_type is None
-    and _is_nhwc(dimension_numbers, lhs, rhs)
   )
   if plain:
     return stride2_conv(lhs, rhs, tuple(tuple(int(p) for p in pair) for pair in padding))
