@@ -1,4 +1,5 @@
-"""The uCTRL iteration on an accelerator: images/s, the rate terms' share, peak memory.
+"""The uCTRL iteration on an accelerator: images/s, FLOPs and utilisation, the rate terms'
+share, peak memory.
 
 One prepared script for a GPU or TPU host. It needs only jax, flax, optax and numpy
 (and the TensorFlow-free modules of ``uctrl_jax``): no TensorFlow, tfds, clu or
@@ -6,11 +7,12 @@ ml_collections (accelerator images often lack them; a stand-in for the last buil
 configs), no data and no downloads. Batches are synthetic and CIFAR-shaped (32×32×3).
 
 Cases: the DCGAN and ResNet-18 pairs (``configs/cifar.py``, with ``model.encoder`` /
-``model.decoder`` set to the pair: w = 64, d = 128, one view, two encoder steps per
-decoder step), float32 and bfloat16 (``config.model.dtype``), global batch 128, 512 and
-2048 over every local device (``config.mesh``: all on ``data``). Per case, in a fresh
-process (so that each peak memory is its own and a case that does not fit stops only
-itself):
+``model.decoder`` set to the pair: w = 64, d = 128, two encoder steps per decoder step),
+with V augmented views per image (``--views``; default the shipped config's, 8, so that
+a plain run measures the shipped recipe; 1 is the paper's one-view setting), float32 and
+bfloat16 (``config.model.dtype``), global batch 128, 512 and 2048 over every local device
+(``config.mesh``: all on ``data``). Per case, in a fresh process (so that each peak
+memory is its own and a case that does not fit stops only itself):
 
 * first iteration: seconds for compiling both steps and running them once;
 * iteration: the median over rounds of ``--iterations`` iterations back to back
@@ -18,9 +20,13 @@ itself):
   iterations; none of them may compile anything (checked with ``jax.log_compiles``);
 * images/s: global batch / iteration time (the batch's images; their views and the
   reconstructions ride along);
-* rate terms: ``(encoder_steps + 1)`` × the time of the objective's terms and their
-  gradient alone (``jax_loop.rate_terms_fwdgrad``: each step computes them once), and
-  their share of the iteration;
+* FLOPs per iteration: XLA's cost analysis of the compiled steps (``encoder_steps`` ×
+  the encoder step + the decoder step), which counts the program each device runs
+  (× devices for the whole iteration); achieved FLOP/s per device = its FLOPs / iteration
+  time, and the utilisation: that against one device's measured rate for one large
+  matmul in the case's dtype (``jax_loop.matmul_peak``, measured in the same process);
+* rate terms: the time of one iteration's objective terms and their gradient alone
+  (``jax_loop.rate_terms_fwdgrad``) and their share of the iteration's time and FLOPs;
 * peak memory: the largest ``peak_bytes_in_use`` of ``device.memory_stats()`` over the
   local devices, where the backend reports it (GPU, TPU; not CPU);
 * a case that runs out of device memory reads "does not fit" and the next one runs.
@@ -30,7 +36,8 @@ Usage:
   python -m benchmarks.accelerator_bench           # all 12 cases
   python -m benchmarks.accelerator_bench --ci      # one tiny DCGAN case: the CPU test's form
   [--pairs dcgan,resnet18] [--dtypes float32,bfloat16] [--batches 128,512,2048]
-  [--width W] [--feature_dim D] [--rounds R] [--iterations K] [--budget_s S] [--json PATH]
+  [--views 1,2,4,8] [--width W] [--feature_dim D] [--rounds R] [--iterations K]
+  [--budget_s S] [--json PATH]
 
 ``--quick`` stops starting cases once ``--budget_s`` (270 s) is spent and stops a case
 still running then, so that the whole run stays under five minutes.
@@ -103,12 +110,15 @@ def import_configs():
   return importlib.import_module("configs.cifar")
 
 
-def case_config(pair: str, dtype: str, batch_size: int, width=None, feature_dim=None):
-  """``configs/cifar.py`` with the ``pair`` of nets, compute ``dtype`` and global batch."""
+def case_config(pair: str, dtype: str, batch_size: int, views=None, width=None, feature_dim=None):
+  """``configs/cifar.py`` with the ``pair`` of nets, compute ``dtype``, global batch and
+  ``views`` per image (None: the config's)."""
   config = import_configs().get_config()
   config.model.encoder = config.model.decoder = pair
   config.model.dtype = dtype
   config.train.batch_size = batch_size
+  if views is not None:
+    config.data.num_views = views
   if width is not None:
     config.model.width = width
   if feature_dim is not None:
@@ -153,17 +163,20 @@ def _is_out_of_memory(error: BaseException) -> bool:
   return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
 
 
-def measure(pair, dtype, batch_size, *, rounds, iterations, width=None, feature_dim=None) -> dict:
+def measure(
+  pair, dtype, batch_size, views, *, rounds, iterations, width=None, feature_dim=None
+) -> dict:
   """Times one case in this process (see the module docstring); returns its row as a dict."""
   import jax  # pylint: disable=import-outside-toplevel
   from benchmarks import jax_loop  # pylint: disable=import-outside-toplevel
   from uctrl_jax import models  # pylint: disable=import-outside-toplevel
 
-  config = case_config(pair, dtype, batch_size, width, feature_dim)
+  config = case_config(pair, dtype, batch_size, views, width, feature_dim)
   row = {
     "pair": pair,
     "dtype": dtype,
     "batch": batch_size,
+    "views": config.data.num_views,
     "devices": jax.device_count(),
     "encoder_steps": config.train.encoder_steps,
   }
@@ -175,13 +188,16 @@ def measure(pair, dtype, batch_size, *, rounds, iterations, width=None, feature_
       "encoder": models.count_params(loop.state.encoder_params),
       "decoder": models.count_params(loop.state.decoder_params),
     }
-    row["first_iteration_s"] = loop.run(1)  # both steps compile here
+    start = time.perf_counter()
+    flops = loop.compile_steps()
+    row["first_iteration_s"] = time.perf_counter() - start + loop.run(1)
     with jax_loop.count_compiles() as compiles:
       loop.run(2)  # warm-up
       per_iteration = [loop.run(iterations) / iterations for _ in range(rounds)]
-    rate_terms = jax_loop.rate_terms_fwdgrad(config, loop.mesh, batch_size)
+    rate_terms, rate_flops = jax_loop.rate_terms_fwdgrad(config, loop.mesh, batch_size)
     rate_terms()  # compiles
     rate_seconds = [_seconds_per_call(rate_terms, iterations) for _ in range(rounds)]
+    peak = jax_loop.matmul_peak(models.DTYPES[dtype])
   except Exception as e:  # pylint: disable=broad-except
     if not _is_out_of_memory(e):
       raise
@@ -189,14 +205,23 @@ def measure(pair, dtype, batch_size, *, rounds, iterations, width=None, feature_
   if compiles:
     raise AssertionError(f"the timed iterations compiled {compiles}: timings would include it")
   iteration_ms = jax_loop.median_ms(per_iteration)
-  rate_ms = (config.train.encoder_steps + 1) * jax_loop.median_ms(rate_seconds)
+  rate_ms = jax_loop.median_ms(rate_seconds)
+  # XLA's cost analysis is of the partitioned program that each device runs.
+  achieved = flops / (iteration_ms / 1e3)
   return {
     **row,
     "status": "ok",
     "iteration_ms": iteration_ms,
     "images_per_s": batch_size * 1e3 / iteration_ms,
+    "flops_per_iteration_per_device": flops,
+    "flops_per_iteration": flops * row["devices"],
+    "achieved_flops_per_s": achieved,
+    "matmul_peak": peak,
+    "utilisation": achieved / peak["flops_per_s"],
     "rate_terms_ms": rate_ms,
     "rate_share": rate_ms / iteration_ms,
+    "rate_terms_flops": rate_flops,
+    "rate_flops_share": rate_flops / flops,
     "peak_memory_bytes": peak_memory_bytes(jax.local_devices()),
   }
 
@@ -207,21 +232,27 @@ def measure(pair, dtype, batch_size, *, rounds, iterations, width=None, feature_
 
 
 def _fmt_row(r: dict) -> str:
-  head = f"| {r['pair']} | {r['dtype']} | {r['batch']} |"
+  head = f"| {r['pair']} | {r['dtype']} | {r['batch']} | {r['views']} |"
   if r["status"] != "ok":
-    return head + f" {r['status']} | | | | | |"
+    return head + f" {r['status']} |" + " |" * (TABLE_HEADER.split("\n")[0].count("|") - 6)
   peak = r["peak_memory_bytes"]
   peak = "n/a" if peak is None else f"{peak / 2**30:.2f}"
   return (
-    head + f" {r['iteration_ms']:.1f} | {r['images_per_s']:,.0f} | {r['rate_terms_ms']:.2f} "
-    f"| {100 * r['rate_share']:.1f}% | {r['first_iteration_s']:.1f} | {peak} |"
+    head + f" {r['iteration_ms']:.1f} | {r['images_per_s']:,.1f} "
+    f"| {r['flops_per_iteration'] / 1e9:,.2f} | {r['achieved_flops_per_s'] / 1e9:,.1f} "
+    f"| {r['matmul_peak']['flops_per_s'] / 1e9:,.1f} | {100 * r['utilisation']:.1f}% "
+    f"| {r['rate_terms_ms']:.2f} | {100 * r['rate_share']:.1f}% "
+    f"| {100 * r['rate_flops_share']:.2g}% | {r['first_iteration_s']:.1f} | {peak} |"
   )
 
 
 TABLE_HEADER = (
-  "| pair | dtype | global batch | iteration ms | images/s | rate terms ms / iteration "
-  "| rate terms' share | first iteration s (compiles) | peak memory GiB / device |\n"
-  "|---|---|---|---|---|---|---|---|---|"
+  "| pair | dtype | global batch | views | iteration ms | images/s | GFLOP / iteration "
+  "| achieved GFLOP/s / device | matmul peak GFLOP/s | utilisation "
+  "| rate terms ms / iteration "
+  "| rate terms' share of time | of FLOPs | first iteration s (compiles) "
+  "| peak memory GiB / device |\n"
+  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -247,10 +278,10 @@ def run_child(flags, timeout_s):
 
 def run_case_process(case, args, timeout_s) -> dict:
   """One case's row, measured in a child process (this module with ``--case``)."""
-  pair, dtype, batch = case
+  pair, dtype, batch, views = case
   flags = [
     "--case",
-    f"{pair},{dtype},{batch}",
+    f"{pair},{dtype},{batch},{views}",
     "--rounds",
     str(args.rounds),
     "--iterations",
@@ -260,7 +291,7 @@ def run_case_process(case, args, timeout_s) -> dict:
     if getattr(args, flag) is not None:
       flags += [f"--{flag}", str(getattr(args, flag))]
   row, why = run_child(flags, timeout_s)
-  return row or {"pair": pair, "dtype": dtype, "batch": batch, "status": why}
+  return row or {"pair": pair, "dtype": dtype, "batch": batch, "views": views, "status": why}
 
 
 def main(argv=None) -> list:
@@ -278,6 +309,11 @@ def main(argv=None) -> list:
   parser.add_argument("--pairs", default=None, help=f"comma-separated, from {PAIRS}")
   parser.add_argument("--dtypes", default=None, help=f"comma-separated, from {DTYPES}")
   parser.add_argument("--batches", default=None, help="comma-separated global batch sizes")
+  parser.add_argument(
+    "--views",
+    default=None,
+    help="comma-separated views per image (default: configs/cifar.py's, the shipped recipe)",
+  )
   parser.add_argument("--width", type=int, default=None, help="override config.model.width")
   parser.add_argument(
     "--feature_dim", type=int, default=None, help="override config.model.feature_dim"
@@ -332,11 +368,12 @@ def main(argv=None) -> list:
     if args.describe:
       row = describe_devices()
     else:
-      pair, dtype, batch = args.case.split(",")
+      pair, dtype, batch, views = args.case.split(",")
       row = measure(
         pair,
         dtype,
         int(batch),
+        int(views),
         rounds=args.rounds,
         iterations=args.iterations,
         width=args.width,
@@ -347,11 +384,14 @@ def main(argv=None) -> list:
 
   # This process never touches a device: on a GPU it would hold memory the cases need.
   start = time.monotonic()
+  shipped = case_config("dcgan", "float32", 128)  # a config only: no device is touched
+  views = args.views or str(shipped.data.num_views)
   cases = [
-    (p, d, int(b))
+    (p, d, int(b), int(v))
     for p in args.pairs.split(",")
     for d in args.dtypes.split(",")
     for b in args.batches.split(",")
+    for v in views.split(",")
   ]
   unknown = [c for c in cases if c[0] not in PAIRS or c[1] not in DTYPES]
   if unknown:
@@ -359,15 +399,16 @@ def main(argv=None) -> list:
   info, why = run_child(["--describe"], 120)
   if info is None:
     raise SystemExit(f"cannot see the devices: {why}")
-  width = args.width or case_config("dcgan", "float32", 128).model.width
+  width = args.width or shipped.model.width
   print(
     f"# uCTRL iteration on {info['devices']} × {info['device_kind']} ({info['platform']}), "
     f"jax {info['jax']}, {datetime.date.today().isoformat()}, mode {mode}\n",
     flush=True,
   )
   print(
-    f"configs/cifar.py, 32×32×3 synthetic batches, w = {width}; median of {args.rounds} "
-    f"rounds of {args.iterations} iterations\n",
+    f"configs/cifar.py ({shipped.data.num_views} views shipped, "
+    f"{shipped.train.encoder_steps} encoder steps per iteration), 32×32×3 synthetic "
+    f"batches, w = {width}; median of {args.rounds} rounds of {args.iterations} iterations\n",
     flush=True,
   )
   print(TABLE_HEADER, flush=True)
@@ -375,12 +416,8 @@ def main(argv=None) -> list:
   for case in cases:
     left = None if args.budget_s is None else args.budget_s - (time.monotonic() - start)
     if left is not None and left < _MIN_CASE_S:
-      row = {
-        "pair": case[0],
-        "dtype": case[1],
-        "batch": case[2],
-        "status": "not run: time budget spent",
-      }
+      row = dict(zip(("pair", "dtype", "batch", "views"), case))
+      row["status"] = "not run: time budget spent"
     else:
       row = run_case_process(case, args, left)
     rows.append(row)

@@ -8,9 +8,13 @@ adds PyTorch beside it.
 * ``random_batch``: a host batch of the input pipeline's shapes, random pixels;
   ``unit_rows``: random features as the encoder outputs them.
 * ``JaxLoop``: state and steps on one mesh; ``iteration()`` times each step,
-  ``run(n)`` times ``n`` iterations back to back, ``compile_check()`` counts compilations.
-* ``rate_terms_fwdgrad``: the objective's rate terms and their gradient alone, on
-  random features of the steps' shapes and sharding.
+  ``run(n)`` times ``n`` iterations back to back, ``compile_check()`` counts compilations,
+  ``compile_steps()`` compiles ahead of time (and counts the FLOPs), ``reset()`` starts
+  again from step 0.
+* ``rate_terms_fwdgrad``: one iteration's rate terms and their gradient alone, on
+  random features of the steps' shapes and sharding, and their FLOPs.
+* ``compiled_flops``: XLA's cost analysis of a jitted call; ``matmul_peak``: the device's
+  measured rate for one large matmul.
 * ``count_compiles``, ``interleaved``, ``timed``, ``median_ms``: timing helpers.
 """
 
@@ -22,6 +26,7 @@ import statistics
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from uctrl_jax import objectives
@@ -108,12 +113,28 @@ class JaxLoop:
     self.config = config
     self.image_shape = image_shape
     self.mesh = sharding.create_mesh(mesh_config=config.mesh)
-    self.state = sharding.replicate(
-      create_train_state(config, image_shape, jax.random.key(config.seed)), self.mesh
-    )
+    self.reset()
     self.encoder_step, self.decoder_step = steps.make_steps(config, image_shape)
     self.host_batch = host_batch
     self.batch = sharding.shard_batch(host_batch, self.mesh)
+
+  def reset(self) -> None:
+    """A fresh state at step 0 (``create_train_state`` from ``config.seed``)."""
+    self.state = sharding.replicate(
+      create_train_state(self.config, self.image_shape, jax.random.key(self.config.seed)),
+      self.mesh,
+    )
+
+  def compile_steps(self) -> float:
+    """Compiles both steps ahead of time (the loop runs the compiled programs from then on)
+    and returns XLA's FLOPs of one iteration: ``encoder_steps`` × the encoder step's plus
+    the decoder step's (``compiled_flops``)."""
+    self.encoder_step = self.encoder_step.lower(self.state, self.batch).compile()
+    flops = self.config.train.encoder_steps * compiled_flops(self.encoder_step)
+    if self.decoder_step is not None:
+      self.decoder_step = self.decoder_step.lower(self.state, self.batch).compile()
+      flops += compiled_flops(self.decoder_step)
+    return flops
 
   def iteration(self, batch=None) -> dict:
     """One iteration (``steps.train_iteration``'s loop), each step timed to completion."""
@@ -160,15 +181,49 @@ class JaxLoop:
     return per_iteration
 
 
-def rate_terms_fwdgrad(config, mesh, batch_size: int, seed: int = 0):
-  """A zero-argument callable: the game's terms (``objectives.game_terms``) and their
-  gradient with respect to ``(Z, Ẑ, Z_aug)``, jitted, run to completion.
+def compiled_flops(compiled) -> float:
+  """FLOPs of one call of an ahead-of-time compiled program (``jit(f).lower(...).compile()``)
+  by XLA's cost analysis (custom calls such as the CPU's LAPACK Cholesky count 0: they are
+  not XLA ops)."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # older jax: one dict per program
+    analysis = analysis[0]
+  return float(analysis.get("flops", 0.0))
 
-  Each step of an iteration computes exactly this once on its features (the rest is the
-  nets and Adam), so ``(encoder_steps + 1)`` × its time is the rate terms' part of an
-  iteration. The features are random unit rows of the steps' shapes, ``Z``, ``Ẑ``
-  ``(B, d)`` and ``Z_aug`` ``(V, B, d)``, sharded over ``data`` as in the steps: the
-  Cholesky factorisations cost the same for any features.
+
+def matmul_peak(dtype=jnp.float32, n=None, calls: int = 5) -> dict:
+  """The device's measured matmul rate: FLOP/s of one ``n × n`` by ``n × n`` product in
+  ``dtype`` (default precision, as the models' layers), the median of ``calls`` after a
+  warm-up; ``n`` 2048 on CPU, 8192 on accelerators.
+
+  Returns ``{"n", "dtype", "seconds", "flops_per_s"}``.
+  """
+  platform = jax.devices()[0].platform
+  n = n or (2048 if platform == "cpu" else 8192)
+  keys = jax.random.split(jax.random.key(0))
+  a, b = (jax.random.normal(k, (n, n), jnp.float32).astype(dtype) for k in keys)
+  product = jax.jit(jnp.matmul)
+  jax.block_until_ready(product(a, b))
+  seconds = []
+  for _ in range(calls):
+    start = time.perf_counter()
+    jax.block_until_ready(product(a, b))
+    seconds.append(time.perf_counter() - start)
+  best = statistics.median(seconds)
+  return {"n": n, "dtype": jnp.dtype(dtype).name, "seconds": best, "flops_per_s": 2 * n**3 / best}
+
+
+def rate_terms_fwdgrad(config, mesh, batch_size: int, seed: int = 0):
+  """The rate terms of one iteration alone, on random features: ``(run, flops)``.
+
+  ``run()`` computes, jitted and to completion, what the steps compute of the game's terms
+  (``objectives.game_terms``) and their gradient with respect to the features: the
+  encoder step's (``Z``, ``Ẑ`` (B, d) and the views' ``Z_aug`` (V, B, d)) ``encoder_steps``
+  times, then the decoder step's (without the views where ``train.encoder_bn_in_decoder_step``
+  is ``"running"``: it does not encode them). The rest of an iteration is the nets and
+  Adam. ``flops``: XLA's cost analysis of those calls. The features are random unit rows
+  sharded over ``data`` as in the steps: the Cholesky factorisations cost the same for
+  any features.
   """
   rng = np.random.default_rng(seed)
   B, V, d = batch_size, config.data.num_views, config.model.feature_dim
@@ -186,6 +241,24 @@ def rate_terms_fwdgrad(config, mesh, batch_size: int, seed: int = 0):
   def objective(Z, Zhat, Z_aug, labels):
     return objectives.game_terms(config, Z, Zhat, Z_aug, labels)["encoder_objective"]
 
-  fwdgrad = jax.jit(jax.value_and_grad(objective, argnums=(0, 1, 2)))
-  args = (feats["z"], feats["zhat"], feats["views"], feats["label"])
-  return lambda: jax.block_until_ready(fwdgrad(*args))
+  with_views = jax.jit(jax.value_and_grad(objective, argnums=(0, 1, 2)))
+  without_views = jax.jit(
+    jax.value_and_grad(lambda Z, Zhat, labels: objective(Z, Zhat, None, labels), argnums=(0, 1))
+  )
+  enc_args = (feats["z"], feats["zhat"], feats["views"], feats["label"])
+  decoder_sees_views = config.train.encoder_bn_in_decoder_step == "batch"
+  dec_fn, dec_args = (
+    (with_views, enc_args)
+    if decoder_sees_views
+    else (without_views, (feats["z"], feats["zhat"], feats["label"]))
+  )
+  k = config.train.encoder_steps
+
+  def run():
+    out = [with_views(*enc_args) for _ in range(k)] + [dec_fn(*dec_args)]
+    return jax.block_until_ready(out)
+
+  flops = k * compiled_flops(with_views.lower(*enc_args).compile()) + compiled_flops(
+    dec_fn.lower(*dec_args).compile()
+  )
+  return run, flops

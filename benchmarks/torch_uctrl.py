@@ -1,20 +1,24 @@
 """PyTorch twin of one uCTRL iteration: the baseline of benchmarks/train_step_bench.py.
 
 The same nets as ``uctrl_jax/models.py`` (DCGAN and ResNet-18 pairs, same layer
-shapes, so the same parameter counts; NCHW instead of NHWC) and the same objective as
-``uctrl_jax/rate_reduction.py`` (every log-det a Cholesky on the smaller Gram side;
-exact or cosine sample-wise terms), stepped exactly as ``uctrl_jax/steps.py`` steps
-them (see ``TorchUCTRL``). Benchmark code only: PyTorch is not a project dependency
-(``.venv/bin/pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu``).
+shapes, so the same parameter counts; NCHW instead of NHWC), the same objective as
+``uctrl_jax/objectives.game_terms`` for ``loss.mode = "uctrl"`` (every log-det a
+Cholesky on the smaller Gram side; exact or cosine sample-wise terms; the views' mean
+as the invariance target or the image; R expanded over the views), stepped exactly as
+``uctrl_jax/steps.py`` steps them (see ``TorchUCTRL``: BN statistics of each pass,
+per-player Adam and learning-rate schedules). Benchmark code only: PyTorch is not a
+runtime dependency of the project (``.venv/bin/pip install torch==2.13.0``, the CPU build).
 
 Parameter initialisation follows the JAX models' families (N(0, 0.02) for DCGAN,
-He fan-out for ResNet) but not their random streams: the two sides never share
-weights, only shapes, which is what a timing comparison needs.
+He fan-out for ResNet) but not their random streams; ``load_jax_variables`` copies a
+JAX state's weights in, so that both sides can be checked to compute the same
+iteration (benchmarks/train_step_bench.py's ``check_iteration_agrees``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Mapping, Optional, Sequence
 
 import torch
@@ -84,6 +88,31 @@ def pairwise_rate_distance(U: Tensor, V: Tensor, eps_sq: float) -> Tensor:
   )
 
 
+def coding_rates(Z: Tensor, eps_sq: float) -> Tensor:
+  """``R(Z_v)`` of each of a batch of feature sets ``Z: (..., n, d)`` → ``(...)``, on the
+  smaller Gram side (as ``rate_reduction.coding_rate``)."""
+  n, d = Z.shape[-2:]
+  G = Z @ Z.transpose(-1, -2) if n < d else Z.transpose(-1, -2) @ Z
+  alpha = torch.full(Z.shape[:-2], d / (n * eps_sq), dtype=Z.dtype)
+  return 0.5 * _logdet_i_plus(alpha, G)
+
+
+def _sample_term(Z: Tensor, Zs: Tensor, dist) -> Tensor:
+  """(n,): ``dist(Z, Z_v)`` per row, mean over the ``Zs: (V, n, d)``."""
+  return torch.stack([dist(Z, Zv) for Zv in Zs]).mean(0)
+
+
+def _aug_term(Z: Tensor, Z_aug: Tensor, dist, aug_target: str) -> Tensor:
+  """(n,): the augmentation term per row (``rate_reduction._aug_term``)."""
+  if aug_target == "image":
+    return _sample_term(Z, Z_aug, dist)
+  if aug_target != "mean":
+    raise ValueError(f"aug_target {aug_target!r}")
+  mean = Z_aug.mean(0)
+  target = mean * torch.rsqrt(torch.clamp((mean * mean).sum(1, keepdim=True), min=1e-16))
+  return 0.5 * (_sample_term(target, Z[None], dist) + _sample_term(target, Z_aug, dist))
+
+
 def uctrl_objective(
   Z: Tensor,
   Zhat: Tensor,
@@ -94,9 +123,9 @@ def uctrl_objective(
   *,
   sample_distance: str,
   sample_reduction: str,
+  aug_target: str,
 ) -> dict:
-  """``rate_reduction.uctrl_objective`` with ``aug_target="image"`` in PyTorch (same keys,
-  same values).
+  """``rate_reduction.uctrl_objective`` in PyTorch (same keys, same values).
 
   Args:
     Z, Zhat: (n, d) features; Z_aug: (n, d) or (V, n, d) views' features.
@@ -115,7 +144,7 @@ def uctrl_objective(
     dist = cosine_distance
   else:
     raise ValueError(f"sample_distance {sample_distance!r}")
-  aug_sum = torch.stack([dist(Z, Zv) for Zv in Z_aug]).mean(0).sum()
+  aug_sum = _aug_term(Z, Z_aug, dist, aug_target).sum()
   self_sum = dist(Z, Zhat).sum()
   scale = 1.0 if sample_reduction == "sum" else 1.0 / n
   aug, self_ = aug_sum * scale, self_sum * scale
@@ -131,13 +160,77 @@ def uctrl_objective(
   }
 
 
+def game_terms(config, Z: Tensor, Zhat: Tensor, Z_aug) -> dict:
+  """``objectives.game_terms`` for ``loss.mode = "uctrl"``, in PyTorch (same keys and values).
+
+  Args:
+    Z, Zhat: (B, d); Z_aug: (V, B, d), or None where the views were not encoded (the
+      decoder step on running statistics): the augmentation term is then left out.
+  """
+  loss = config.loss
+  if loss.mode != "uctrl":
+    raise ValueError(f"the PyTorch twin plays loss.mode 'uctrl' only; got {loss.mode!r}")
+  terms = uctrl_objective(
+    Z,
+    Zhat,
+    Z[None] if Z_aug is None else Z_aug,
+    loss.eps_sq,
+    0.0 if Z_aug is None else loss.lambda_aug,
+    loss.lambda_self,
+    sample_distance=loss.sample_distance,
+    sample_reduction=loss.sample_reduction,
+    aug_target=loss.aug_target,
+  )
+  if Z_aug is None:
+    del terms["aug"], terms["aug_per_sample"]
+  expansion, shift = terms["R"], 0.0
+  if loss.rate_on_views and Z_aug is not None:
+    # ½ (R(Z) + mean_v R(Z_v)) in place of R(Z), as objectives.game_terms.
+    terms["R_views"] = coding_rates(Z_aug, loss.eps_sq).mean()
+    expansion = 0.5 * (terms["R"] + terms["R_views"])
+    shift = 0.5 * (terms["R_views"] - terms["R"])
+  w_rate, w_delta = loss.rate_weight, loss.delta_weight
+  if (w_rate, w_delta) != (1.0, 1.0):
+    shift = shift + (w_rate - 1.0) * expansion + (w_delta - 1.0) * terms["delta_R_z_zhat"]
+  terms["encoder_objective"] = terms["encoder_objective"] + shift
+  terms["decoder_objective"] = terms["decoder_objective"] + shift
+  return terms
+
+
 # ----------------------------------------------------------------------------
 # Nets (uctrl_jax/models.py, layer for layer).
 # ----------------------------------------------------------------------------
 
 
-def _bn(c: int) -> nn.BatchNorm2d:
-  return nn.BatchNorm2d(c, momentum=0.1, eps=1e-5)  # = flax momentum 0.9
+class BatchNorm2d(nn.BatchNorm2d):
+  """PyTorch's BN (momentum 0.1 = flax's 0.9, eps 1e-5), with flax's running statistics
+  where the encoder step needs them (``TorchUCTRL.encoder_step``).
+
+  * ``recording``: a training-mode pass normalises as PyTorch does but leaves the running
+    statistics alone and keeps the batch's mean and biased variance, differentiable, in
+    ``recorded``;
+  * ``running``: a ``(mean, var)`` pair of differentiable tensors that an eval-mode pass
+    normalises with in place of the buffers.
+  """
+
+  def __init__(self, c: int):
+    super().__init__(c, momentum=0.1, eps=1e-5)
+    self.recording, self.recorded, self.running = False, None, None
+
+  def forward(self, x: Tensor) -> Tensor:
+    if self.training and self.recording:
+      var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+      self.recorded = (mean, var)
+      return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+    if not self.training and self.running is not None:
+      # PyTorch's eval-mode BN has no derivative in its statistics: the same affine map.
+      mean, var = self.running
+      scale = self.weight * torch.rsqrt(var + self.eps)
+      return x * scale[:, None, None] + (self.bias - mean * scale)[:, None, None]
+    return super().forward(x)
+
+
+_bn = BatchNorm2d
 
 
 def _l2_normalize(z: Tensor) -> Tensor:
@@ -188,7 +281,8 @@ class DCGANEncoder(nn.Module):
     if self.pad:
       p = self.pad
       x = F.pad(x, (p // 2, p - p // 2, p // 2, p - p // 2), value=_PAD_VALUE)
-    return _l2_normalize(self.head(self.body(x).flatten(1)))
+    # Flattened in (H, W, C) order, as flax's NHWC reshape: the JAX head's weights fit as they are.
+    return _l2_normalize(self.head(self.body(x).permute(0, 2, 3, 1).flatten(1)))
 
 
 class FeatureStem(nn.Module):
@@ -201,8 +295,9 @@ class FeatureStem(nn.Module):
     self.bn = _bn(features)
 
   def forward(self, z: Tensor) -> Tensor:
-    h = self.linear(z).view(z.shape[0], self.features, self.spatial, self.spatial)
-    return F.relu(self.bn(h))
+    # Unflattened as (H, W, C), as flax's NHWC reshape (see DCGANEncoder.forward).
+    h = self.linear(z).view(z.shape[0], self.spatial, self.spatial, self.features)
+    return F.relu(self.bn(h.permute(0, 3, 1, 2)))
 
 
 class DCGANDecoder(nn.Module):
@@ -329,9 +424,91 @@ def count_params(module: nn.Module) -> int:
   return sum(p.numel() for p in module.parameters())
 
 
+def _leaf_layers(module: nn.Module) -> list:
+  """The layers that hold weights, in definition order (= the JAX modules' call order)."""
+  kinds = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
+  return [m for m in module.modules() if isinstance(m, kinds)]
+
+
+def _flax_leaf_paths(params: dict, path=()) -> list:
+  """Paths ``"A_0/B_1"`` of the flax modules that own parameters, in ``params``' key order."""
+  out = []
+  for key, value in params.items():
+    if any(isinstance(v, dict) for v in value.values()):
+      out += _flax_leaf_paths(value, path + (key,))
+    else:
+      out.append("/".join(path + (key,)))
+  return out
+
+
+def flax_layer_paths(flax_module, example) -> list:
+  """Paths (``"ResBlock_0/Conv_1"``) of the JAX net's modules that own parameters, in call
+  order, which is the twin's definition order (``_leaf_layers``).
+
+  Flax numbers its modules by call, while the arrays of a jitted state come with sorted
+  keys: the order is read from an abstract ``init`` on ``example`` (an input it takes).
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+
+  ordered = []
+
+  def init():
+    variables = flax_module.init(jax.random.key(0), example, train=False)
+    ordered.append(variables["params"])  # a plain dict here, in call order
+    return variables
+
+  jax.eval_shape(init)
+  return _flax_leaf_paths(ordered[0])
+
+
+def load_jax_variables(module: nn.Module, paths, params, batch_stats) -> None:
+  """Copies a JAX net's weights and BN statistics (``params``, ``batch_stats``, e.g. a
+  ``TrainState``'s) into its twin ``module``; ``paths``: ``flax_layer_paths`` of the net.
+
+  Conv kernels (H, W, I, O) become (O, I, H, W), dense ones (I, O) become (O, I); the
+  DCGAN head and stem flatten in (H, W, C) order on both sides. Resize-conv decoders
+  only: pixel_shuffle and conv_transpose lay their kernels out differently.
+  """
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  layers = _leaf_layers(module)
+  if len(layers) != len(paths):
+    raise ValueError(f"{len(layers)} torch layers against {len(paths)} flax modules")
+
+  def lookup(tree, path):
+    for key in path.split("/"):
+      tree = tree[key]
+    return {k: torch.from_numpy(np.array(v)) for k, v in tree.items()}
+
+  with torch.no_grad():
+    for layer, path in zip(layers, paths):
+      p = lookup(params, path)
+      if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+        stats = lookup(batch_stats, path)
+        for name, value in (
+          ("weight", p["scale"]),
+          ("bias", p["bias"]),
+          ("running_mean", stats["mean"]),
+          ("running_var", stats["var"]),
+        ):
+          getattr(layer, name).copy_(value)
+        continue
+      kernel = p["kernel"]
+      kernel = kernel.permute(3, 2, 0, 1) if kernel.dim() == 4 else kernel.T
+      if kernel.shape != layer.weight.shape:
+        raise ValueError(f"cannot load {path} {tuple(kernel.shape)} into {layer}")
+      layer.weight.copy_(kernel)
+      if layer.bias is not None:
+        layer.bias.copy_(p["bias"])
+
+
 # ----------------------------------------------------------------------------
 # The alternating steps (uctrl_jax/steps.py's make_steps).
 # ----------------------------------------------------------------------------
+
+
+def _batch_norms(module: nn.Module) -> list:
+  return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 @contextlib.contextmanager
@@ -341,7 +518,7 @@ def _frozen_running_stats(module: nn.Module):
   JAX's steps discard the other player's BN updates; momentum 0 makes PyTorch's update
   ``(1 − 0)·running + 0·batch`` an exact no-op at the same cost.
   """
-  bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+  bns = _batch_norms(module)
   saved = [bn.momentum for bn in bns]
   for bn in bns:
     bn.momentum = 0.0
@@ -361,8 +538,32 @@ def _eval_mode(module: nn.Module):
     module.train()
 
 
+@contextlib.contextmanager
+def _frozen_params(module: nn.Module):
+  """No weight gradients for ``module`` (gradients still flow through it to its input)."""
+  module.requires_grad_(False)
+  try:
+    yield
+  finally:
+    module.requires_grad_(True)
+
+
 def _grad_norm(module: nn.Module) -> Tensor:
   return torch.sqrt(sum((p.grad * p.grad).sum() for p in module.parameters() if p.grad is not None))
+
+
+def learning_rate(config, base_lr: float, step: int) -> float:
+  """``state.learning_rate_schedule(config, base_lr)`` at ``step``: the optional linear
+  warm-up, then cosine decay over ``train.num_steps`` or a constant rate."""
+  t = config.train
+  lr = base_lr * (t.batch_size / 256.0 if t.scale_lr_by_batch else 1.0)
+  warmup = int(t.warmup_steps)
+  if step < warmup:
+    return lr * step / warmup
+  if t.schedule != "cosine":
+    return lr
+  decay = max(t.num_steps, warmup + 1) - warmup
+  return lr * 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, decay) / decay))
 
 
 class TorchUCTRL:
@@ -370,24 +571,36 @@ class TorchUCTRL:
 
   * ``encoder_step``: one training-mode encoder pass over ``[X; X_a]`` (updates the
     encoder's running statistics), ``X̂ = g(Z)`` in training mode without gradient and
-    without touching the decoder's statistics, ``Ẑ = f(X̂)`` with running statistics,
-    Adam step on ``−encoder_objective`` w.r.t. the encoder's parameters.
-  * ``decoder_step``: ``Z, Z_a`` recomputed (training mode, no gradient, statistics
-    untouched), ``X̂ = g(Z)`` in training mode (updates the decoder's statistics),
-    ``Ẑ = f(X̂)`` with running statistics and gradients flowing through ``f`` to ``X̂``
-    but not into the encoder's parameters, Adam step on ``decoder_objective``.
+    without touching the decoder's statistics, ``Ẑ = f(X̂)`` with the just-updated
+    running statistics (``train.encoder_bn_on_xhat = "running"``; ``"batch"``: batch
+    statistics, running ones untouched), Adam step on ``−encoder_objective`` w.r.t. θ.
+  * ``decoder_step``: ``Z = f(X)`` on the running statistics, views not encoded
+    (``train.encoder_bn_in_decoder_step = "running"``; ``"batch"``: ``[X; X_a]`` in
+    training mode, statistics untouched), no gradient; ``X̂ = g(Z)`` in training mode
+    (updates the decoder's statistics), ``Ẑ = f(X̂)`` as in the encoder step with
+    gradients flowing through ``f`` to ``X̂`` but not into θ; Adam step on
+    ``decoder_objective`` w.r.t. η.
 
-  The encoder step with ``encoder_bn_on_xhat = "running"`` only (the default).
-  Both return the same logged terms as JAX (objective terms, cosines, grad norm, MSE).
+  Each player's Adam has its own rate, β₁ and schedule (``state.make_optimizers``): the
+  rates are set from ``learning_rate`` at the iteration's index before each update.
+  Both steps return the terms JAX logs (objective terms, cosines, grad norm, lr, MSE).
   """
 
   def __init__(self, config, image_shape: Sequence[int], seed: int = 0):
     torch.manual_seed(seed)
-    self.config = config
+    t = config.train
+    for key, choices in (
+      ("encoder_bn_on_xhat", ("running", "batch")),
+      ("encoder_bn_in_decoder_step", ("running", "batch")),
+    ):
+      if t[key] not in choices:
+        raise ValueError(f"train.{key} = {t[key]!r}; choose from {choices}")
+    self.config, self.image_shape = config, tuple(image_shape)
+    self.step = 0  # iterations completed (state.step)
+    self._paths = None  # flax_layer_paths of both nets, for load_jax_weights
     self.encoder, self.decoder = create_models(config, image_shape)
     self.encoder.train()
     self.decoder.train()
-    t = config.train
     self.enc_opt = torch.optim.Adam(
       self.encoder.parameters(), lr=t.encoder_lr, betas=(t.encoder_b1, t.b2)
     )
@@ -395,60 +608,121 @@ class TorchUCTRL:
       self.decoder.parameters(), lr=t.decoder_lr, betas=(t.decoder_b1, t.b2)
     )
 
-  def terms(self, Z, Zhat, Z_aug) -> dict:
-    """``uctrl_objective`` with the weights and choices of ``config.loss``."""
-    loss = self.config.loss
-    return uctrl_objective(
-      Z,
-      Zhat,
-      Z_aug,
-      loss.eps_sq,
-      loss.lambda_aug,
-      loss.lambda_self,
-      sample_distance=loss.sample_distance,
-      sample_reduction=loss.sample_reduction,
+  def load_jax_weights(self, state) -> None:
+    """Both nets' weights and BN statistics from a JAX ``TrainState`` (of
+    ``models.create_models(config, image_shape)``), and its step (the schedules read it);
+    each side keeps its own optimizer state."""
+    if self.config.model.upsample != "resize_conv":
+      raise ValueError("load_jax_weights: resize_conv decoders only (see load_jax_variables)")
+    if self._paths is None:
+      import numpy as np  # pylint: disable=import-outside-toplevel
+      from uctrl_jax import models  # pylint: disable=import-outside-toplevel
+
+      flax_encoder, flax_decoder = models.create_models(self.config, self.image_shape)
+      self._paths = (
+        flax_layer_paths(flax_encoder, np.zeros((1, *self.image_shape), np.float32)),
+        flax_layer_paths(flax_decoder, np.zeros((1, self.config.model.feature_dim), np.float32)),
+      )
+    load_jax_variables(
+      self.encoder, self._paths[0], state.encoder_params, state.encoder_batch_stats
     )
+    load_jax_variables(
+      self.decoder, self._paths[1], state.decoder_params, state.decoder_batch_stats
+    )
+    self.step = int(state.step)
+
+  def _set_lr(self, opt, base_lr: float) -> float:
+    lr = learning_rate(self.config, base_lr, self.step)
+    for group in opt.param_groups:
+      group["lr"] = lr
+    return lr
 
   def _encode_images_and_views(self, X: Tensor, views: Tensor):
     B = X.shape[0]
     z_all = self.encoder(torch.cat([X, views.reshape(-1, *X.shape[1:])]))
     return z_all[:B], z_all[B:].reshape(views.shape[0], B, -1)
 
+  def _encode_reconstructions(self, Xhat: Tensor, running=None) -> Tensor:
+    """``Ẑ = f(X̂)`` with the configured statistics; never updates them. ``running``:
+    per BN layer of the encoder, the ``(mean, var)`` to use in place of its buffers."""
+    if self.config.train.encoder_bn_on_xhat == "batch":
+      with _frozen_running_stats(self.encoder):
+        return self.encoder(Xhat)
+    bns = _batch_norms(self.encoder)
+    for bn, stats in zip(bns, running or [None] * len(bns)):
+      bn.running = stats
+    try:
+      with _eval_mode(self.encoder):
+        return self.encoder(Xhat)
+    finally:
+      for bn in bns:
+        bn.running = None
+
   def encoder_step(self, X: Tensor, views: Tensor) -> Mapping[str, Tensor]:
-    """X: (B, C, H, W); views: (V, B, C, H, W) → logged terms (tensors)."""
-    Z, Z_aug = self._encode_images_and_views(X, views)
+    """X: (B, C, H, W); views: (V, B, C, H, W) → logged terms (tensors).
+
+    As steps.py's encoder step: ``f(X̂)`` reads the running statistics that the pass over
+    ``[X; X_a]`` has just updated, as functions of θ (flax's update
+    ``0.9·running + 0.1·batch``, the biased variance, is not cut from the gradient), so
+    θ's gradient has a path through them too; they are written back after the update.
+    """
+    bns = _batch_norms(self.encoder)
+    for bn in bns:
+      bn.recording = True
+    try:
+      Z, Z_aug = self._encode_images_and_views(X, views)
+    finally:
+      for bn in bns:
+        bn.recording = False
+    m = bns[0].momentum if bns else 0.0
+    running = [
+      (
+        (1 - m) * bn.running_mean + m * bn.recorded[0],
+        (1 - m) * bn.running_var + m * bn.recorded[1],
+      )
+      for bn in bns
+    ]
     with torch.no_grad(), _frozen_running_stats(self.decoder):
       Xhat = self.decoder(Z)  # X̂ held constant (docs/method.md#the-game)
-    with _eval_mode(self.encoder):
-      Zhat = self.encoder(Xhat)
-    terms = self.terms(Z, Zhat, Z_aug)
+    Zhat = self._encode_reconstructions(Xhat, running)
+    terms = game_terms(self.config, Z, Zhat, Z_aug)
     terms["cos_z_zhat"] = (1.0 - cosine_distance(Z, Zhat)).mean()
     terms["cos_z_zaug"] = torch.stack([1.0 - cosine_distance(Z, Zv) for Zv in Z_aug]).mean()
     self.enc_opt.zero_grad(set_to_none=True)
     (-terms["encoder_objective"]).backward()
+    terms["lr"] = torch.tensor(self._set_lr(self.enc_opt, self.config.train.encoder_lr))
     self.enc_opt.step()
     terms["grad_norm"] = _grad_norm(self.encoder)
+    with torch.no_grad():
+      for bn, (mean, var) in zip(bns, running):
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
+        bn.recorded = None
     return {k: v.detach() for k, v in terms.items()}
 
   def decoder_step(self, X: Tensor, views: Tensor) -> Mapping[str, Tensor]:
     """X: (B, C, H, W); views: (V, B, C, H, W) → logged terms (tensors)."""
-    with torch.no_grad(), _frozen_running_stats(self.encoder):
-      Z, Z_aug = self._encode_images_and_views(X, views)
+    with torch.no_grad():
+      if self.config.train.encoder_bn_in_decoder_step == "running":
+        # f as evaluation runs it; the views' term is constant in η (as steps.py).
+        with _eval_mode(self.encoder):
+          Z, Z_aug = self.encoder(X), None
+      else:
+        with _frozen_running_stats(self.encoder):
+          Z, Z_aug = self._encode_images_and_views(X, views)
     Xhat = self.decoder(Z)
     # Gradients flow through f to X̂ only: freezing θ spares the weight gradients that
     # JAX, differentiating w.r.t. η alone, never computes either.
-    self.encoder.requires_grad_(False)
-    try:
-      with _eval_mode(self.encoder):
-        Zhat = self.encoder(Xhat)
-    finally:
-      self.encoder.requires_grad_(True)
-    terms = self.terms(Z, Zhat, Z_aug)
+    with _frozen_params(self.encoder):
+      Zhat = self._encode_reconstructions(Xhat)
+    terms = game_terms(self.config, Z, Zhat, Z_aug)
     terms["recon_mse"] = ((Xhat - X) ** 2).mean()
     self.dec_opt.zero_grad(set_to_none=True)
     terms["decoder_objective"].backward()
+    terms["lr"] = torch.tensor(self._set_lr(self.dec_opt, self.config.train.decoder_lr))
     self.dec_opt.step()
     terms["grad_norm"] = _grad_norm(self.decoder)
+    self.step += 1
     return {k: v.detach() for k, v in terms.items()}
 
   def iteration(self, X: Tensor, views: Tensor) -> dict:

@@ -61,7 +61,10 @@ PyTorch's momentum 0.1 = flax ``momentum=0.9``, eps 1e-5); ``train=False`` uses 
 running statistics. ``config.model.dtype`` is the compute dtype (``"float32"`` or
 ``"bfloat16"``); parameters and the encoder's output are float32, and so is the
 decoder's output. Convs followed by BatchNorm carry no bias (BN's shift replaces it);
-the others (encoder's first conv, linear heads, decoder's output conv) do.
+the others (encoder's first conv, linear heads, decoder's output conv) do. The DCGAN
+encoder's 4×4 stride-2 convs run through ``strided_conv.conv_general_dilated``: XLA's own
+values and kernel gradients, the input gradient in space-to-depth form (XLA:CPU's
+transposed convolution is slow there; docs/benchmarks.md).
 
 Public API::
 
@@ -89,6 +92,7 @@ import numpy as np
 
 from uctrl_jax import objectives
 from uctrl_jax import rate_reduction as rr
+from uctrl_jax import strided_conv
 
 Array = jax.Array
 
@@ -420,6 +424,7 @@ class DCGANEncoder(nn.Module):
         use_bias=(i == 0),
         dtype=self.dtype,
         kernel_init=_dcgan_init,
+        conv_general_dilated=strided_conv.conv_general_dilated,
       )(h)
       if i > 0:
         h = _batch_norm(train, self.dtype)(h)
