@@ -15,7 +15,7 @@ Cases (``--cases``, comma-separated; ``--batch_size`` / ``--num_views`` / ``--wi
 ``--upsample`` override any of them):
 
 * ``default``: configs/fashion_mnist.py as shipped, the README's command (DCGAN pair
-  w = 32, 28×28×1, batch 64, 8 views, d = 128).
+  w = 32, 28×28×1, batch 64, 4 views, d = 128).
 * ``cifar_resnet18_b16``: configs/cifar.py (ResNet-18 pair w = 64, 32×32×3, 8 views,
   two encoder steps per decoder step) at batch 16: 144 images per encoder pass, about
   25 s an iteration per framework on a 2-core CPU: use few repeats.

@@ -1,17 +1,20 @@
 """What each term of the uCTRL game does (issue 9): equal-budget ablations on Fashion-MNIST.
 
-    .venv/bin/python -m experiments.ablations --out=/tmp/uctrl_ablations --steps=500 \\
+    .venv/bin/python -m experiments.ablations --out=/tmp/uctrl_ablations \\
         --doc=docs/ablations.md --figure=docs/ablation_heatmaps.png
 
 Each variant is ``configs/fashion_mnist.py`` with one change (``VARIANTS``), trained for
-``--steps`` iterations with seed 0 (the full objective also with seed 1: the noise
-level) in ``OUT/NAME``, then evaluated on the whole Fashion-MNIST split (60 000 train /
+``--steps`` iterations (default: the config's own) with seed 0 (the full objective also
+with seed 1: the noise level) in ``OUT/NAME``, then evaluated on the whole Fashion-MNIST split (60 000 train /
 10 000 test) with the library's evaluators:
 
 - kNN top-1 (k = 20, T = 0.07) and linear-probe top-1 of ``f(x)``;
 - clustering of the test features: k-means and MCR² ACC (Hungarian) and NMI;
 - reconstruction PSNR and class consistency (a kNN on real training pixels labels
   ``g(f(x_test))``);
+- the judge's view of the generation (``evaluators/judge.py``): its class consistency
+  of reconstructions, the Fréchet distance (FD) of reconstructions and of
+  cluster-conditional samples, and the samples' cluster purity;
 - structure score: mean ``|cos|`` of same-class test feature pairs over different-class
   pairs (``evaluators/structure.py``; 1 = no class structure);
 - the final value of each term, ``R(Z)``, ``ΔR(Z, Ẑ)``, ``Σ ΔR(zᵢ, z_aᵢ)``,
@@ -38,6 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
+from configs import fashion_mnist  # noqa: E402
 from experiments import sweep  # noqa: E402  (configs, training, resume)
 from uctrl_jax import evaluate  # noqa: E402
 from uctrl_jax import evaluators  # noqa: E402
@@ -58,16 +62,21 @@ VARIANTS = {
   "d_64": ("d = 64", {"model.feature_dim": 64}),
   "d_256": ("d = 256", {"model.feature_dim": 256}),
 }
-EVALUATORS = ("knn", "linear_probe", "clustering", "reconstruction", "structure")
+EVALUATORS = ("knn", "linear_probe", "clustering", "reconstruction", "judge", "structure")
 # (column, row key, format) of the table.
-COLUMNS = (
-  ("kNN", "knn/top1", "{:.2f}"),
-  ("linear", "linear_probe/top1", "{:.2f}"),
-  ("k-means ACC", "clustering/kmeans_acc", "{:.1f}"),
-  ("k-means NMI", "clustering/kmeans_nmi", "{:.3f}"),
-  ("MCR² ACC", "clustering/mcr2_acc", "{:.1f}"),
-  ("PSNR", "reconstruction/psnr", "{:.2f}"),
-  ("consistency", "reconstruction/consistency", "{:.1f}"),
+COLUMNS = sweep.columns(
+  "knn/top1",
+  "linear_probe/top1",
+  "clustering/kmeans_acc",
+  "clustering/kmeans_nmi",
+  "clustering/mcr2_acc",
+  "reconstruction/psnr",
+  "reconstruction/consistency",
+  "judge/recon_consistency",
+  "judge/recon_fd",
+  "judge/cond_fd",
+  "judge/cond_purity",
+) + (
   ("structure", "structure/score", "{:.2f}"),
   ("R(Z)", "term/R", "{:.1f}"),
   ("ΔR(Z,Ẑ)", "term/delta_R_z_zhat", "{:.2f}"),
@@ -80,11 +89,16 @@ HEATMAP_FEATURES = "structure_features.npz"  # per run: a balanced subset of tes
 
 
 def final_terms(workdir: str) -> dict:
-  """The last logged value of each term of the game (decoder step)."""
+  """The last logged value of each term of the game: the decoder step's, or the encoder
+  step's where the decoder step has none (it reads no views: no augmentation term)."""
   scalars = figures.read_scalars(workdir)
-  return {
-    f"term/{t}": float(scalars[f"decoder/{t}"][1][-1]) for t in TERMS if f"decoder/{t}" in scalars
-  }
+  out = {}
+  for t in TERMS:
+    for player in ("decoder", "encoder"):
+      if f"{player}/{t}" in scalars:
+        out[f"term/{t}"] = float(scalars[f"{player}/{t}"][1][-1])
+        break
+  return out
 
 
 def run(name: str, overrides: dict, workdir: str, steps: int, data) -> dict:
@@ -106,7 +120,7 @@ def _cell(row: dict, key: str, fmt: str) -> str:
   return fmt.format(value) if np.isfinite(value) else str(value)
 
 
-def markdown(rows: list[dict], steps: int, raw: dict, data) -> str:
+def markdown(rows: list[dict], config, raw: dict, data) -> str:
   """The table; the last line gives |seed 0 − seed 1| of the full objective."""
   lines = [
     "| variant | " + " | ".join(c for c, _, _ in COLUMNS) + " |",
@@ -132,11 +146,11 @@ def markdown(rows: list[dict], steps: int, raw: dict, data) -> str:
     + " |"
   )
   return (
-    f"{steps} iterations each (batch 128), Fashion-MNIST, evaluated on "
-    f"{len(data.x_train)} train / {len(data.x_test)} test images. Accuracies and "
-    "consistency in %, PSNR in dB; terms as logged at the last decoder step.\n\n"
-    + "\n".join(lines)
-    + "\n"
+    f"{config.train.num_steps} iterations each (batch {config.train.batch_size}, "
+    f"{config.data.num_views} views unless the row changes them), Fashion-MNIST, evaluated on "
+    f"{len(data.x_train)} train / {len(data.x_test)} test images. Accuracies, "
+    "consistencies and purity in %, PSNR in dB, FD in the judge's features; terms as "
+    "logged at the last decoder step (aug: at the last encoder step).\n\n" + "\n".join(lines) + "\n"
   )
 
 
@@ -155,12 +169,13 @@ def heatmaps(rows: list[dict], out: str) -> str | None:
   return figures.similarity_runs(runs, y, os.path.join(out, "heatmaps.png"))
 
 
-def update_doc(path: str, table: str) -> None:
+def update_doc(path: str, table: str, marker: str = "ablations") -> None:
+  """Replaces the block between ``<!-- MARKER:begin -->`` and ``<!-- MARKER:end -->``."""
   with open(path) as f:
     text = f.read()
-  pattern = re.compile(r"(<!-- ablations:begin -->\n).*?(<!-- ablations:end -->)", re.S)
+  pattern = re.compile(rf"(<!-- {marker}:begin -->\n).*?(<!-- {marker}:end -->)", re.S)
   if not pattern.search(text):
-    raise SystemExit(f"{path} has no <!-- ablations:begin --> ... <!-- ablations:end --> block")
+    raise SystemExit(f"{path} has no <!-- {marker}:begin --> ... <!-- {marker}:end --> block")
   with open(path, "w") as f:
     f.write(pattern.sub(lambda m: m.group(1) + table + m.group(2), text))
 
@@ -168,20 +183,19 @@ def update_doc(path: str, table: str) -> None:
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", required=True)
-  parser.add_argument("--steps", type=int, default=500)
+  parser.add_argument("--steps", type=int, default=None, help="None: the config's num_steps")
   parser.add_argument("--only", default="", help="comma-separated variant names")
   parser.add_argument(
     "--doc", default=None, help="page whose ablations block gets the table (docs/ablations.md)"
   )
   parser.add_argument("--figure", default=None, help="also copy heatmaps.png here")
-  parser.add_argument("--max_train_examples", type=int, default=None, help="smoke runs")
-  parser.add_argument("--max_test_examples", type=int, default=None, help="smoke runs")
-  parser.add_argument("--data_dir", default=None, help="tfds data dir (None: the config's)")
+  sweep.add_data_arguments(parser)
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.WARNING)
   start = time.time()
   data_dir = {"data.data_dir": args.data_dir} if args.data_dir else {}
-  base = sweep.variant_config(data_dir, args.steps)
+  steps = args.steps or fashion_mnist.get_config().train.num_steps
+  base = sweep.variant_config(data_dir, steps)
   base.evals.max_train_examples = args.max_train_examples
   base.evals.max_test_examples = args.max_test_examples
   data = evaluate.load_data(base)
@@ -197,11 +211,11 @@ def main(argv=None):
     overrides,
     names,
     args.out,
-    args.steps,
-    lambda name, o, workdir: run(name, o, workdir, args.steps, data),
-    lambda rows: markdown(rows, args.steps, raw, data),
+    steps,
+    lambda name, o, workdir: run(name, o, workdir, steps, data),
+    lambda rows: markdown(rows, base, raw, data),
   )
-  table = markdown(rows, args.steps, raw, data)
+  table = markdown(rows, base, raw, data)
   path = heatmaps(rows, args.out)
   if path and args.figure:
     shutil.copyfile(path, args.figure)

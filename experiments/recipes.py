@@ -58,6 +58,7 @@ from experiments import sweep  # noqa: E402  (configs from overrides, resumable 
 import uctrl_jax  # noqa: E402
 from uctrl_jax import evaluate  # noqa: E402
 from uctrl_jax import evaluators  # noqa: E402
+from uctrl_jax import figures  # noqa: E402
 from uctrl_jax import host_blas  # noqa: E402
 from uctrl_jax import input_pipeline  # noqa: E402
 from uctrl_jax import sharding  # noqa: E402
@@ -68,6 +69,8 @@ from uctrl_jax.state import create_train_state  # noqa: E402
 # name -> (label, overrides of configs/fashion_mnist.py). "uctrl" is the default itself.
 RECIPES = {
   "uctrl": ("uCTRL, configs/fashion_mnist.py", {}),
+  # The default until minutes to quality chose 4 views (docs/minutes_to_quality.md).
+  "uctrl_8views": ("uCTRL with 8 views", {"data.num_views": 8}),
   # The baselines with the optimiser of the PyTorch runs that first measured them
   # (Adam 1e-3, β₁ 0.9) and EMP-SSL's / SimCLR's own settings where ours would differ,
   # except TCR's invariance weight: 30 scored best of 10-200 at ε² = 0.5 (docs/recipes.md).
@@ -117,26 +120,26 @@ EVALUATORS = (
 )
 CURVE_EVALUATORS = ("knn", "linear_probe", "reconstruction")
 # (column, row key, format): the features, then the generation (judge/... : evaluators/judge.py).
-COLUMNS = (
-  ("kNN", "knn/top1", "{:.2f}"),
-  ("linear", "linear_probe/top1", "{:.2f}"),
-  ("nearest subspace", "nearest_subspace/top1", "{:.2f}"),
-  ("k-means ACC", "clustering/kmeans_acc", "{:.1f}"),
-  ("k-means NMI", "clustering/kmeans_nmi", "{:.3f}"),
-  ("iterations", "steps", "{:.0f}"),
-  ("train min", "train_minutes", "{:.1f}"),
-)
+COLUMNS = sweep.columns(
+  "knn/top1",
+  "linear_probe/top1",
+  "nearest_subspace/top1",
+  "clustering/kmeans_acc",
+  "clustering/kmeans_nmi",
+) + (("iterations", "steps", "{:.0f}"), ("train min", "train_minutes", "{:.1f}"))
 GENERATION_COLUMNS = (
-  ("PSNR", "reconstruction/psnr", "{:.2f}"),
-  ("pixel-kNN consistency", "reconstruction/consistency", "{:.1f}"),
-  ("judge consistency", "judge/recon_consistency", "{:.1f}"),
-  ("recon FD", "judge/recon_fd", "{:.1f}"),
+  *sweep.columns(
+    "reconstruction/psnr",
+    "reconstruction/consistency",
+    "judge/recon_consistency",
+    "judge/recon_fd",
+  ),
   ("recon P / R", ("judge/recon_precision", "judge/recon_recall"), "{:.2f}"),
-  ("cond FD", "judge/cond_fd", "{:.1f}"),
+  *sweep.columns("judge/cond_fd"),
   ("cond P / R", ("judge/cond_precision", "judge/cond_recall"), "{:.2f}"),
-  ("purity", "judge/cond_purity", "{:.1f}"),
-  ("uncond FD", "judge/uncond_fd", "{:.1f}"),
-  ("prior FD", "judge/prior_fd", "{:.1f}"),
+  *sweep.columns(
+    "judge/cond_purity", "judge/cond_consistency", "judge/uncond_fd", "judge/prior_fd"
+  ),
 )
 
 
@@ -394,10 +397,7 @@ def comparison_figure(rows: list[dict], reference: dict, path: str) -> str:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return figures.save(fig, path)
 
 
 def references(config, data, names=EVALUATORS) -> dict:
@@ -469,15 +469,8 @@ def curve_figure(rows: list[dict], baselines: dict, path: str, title: str) -> st
       sorted((n, v[key]) for n, v in baselines.items() if v.get(key) is not None)
     ):
       ax.axhline(value, ls="--", color=f"C{i + 1}", label=name)
-    ax.set_xlabel("training minutes (2 CPU cores)")
-    ax.set_title(label, fontsize=10)
-    ax.grid(alpha=0.3)
-  axes[0].legend(fontsize=7)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  titles = [label for _, label in keys]
+  return figures.save_panels(fig, axes, titles, "training minutes (2 CPU cores)", path, 7)
 
 
 def main(argv=None):
@@ -502,9 +495,7 @@ def main(argv=None):
     help="iterations timed to size each budget",
   )
   parser.add_argument("--evaluators", default=",".join(EVALUATORS), help="smoke runs: fewer")
-  parser.add_argument("--max_train_examples", type=int, default=None, help="smoke runs")
-  parser.add_argument("--max_test_examples", type=int, default=None, help="smoke runs")
-  parser.add_argument("--data_dir", default=None, help="tfds data dir (None: the config's)")
+  sweep.add_data_arguments(parser)
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.WARNING)
   data_dir = {"data.data_dir": args.data_dir} if args.data_dir else None

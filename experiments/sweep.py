@@ -50,6 +50,38 @@ SWEEPS = {
     "lr=5e-4": {"train.encoder_lr": 5e-4, "train.decoder_lr": 5e-4},
   },
 }
+# (column label, format) of each metric in the experiments' tables: one name per metric.
+METRICS = {
+  "knn/top1": ("kNN", "{:.2f}"),
+  "linear_probe/top1": ("linear", "{:.2f}"),
+  "nearest_subspace/top1": ("nearest subspace", "{:.2f}"),
+  "clustering/kmeans_acc": ("k-means ACC", "{:.1f}"),
+  "clustering/kmeans_nmi": ("k-means NMI", "{:.3f}"),
+  "clustering/mcr2_acc": ("MCR² ACC", "{:.1f}"),
+  "reconstruction/psnr": ("PSNR", "{:.2f}"),
+  "reconstruction/consistency": ("pixel-kNN consistency", "{:.1f}"),
+  "judge/recon_consistency": ("judge consistency", "{:.1f}"),
+  "judge/recon_fd": ("recon FD", "{:.1f}"),
+  "judge/cond_fd": ("cond FD", "{:.1f}"),
+  "judge/cond_purity": ("purity", "{:.1f}"),
+  "judge/cond_consistency": ("cond consistency", "{:.1f}"),
+  "judge/uncond_fd": ("uncond FD", "{:.1f}"),
+  "judge/prior_fd": ("prior FD", "{:.1f}"),
+}
+
+
+def columns(*keys: str) -> tuple:
+  """``(label, key, format)`` table columns of the ``METRICS`` named ``keys``."""
+  return tuple((METRICS[k][0], k, METRICS[k][1]) for k in keys)
+
+
+def add_data_arguments(parser) -> None:
+  """The experiments' data flags: first examples of each split (smoke runs), tfds dir."""
+  parser.add_argument("--max_train_examples", type=int, default=None, help="smoke runs")
+  parser.add_argument("--max_test_examples", type=int, default=None, help="smoke runs")
+  parser.add_argument("--data_dir", default=None, help="tfds data dir (None: the config's)")
+
+
 # Terms reported from the last training iteration (decoder step's view of the game).
 TERMS = ("R", "delta_R_z_zhat", "aug", "self")
 

@@ -31,11 +31,13 @@ def require_debian_fashion_mnist():
 
 @pytest.fixture(scope="session", autouse=True)
 def judge_cache(tmp_path_factory):
-  """Judges trained by the tests (evaluations with default names) are cached in the session's
-  temporary directory, never in the user's (uctrl_jax/judge_network.py), also by subprocesses."""
+  """Judges trained by the tests (evaluations with default names) and the baselines' metrics
+  are cached in the session's temporary directory, never in the user's
+  (uctrl_jax/judge_network.py, uctrl_jax/eval_cache.py), also by subprocesses."""
   path = str(tmp_path_factory.mktemp("judges"))
   with pytest.MonkeyPatch.context() as mp:
     mp.setenv("UCTRL_JAX_JUDGE_CACHE", path)
+    mp.setenv("UCTRL_JAX_BASELINE_CACHE", str(tmp_path_factory.mktemp("baselines")))
     yield path
 
 

@@ -95,6 +95,17 @@ def test_evaluate_writes_results_and_figures(tmp_path):
 
   with open(os.path.join(workdir, "results.json")) as f:
     assert json.load(f)["metrics"] == metrics
+  # Evaluated again: the baselines come from the cache (eval_cache.py), equal, untimed;
+  # another seed of the initial encoder is another key.
+  assert results["baselines_cached"] == []
+  config.evals.figures = False
+  again = evaluate.evaluate(config, workdir)
+  assert again["baselines_cached"] == ["raw_pixels", "random_encoder"]
+  for name, values in results["baselines"].items():
+    untimed = {k: v for k, v in values.items() if not k.startswith("eval_seconds/")}
+    assert again["baselines"][name] == untimed, name
+  config.evals.knn.k = 3
+  assert evaluate.evaluate(config, workdir)["baselines_cached"] == []
   with open(os.path.join(workdir, "results.md")) as f:
     markdown = f.read()
   assert "| knn/top1 |" in markdown and "random encoder" in markdown

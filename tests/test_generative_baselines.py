@@ -256,7 +256,7 @@ def test_health_monitor_skips_the_checks_whose_terms_are_not_logged():
 def test_training_batches_carry_no_views_in_the_generative_modes(random_npz):
   config = _config("vae")
   config.data.name = f"npz:{random_npz(IMAGE_SHAPE)}"
-  config.data.num_views = 8  # the default's: ignored, no view is made
+  config.data.num_views = 8  # ignored: no view is made
   assert objectives.training_views(config) == 0
   batch = next(
     input_pipeline.create_dataset(

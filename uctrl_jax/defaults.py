@@ -33,7 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.download = False
   config.data.image_size = 28  # S: images and views are S×S; None keeps the stored size
   # Augmented views per image (V ≥ 1). Several views give the encoder something to be
-  # invariant to (docs/recipes.md: V = 8 with the views' mean target, Fashion-MNIST).
+  # invariant to (docs/recipes.md: V = 8 with the views' mean target; Fashion-MNIST's
+  # default trains 4, as good in fewer minutes: docs/minutes_to_quality.md).
   config.data.num_views = 8
   config.data.shuffle_buffer = 10_000
   config.data.prefetch = 2
@@ -183,6 +184,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.evals.test_split = "test"
   config.evals.batch_size = 500  # rows per encode/decode call
   config.evals.baselines = True  # evaluate.py: classifiers on raw pixels and the initial encoder
+  # evaluate.py: the baselines' metrics (fixed by the data, the evaluators' settings and, for
+  # the initial encoder, the model and seed) computed once and read back (eval_cache.py).
+  config.evals.cache_baselines = True
   # evaluate.py: work directories of other runs on the same data (e.g. "tcr"/"simclr" runs of
   # the same minutes) whose features go through the same classifiers, one column each.
   config.evals.compare_workdirs = ()

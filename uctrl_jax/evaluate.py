@@ -39,6 +39,7 @@ import numpy as np
 
 from uctrl_jax import config_checks
 from uctrl_jax import datasets
+from uctrl_jax import eval_cache
 from uctrl_jax import evaluators
 from uctrl_jax import figures
 from uctrl_jax import input_pipeline
@@ -207,6 +208,11 @@ def _header_lines(results: dict[str, Any]) -> list[str]:
     f"- hardware: {results['hardware']}",
     f"- evaluation wall time: {results['wall_time_s']:.1f} s",
   ]
+  if results.get("baselines_cached"):
+    lines.append(
+      f"- read from the cache (no timings): {', '.join(results['baselines_cached'])} "
+      "(`config.evals.cache_baselines`)"
+    )
   for label, record in [("this run", results.get("training"))] + list(
     results.get("compared_runs", {}).items()
   ):
@@ -290,23 +296,53 @@ def _load_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[in
   return loaded, data
 
 
-def _baselines(config, run_config, data, classifiers) -> dict[str, dict[str, float]]:
-  """``{"raw_pixels": metrics, "random_encoder": metrics}`` of the feature evaluators
-  ``classifiers`` (none when ``config.evals.baselines`` is off or there are none)."""
+def _baselines(config, run_config, data, classifiers) -> tuple[dict[str, dict[str, float]], list]:
+  """``({"raw_pixels": metrics, "random_encoder": metrics}, names read from the cache)`` of
+  the feature evaluators ``classifiers`` (none when ``config.evals.baselines`` is off or
+  there are none). Neither depends on the trained run: with ``config.evals.cache_baselines``
+  each is computed once per data, evaluator settings (and model and seed) and read back
+  afterwards (``eval_cache``)."""
   if not (config.evals.baselines and classifiers):
-    return {}
+    return {}, []
   image_shape = tuple(run_config.data.image_shape)
-  baselines = {}
+  seed = int(run_config.seed)
+  common_key = {
+    "dataset": run_config.data.name,
+    "data": evaluators.common.digest(
+      *(a for a in (data.x_train, data.y_train, data.x_test, data.y_test) if a is not None)
+    ),
+    "evaluators": [[e.name, dict(e.options)] for e in classifiers],
+  }
   # The initial state train_and_evaluate starts from: what training added.
-  for name, encode in (
-    ("raw_pixels", raw_pixels),
-    ("random_encoder", random_encoder(run_config, image_shape, int(run_config.seed))),
-  ):
+  encoders = {
+    "raw_pixels": ({}, lambda: raw_pixels),
+    "random_encoder": (
+      {
+        "model": run_config.model.to_dict(),
+        "image_shape": image_shape,
+        "seed": seed,
+        "jax": jax.__version__,
+      },
+      lambda: random_encoder(run_config, image_shape, seed),
+    ),
+  }
+  baselines, cached = {}, []
+  for name, (key, make_encode) in encoders.items():
     logging.info("baseline %s", name)
-    baselines[name] = evaluators.run_all(
-      classifiers, encode, None, data, batch_size=int(config.evals.batch_size)
-    )
-  return baselines
+
+    def compute(make_encode=make_encode):
+      return evaluators.run_all(
+        classifiers, make_encode(), None, data, batch_size=int(config.evals.batch_size)
+      )
+
+    if config.evals.cache_baselines:
+      baselines[name], hit = eval_cache.cached_metrics(
+        f"{name}_{run_config.data.name}", {"baseline": name, **common_key, **key}, compute
+      )
+      cached += [name] if hit else []
+    else:
+      baselines[name] = compute()
+  return baselines, cached
 
 
 def _compared_runs(config, run_config, data, classifiers) -> tuple[dict, dict]:
@@ -434,7 +470,7 @@ def evaluate(
   # Only those the labels allow (run_context logged which were skipped, and why).
   runnable, _ = evaluators.without_labels(built, data)
   classifiers = [e for e in runnable if e.features_only]
-  baselines = _baselines(config, run_config, data, classifiers)
+  baselines, baselines_cached = _baselines(config, run_config, data, classifiers)
   compared_metrics, compared = _compared_runs(config, run_config, data, classifiers)
   baselines.update(compared_metrics)
   not_applicable = _not_applicable(built, loaded)
@@ -453,6 +489,7 @@ def evaluate(
     "not_applicable": not_applicable,
     "skipped_without_labels": [e.name for e in built if e not in runnable],
     "baselines": baselines,
+    "baselines_cached": baselines_cached,
     "figures": paths,
     "evals_config": evals.to_dict() if hasattr(evals, "to_dict") else dict(evals),
     "config": run_config.to_dict(),

@@ -37,13 +37,25 @@ def _unit(Z: np.ndarray) -> np.ndarray:
   return common.l2_normalize(np.asarray(Z, np.float64).reshape(len(Z), -1))
 
 
-def _save(fig, path: str) -> str:
-  """Writes ``fig`` as a PNG atomically: an interrupted evaluation leaves the old figure."""
+def save(fig, path: str) -> str:
+  """Writes ``fig`` as a PNG atomically (an interrupted evaluation leaves the old figure) and
+  closes it; creates the directory."""
   png = io.BytesIO()
   fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
   plt.close(fig)
   workdir_files.write_bytes_atomic(path, png.getvalue())
   return path
+
+
+def save_panels(fig, axes, titles, xlabel: str, path: str, legend_fontsize: int = 8) -> str:
+  """Titles, x label and grid on each panel of a row, the legend on the first; ``save``."""
+  for ax, title in zip(axes, titles):
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=legend_fontsize)
+  fig.tight_layout()
+  return save(fig, path)
 
 
 def balanced_subset(labels: np.ndarray, per_class: int) -> np.ndarray:
@@ -109,7 +121,7 @@ def _heatmaps(
     ax.set_yticks([])
     fig.colorbar(im, ax=ax, fraction=0.046)
   fig.suptitle(title)
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def spectra(
@@ -127,7 +139,7 @@ def spectra(
   ax.set_ylabel("singular value / largest")
   ax.set_title("per-class singular values of Z")
   ax.legend(fontsize=7, ncol=2)
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def pca(
@@ -152,7 +164,7 @@ def pca(
   ax.set_ylabel("PC 2")
   ax.set_title("test features, top two principal components")
   ax.legend(fontsize=7, markerscale=3, ncol=2, loc="upper right")  # "best" is slow on 10k points
-  return _save(fig, path)
+  return save(fig, path)
 
 
 # Tags of `--mode=eval`'s metrics (evaluate.write_scalars) in the same event files: the
@@ -203,7 +215,7 @@ def training_curves(workdir: str, path: str) -> Optional[str]:
   for ax in list(axes.flat)[len(series) :]:
     ax.axis("off")
   fig.tight_layout()
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def write_all(

@@ -157,6 +157,8 @@ class Evaluator:
   needs_decoder: bool = False
   needs_labels: tuple[str, ...] = ()
   optional_labels: tuple[str, ...] = ()
+  # The keyword options of its module's ``run`` (what a cache of its results is keyed by).
+  options: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
   @property
   def features_only(self) -> bool:
@@ -185,6 +187,7 @@ def build_one(name: str, options: Optional[Mapping[str, Any]] = None) -> Evaluat
     needs_decoder=getattr(mod, "NEEDS_DECODER", False),
     needs_labels=tuple(needs),
     optional_labels=tuple(getattr(mod, "OPTIONAL_LABELS", ())),
+    options=options,
   )
 
 
