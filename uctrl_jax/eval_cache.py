@@ -10,8 +10,8 @@ A file per key in ``cache_dir``: ``<name>_<digest>.json`` holding the key and th
 metrics; the digest covers the key and ``VERSION``, and a file whose stored key differs
 (a digest collision, a hand-edited file) or that does not parse is computed again (a
 warning). Files are written atomically (``workdir_files.write_bytes_atomic``), so a
-reader (another process of a multi-host evaluation, say) never sees half a file. Without ``cache_dir``:
-``$UCTRL_JAX_BASELINE_CACHE``, else ``$XDG_CACHE_HOME/uctrl_jax/baselines``, else
+reader (another process of a multi-host evaluation, say) never sees half a file. Without
+``cache_dir``: ``$UCTRL_JAX_BASELINE_CACHE``, else ``$XDG_CACHE_HOME/uctrl_jax/baselines``, else
 ``~/.cache/uctrl_jax/baselines``; an unwritable directory leaves the metrics uncached (a
 warning). ``config.evals.cache_baselines = False`` bypasses it.
 """
@@ -33,12 +33,18 @@ VERSION = 1
 ENV_CACHE_DIR = "UCTRL_JAX_BASELINE_CACHE"
 
 
+def user_cache_dir(env_var: str, leaf: str) -> str:
+  """``$env_var``, else ``$XDG_CACHE_HOME/uctrl_jax/<leaf>``, else ``~/.cache/uctrl_jax/<leaf>``:
+  where the project's caches (baselines here, judges in ``judge_network``) live per user."""
+  if os.environ.get(env_var):
+    return os.environ[env_var]
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "uctrl_jax", leaf)
+
+
 def default_cache_dir() -> str:
   """``$UCTRL_JAX_BASELINE_CACHE``, else the user's cache directory's ``uctrl_jax/baselines``."""
-  if os.environ.get(ENV_CACHE_DIR):
-    return os.environ[ENV_CACHE_DIR]
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "uctrl_jax", "baselines")
+  return user_cache_dir(ENV_CACHE_DIR, "baselines")
 
 
 def _canonical(key: Mapping[str, Any]) -> dict:

@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from uctrl_jax import eval_cache
 from uctrl_jax.evaluators import common
 
 # Bump when a change of this module changes the judge a recipe trains: cached ones retrain.
@@ -235,10 +236,7 @@ def train_judge(
 
 def default_cache_dir() -> str:
   """``$UCTRL_JAX_JUDGE_CACHE``, else the user's cache directory's ``uctrl_jax/judges``."""
-  if os.environ.get(ENV_CACHE_DIR):
-    return os.environ[ENV_CACHE_DIR]
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "uctrl_jax", "judges")
+  return eval_cache.user_cache_dir(ENV_CACHE_DIR, "judges")
 
 
 def fingerprint(x, y) -> str:
