@@ -4,9 +4,11 @@
 
 What is CIFAR's here: the data, the ResNet-18 pair (w = 64), CTRL's two encoder steps per
 decoder step (docs/method.md#the-game) and batch 512 (the default 2 000 iterations are about
-20 epochs). The decoder's upsampling, the sample-wise terms and the schedule are
-default.py's, which were measured on Fashion-MNIST only. What it has run:
-docs/experiments.md#what-the-shipped-configs-have-run.
+20 epochs). The 8 views are default.py's: each is one more encoder pass per encoder step,
+and an iteration does 2.5× the FLOPs of the paper's one-view setting (XLA's count; the
+times per view count: docs/benchmarks.md#accelerators). The decoder's upsampling, the
+sample-wise terms and the schedule are default.py's, which were measured on Fashion-MNIST
+only. What it has run: docs/experiments.md#what-the-shipped-configs-have-run.
 """
 
 from configs import default

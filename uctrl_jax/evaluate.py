@@ -42,6 +42,7 @@ from uctrl_jax import datasets
 from uctrl_jax import eval_cache
 from uctrl_jax import evaluators
 from uctrl_jax import figures
+from uctrl_jax import host_blas
 from uctrl_jax import input_pipeline
 from uctrl_jax import loading
 from uctrl_jax import models
@@ -466,15 +467,18 @@ def evaluate(
     _figures_dir(workdir) if write else None,
     dataset_key=config.data.name,
   )
-  metrics = evaluators.run_context(built, context)
-  # Only those the labels allow (run_context logged which were skipped, and why).
-  runnable, _ = evaluators.without_labels(built, data)
-  classifiers = [e for e in runnable if e.features_only]
-  baselines, baselines_cached = _baselines(config, run_config, data, classifiers)
-  compared_metrics, compared = _compared_runs(config, run_config, data, classifiers)
-  baselines.update(compared_metrics)
-  not_applicable = _not_applicable(built, loaded)
-  paths = _write_figures(config, workdir, context, built) if write and evals.figures else {}
+  # The training's cap on scipy's OpenBLAS threads (host_blas): the log-dets of the
+  # clustering's MCR² head run as in training, off XLA's cores (docs/benchmarks.md).
+  with host_blas.limit_host_blas(config.train.get("host_blas_threads")):
+    metrics = evaluators.run_context(built, context)
+    # Only those the labels allow (run_context logged which were skipped, and why).
+    runnable, _ = evaluators.without_labels(built, data)
+    classifiers = [e for e in runnable if e.features_only]
+    baselines, baselines_cached = _baselines(config, run_config, data, classifiers)
+    compared_metrics, compared = _compared_runs(config, run_config, data, classifiers)
+    baselines.update(compared_metrics)
+    not_applicable = _not_applicable(built, loaded)
+    paths = _write_figures(config, workdir, context, built) if write and evals.figures else {}
   results = {
     "workdir": workdir_files.absolute(workdir),
     "step": int(loaded.state.step),
