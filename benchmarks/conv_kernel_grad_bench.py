@@ -28,12 +28,13 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
+
+from benchmarks import jax_loop
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 _SAME = ((1, 1), (1, 1))
@@ -81,10 +82,19 @@ def _shifted(x, g, kernel_shape, stride, padding) -> list:
   ]
 
 
+def _columns(x, g, kernel_shape, stride, padding):
+  """im2col's operand: the shifted inputs side by side, (N·Ho·Wo, kh·kw·C)."""
+  kh, kw, c, _ = kernel_shape
+  return jnp.stack(_shifted(x, g, kernel_shape, stride, padding), axis=3).reshape(-1, kh * kw * c)
+
+
+def _columns_times_g(cols, g):
+  return cols.T @ g.reshape(-1, g.shape[3])
+
+
 def im2col(x, g, kernel_shape, stride, padding):
-  kh, kw, c, o = kernel_shape
-  cols = jnp.stack(_shifted(x, g, kernel_shape, stride, padding), axis=3).reshape(-1, kh * kw * c)
-  return (cols.T @ g.reshape(-1, o)).reshape(kernel_shape)
+  cols = _columns(x, g, kernel_shape, stride, padding)
+  return _columns_times_g(cols, g).reshape(kernel_shape)
 
 
 def offsets(x, g, kernel_shape, stride, padding):
@@ -131,19 +141,10 @@ FORMS = {
 }
 
 
-def _median_ms(fn, args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return 1e3 * float(np.median(times))
-
-
 def run(shapes: str, repeats: int, seed: int = 0) -> list:
   """Rows ``(input shape, kernel shape, stride, {form: (ms, relative max error vs xla)})``
-  for ``FORMS`` and ``im2col_matmul`` (error 0: not a gradient); forms that do not apply
+  for ``FORMS`` and ``im2col_matmul`` (error 0: not a gradient), timed interleaved
+  (``jax_loop.interleaved``, medians of ``repeats`` rounds); forms that do not apply
   (``flat_offsets`` at stride 2) are left out."""
   rng = np.random.default_rng(seed)
   rows = []
@@ -151,23 +152,22 @@ def run(shapes: str, repeats: int, seed: int = 0) -> list:
     x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
     out = jax.eval_shape(lambda x: _conv(x, jnp.zeros(kernel_shape), stride, padding), x)
     g = jnp.asarray(rng.standard_normal(out.shape), jnp.float32)
-    results, reference = {}, None
+    args = (x, g, kernel_shape, stride, padding)
+    reference = xla(*args)
+    fns, errors = {}, {}
     for name, form in FORMS.items():
       if name == "flat_offsets" and stride != 1:
         continue
       fn = jax.jit(form, static_argnums=(2, 3, 4))
-      args = (x, g, kernel_shape, stride, padding)
       value = fn(*args)
-      reference = value if reference is None else reference
-      err = float(jnp.max(jnp.abs(value - reference)) / jnp.max(jnp.abs(reference)))
-      results[name] = (_median_ms(fn, args, repeats), err)
-    cols = jax.jit(
-      lambda x, g: jnp.stack(_shifted(x, g, kernel_shape, stride, padding), axis=3).reshape(
-        g.size // g.shape[3], -1
-      )
-    )(x, g)
-    matmul = jax.jit(lambda cols, g: cols.T @ g.reshape(-1, g.shape[3]))
-    results["im2col_matmul"] = (_median_ms(matmul, (cols, g), repeats), 0.0)
+      errors[name] = float(jnp.max(jnp.abs(value - reference)) / jnp.max(jnp.abs(reference)))
+      fns[name] = jax_loop.timed(lambda fn=fn: jax.block_until_ready(fn(*args)))
+    cols = jax.jit(_columns, static_argnums=(2, 3, 4))(*args)
+    matmul = jax.jit(_columns_times_g)
+    fns["im2col_matmul"] = jax_loop.timed(lambda: jax.block_until_ready(matmul(cols, g)))
+    errors["im2col_matmul"] = 0.0
+    seconds = jax_loop.interleaved(fns, repeats)
+    results = {name: (jax_loop.median_ms(seconds[name]["total"]), errors[name]) for name in fns}
     rows.append((x_shape, kernel_shape, stride, results))
   return rows
 
@@ -179,7 +179,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   rows = run(args.shapes, args.repeats)
   print(
-    f"Kernel gradient, ms (medians of {args.repeats}); jax {jax.__version__}, {jax.devices()[0].platform}"
+    f"Kernel gradient, ms (medians of {args.repeats} interleaved rounds); jax {jax.__version__}, {jax.devices()[0].platform}"
   )
   columns = [*FORMS, "im2col_matmul"]
   print("| input | kernel / stride | " + " | ".join(columns) + " |")
